@@ -1,0 +1,13 @@
+//! wick: a local OpenAI-compatible server for open chat models.
+//!
+//! A request flows one way: `api` → `template` → `tokenizer` → `engine` (which owns the
+//! `model`) → detokenizer → `api`. `catalog` turns model ids into files on disk.
+
+pub mod api;
+pub mod bench;
+pub mod catalog;
+pub mod config;
+pub mod engine;
+pub mod model;
+pub mod template;
+pub mod tokenizer;
