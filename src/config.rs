@@ -1,1 +1,104 @@
-//! (in progress)
+//! Server settings: every one a flag and a `WICK_*` environment variable, with its default
+//! here (and in the README's table).
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use crate::catalog::Catalog;
+
+/// Where the catalog comes from: `--catalog FILE`, else `./models.toml`, else the compiled-in one.
+#[derive(Debug, Clone, Args)]
+pub struct CatalogArgs {
+    /// Model catalog file (TOML). Default: ./models.toml if present, else the built-in catalog.
+    #[arg(long, env = "WICK_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// Folder for downloaded model files. Default: the user's cache dir + /wick.
+    #[arg(long, env = "WICK_CACHE")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl CatalogArgs {
+    pub fn load(&self) -> anyhow::Result<Catalog> {
+        match &self.catalog {
+            Some(path) => Catalog::load(path),
+            None if Path::new("models.toml").is_file() => Catalog::load(Path::new("models.toml")),
+            None => Ok(Catalog::builtin()),
+        }
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(crate::catalog::ModelStore::default_dir)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "WICK_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "WICK_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Catalog id of the model to serve. Default: the catalog's default model.
+    #[arg(long, env = "WICK_MODEL")]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    /// Sequences generated at once (each holds a KV cache slot of the full context).
+    #[arg(long, env = "WICK_PARALLEL", default_value_t = 4)]
+    pub parallel: usize,
+    /// Requests that may wait for a free slot; beyond it requests get 429.
+    #[arg(long, env = "WICK_QUEUE", default_value_t = 64)]
+    pub queue: usize,
+    /// Context length per sequence. Default: the catalog's context_length for the model.
+    #[arg(long, env = "WICK_CTX_SIZE")]
+    pub ctx_size: Option<usize>,
+    /// Most prompt tokens processed per engine step (chunked prefill).
+    #[arg(long, env = "WICK_PREFILL_CHUNK", default_value_t = 512)]
+    pub prefill_chunk: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "WICK_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
+    pub body_limit: usize,
+    /// Compute threads. Default: the number of cores.
+    #[arg(long, env = "WICK_THREADS")]
+    pub threads: Option<usize>,
+}
+
+impl ServeArgs {
+    /// Settings for a server on a free loopback port, otherwise the defaults (for tests and
+    /// embedding).
+    pub fn local_ephemeral() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 0,
+            model: None,
+            catalog: CatalogArgs {
+                catalog: None,
+                cache_dir: None,
+            },
+            parallel: 4,
+            queue: 64,
+            ctx_size: None,
+            prefill_chunk: 512,
+            body_limit: 4 * 1024 * 1024,
+            threads: None,
+        }
+    }
+}
+
+/// Size candle's thread pool once, before any tensor work. Without this candle looks the
+/// core count up on every matmul, and an oversubscribed spinning pool collapses decode speed
+/// (shared/PERFORMANCE.md).
+pub fn init_threads(threads: Option<usize>) {
+    let n = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}

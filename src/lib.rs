@@ -9,5 +9,6 @@ pub mod catalog;
 pub mod config;
 pub mod engine;
 pub mod model;
+pub mod server;
 pub mod template;
 pub mod tokenizer;

@@ -1,1 +1,92 @@
-fn main() {}
+//! The `wick` command line: serve | pull | models | bench.
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use wick::catalog::{BarProgress, ModelStore};
+use wick::config::{init_threads, CatalogArgs, ServeArgs};
+use wick::server::Server;
+
+#[derive(Parser)]
+#[command(name = "wick", version, about = "A local OpenAI-compatible server for open chat models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a model over the OpenAI API (fetching it first if needed).
+    Serve(ServeArgs),
+    /// Fetch a model's weights into the cache.
+    Pull {
+        /// Catalog id. Default: the catalog's default model.
+        id: Option<String>,
+        #[command(flatten)]
+        catalog: CatalogArgs,
+    },
+    /// List the catalog and which models are already on disk.
+    Models {
+        #[command(flatten)]
+        catalog: CatalogArgs,
+    },
+    /// Measure prompt processing, decode speed and time to first token.
+    Bench(wick::bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("WICK_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let threads = match &cli.command {
+        Command::Serve(args) => args.threads,
+        Command::Bench(args) => args.serve.threads,
+        _ => None,
+    };
+    // Before the runtime starts any thread.
+    init_threads(threads);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Pull { id, catalog } => pull(id, catalog).await,
+            Command::Models { catalog } => {
+                let cat = catalog.load()?;
+                let store = ModelStore::new(catalog.cache_dir());
+                print!("{}", wick::catalog::print_catalog(&cat, &store));
+                Ok(())
+            }
+            Command::Bench(args) => wick::bench::run(args).await,
+        }
+    })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let server = Server::build(&args, &BarProgress::new()).await?;
+    tracing::info!(
+        "wick serves '{}' at http://{}/v1",
+        server.state.default_model,
+        server.addr
+    );
+    server
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}
+
+async fn pull(id: Option<String>, catalog_args: CatalogArgs) -> anyhow::Result<()> {
+    let catalog = catalog_args.load()?;
+    let id = id.unwrap_or_else(|| catalog.default.clone());
+    let entry = catalog
+        .get(&id)
+        .ok_or_else(|| anyhow::anyhow!("model '{id}' is not in the catalog"))?;
+    let store = ModelStore::new(catalog_args.cache_dir());
+    let path = store.fetch(&catalog, entry, &BarProgress::new()).await?;
+    println!("{}", path.display());
+    Ok(())
+}

@@ -56,21 +56,23 @@ impl Tokenizer {
         todo!()
     }
 
-    /// A fresh incremental decoder for one stream.
-    pub fn stream(&self) -> StreamDecoder<'_> {
-        todo!()
-    }
 }
 
 /// Turns a growing sequence of ids into text deltas that never split a UTF-8 character:
 /// a token that ends inside a multi-byte character yields nothing until the character is whole.
-pub struct StreamDecoder<'a> {
-    _tok: &'a Tokenizer,
+/// It holds no reference to the tokenizer (a sequence that owns one can live anywhere).
+#[derive(Default)]
+pub struct StreamDecoder {
+    // private fields
 }
 
-impl StreamDecoder<'_> {
+impl StreamDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     /// Push one generated id; returns the new text it completes (possibly empty).
-    pub fn push(&mut self, _id: u32) -> anyhow::Result<String> {
+    pub fn push(&mut self, _tokenizer: &Tokenizer, _id: u32) -> anyhow::Result<String> {
         todo!()
     }
 }

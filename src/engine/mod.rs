@@ -1,1 +1,194 @@
-//! (in progress)
+//! The engine: the only place that runs a model. It lives on its own thread; request
+//! handlers reach it through [`Backend`] (submit a request, receive a stream of events,
+//! cancel by dropping the stream) and never touch the model.
+
+mod sampler;
+mod scheduler;
+mod sequence;
+mod stop;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::model::{KvPool, KvShape, LoadedModel};
+pub use sampler::SamplingParams;
+
+/// One generation job, already tokenized.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: Vec<u32>,
+    pub sampling: SamplingParams,
+    /// Most tokens to generate; the caller has checked that prompt + this fits the context.
+    pub max_tokens: usize,
+    /// Strings that end generation; never emitted.
+    pub stop: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End of turn or a stop string.
+    Stop,
+    /// `max_tokens` or the context ran out.
+    Length,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    /// Tokens sampled for the answer; the end-of-turn token is not counted.
+    pub completion_tokens: usize,
+}
+
+/// What a request's stream carries, in order: text deltas, then exactly one `Done` or `Error`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Newly generated text; never splits a UTF-8 character, never contains a stop string.
+    Text(String),
+    Done { finish: FinishReason, usage: Usage },
+    Error(String),
+}
+
+/// Events of one request. Dropping it cancels the request and frees its slot at once.
+pub type EventStream = UnboundedReceiver<Event>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the server is busy: {0} requests are already waiting")]
+    QueueFull(usize),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// A snapshot of the engine for /health.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Health {
+    pub alive: bool,
+    pub running: usize,
+    pub waiting: usize,
+    pub slots: usize,
+    /// Requests whose client went away before they finished, since the start.
+    pub cancelled: usize,
+}
+
+/// The seam between the API and whatever generates tokens.
+pub trait Backend: Send + Sync {
+    fn submit(&self, request: GenerateRequest) -> Result<EventStream, SubmitError>;
+    fn health(&self) -> Health;
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Sequences that run at once, each with its own KV slot.
+    pub max_sequences: usize,
+    /// Requests that may wait for a slot; past it, submit fails with `QueueFull`.
+    pub queue_capacity: usize,
+    /// Most prompt tokens processed in one step, so a long prompt does not stall the
+    /// sequences already generating.
+    pub prefill_chunk: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_sequences: 4,
+            queue_capacity: 64,
+            prefill_chunk: 512,
+        }
+    }
+}
+
+/// Counters shared between the engine thread and handles.
+#[derive(Default)]
+struct Stats {
+    alive: AtomicBool,
+    running: AtomicUsize,
+    waiting: AtomicUsize,
+    cancelled: AtomicUsize,
+}
+
+struct Submission {
+    request: GenerateRequest,
+    events: UnboundedSender<Event>,
+}
+
+pub struct Engine {
+    submit: SyncSender<Submission>,
+    stats: Arc<Stats>,
+    queue_capacity: usize,
+    slots: usize,
+}
+
+impl Engine {
+    /// Start the engine thread for a loaded model.
+    pub fn start(model: LoadedModel, config: EngineConfig) -> anyhow::Result<Self> {
+        let LoadedModel { weights, frontend } = model;
+        let c = weights.config();
+        let shape = KvShape {
+            n_layers: c.n_layers,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            capacity: frontend.context_length,
+        };
+        tracing::info!(
+            slots = config.max_sequences,
+            slot_mib = shape.slot_bytes() / (1 << 20),
+            "KV cache: slots allocated on first use"
+        );
+        let kv = KvPool::new(shape, config.max_sequences, weights.device().clone());
+        let (submit, incoming) = sync_channel(config.queue_capacity);
+        let stats = Arc::new(Stats::default());
+        stats.alive.store(true, Ordering::SeqCst);
+        let thread_stats = stats.clone();
+        let prefill_chunk = config.prefill_chunk.max(1);
+        std::thread::Builder::new()
+            .name("wick-engine".into())
+            .spawn(move || {
+                let scheduler = scheduler::Scheduler::new(
+                    weights,
+                    frontend,
+                    kv,
+                    prefill_chunk,
+                    thread_stats.clone(),
+                );
+                scheduler.run(incoming);
+                thread_stats.alive.store(false, Ordering::SeqCst);
+            })?;
+        Ok(Self {
+            submit,
+            stats,
+            queue_capacity: config.queue_capacity,
+            slots: config.max_sequences,
+        })
+    }
+}
+
+impl Backend for Engine {
+    fn submit(&self, request: GenerateRequest) -> Result<EventStream, SubmitError> {
+        let (events, stream) = unbounded_channel();
+        // Counted before sending so the engine never sees a negative queue.
+        self.stats.waiting.fetch_add(1, Ordering::SeqCst);
+        match self.submit.try_send(Submission { request, events }) {
+            Ok(()) => Ok(stream),
+            Err(e) => {
+                self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+                match e {
+                    TrySendError::Full(_) => Err(SubmitError::QueueFull(self.queue_capacity)),
+                    TrySendError::Disconnected(_) => Err(SubmitError::Stopped),
+                }
+            }
+        }
+    }
+
+    fn health(&self) -> Health {
+        Health {
+            alive: self.stats.alive.load(Ordering::SeqCst),
+            running: self.stats.running.load(Ordering::SeqCst),
+            waiting: self.stats.waiting.load(Ordering::SeqCst),
+            slots: self.slots,
+            cancelled: self.stats.cancelled.load(Ordering::SeqCst),
+        }
+    }
+}

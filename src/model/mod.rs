@@ -1,1 +1,170 @@
-//! (in progress)
+//! wick's own model code on candle tensors: one file per architecture family, all shaped for
+//! batching. A step takes a batch of sequences, each with its new tokens, its start position
+//! and its KV slot, and returns logits only for the sequences that will sample.
+
+pub mod kv_cache;
+pub mod llama;
+pub mod ops;
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+
+use crate::catalog::ModelEntry;
+use crate::template::ChatTemplate;
+use crate::tokenizer::Tokenizer;
+pub use kv_cache::{KvPool, KvShape};
+
+/// One sequence's part of a batched step.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqChunk<'a> {
+    /// Its KV slot in the pool.
+    pub slot: usize,
+    /// Position of `tokens[0]`: how many tokens the slot already holds.
+    pub start: usize,
+    /// New tokens: one for a decode step, a chunk of the prompt for prefill.
+    pub tokens: &'a [u32],
+    /// Whether to return logits for its last token (false for a prefill chunk that is not
+    /// the prompt's last).
+    pub want_logits: bool,
+}
+
+/// Hyper-parameters read from the GGUF metadata.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub architecture: String,
+    pub n_layers: usize,
+    pub hidden: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub rope_base: f32,
+    pub rms_eps: f32,
+    /// The context the weights were trained for.
+    pub context_length: usize,
+}
+
+impl ModelConfig {
+    fn from_gguf(ct: &gguf_file::Content) -> anyhow::Result<Self> {
+        let arch = meta(ct, "general.architecture")?.to_string()?.clone();
+        let key = |k: &str| format!("{arch}.{k}");
+        let usize_of = |k: &str| -> anyhow::Result<usize> {
+            let v = meta(ct, &key(k))?;
+            Ok(v.to_u32().map(|v| v as usize).or_else(|_| v.to_u64().map(|v| v as usize))?)
+        };
+        let f32_of = |k: &str, default: f32| -> f32 {
+            ct.metadata
+                .get(&key(k))
+                .and_then(|v| v.to_f32().ok())
+                .unwrap_or(default)
+        };
+        let hidden = usize_of("embedding_length")?;
+        let n_heads = usize_of("attention.head_count")?;
+        let n_kv_heads = usize_of("attention.head_count_kv").unwrap_or(n_heads);
+        let head_dim = usize_of("attention.key_length").unwrap_or(hidden / n_heads);
+        let vocab_size = match usize_of("vocab_size") {
+            Ok(v) => v,
+            Err(_) => meta(ct, "tokenizer.ggml.tokens")?.to_vec()?.len(),
+        };
+        Ok(Self {
+            n_layers: usize_of("block_count")?,
+            hidden,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            vocab_size,
+            rope_base: f32_of("rope.freq_base", 10_000.0),
+            rms_eps: f32_of("attention.layer_norm_rms_epsilon", 1e-5),
+            context_length: usize_of("context_length")?,
+            architecture: arch,
+        })
+    }
+}
+
+fn meta<'a>(ct: &'a gguf_file::Content, key: &str) -> anyhow::Result<&'a gguf_file::Value> {
+    ct.metadata
+        .get(key)
+        .with_context(|| format!("GGUF metadata has no `{key}`"))
+}
+
+/// What runs a step. The engine owns it; nothing else calls it.
+pub trait Model: Send {
+    fn config(&self) -> &ModelConfig;
+    fn device(&self) -> &Device;
+    /// Run one batched step; returns `[number of chunks with want_logits, vocab]` logits (f32).
+    fn forward(&self, batch: &[SeqChunk<'_>], kv: &KvPool) -> candle_core::Result<Tensor>;
+}
+
+/// What the request path needs to turn messages into token ids (shared with handlers;
+/// holds no weights).
+pub struct ModelFrontend {
+    pub id: String,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    /// Tokens a request may use, prompt and completion together.
+    pub context_length: usize,
+}
+
+/// A model read from disk: the weights for the engine, the rest for the request path.
+pub struct LoadedModel {
+    pub weights: Box<dyn Model>,
+    pub frontend: Arc<ModelFrontend>,
+}
+
+/// Load a GGUF file for a catalog entry.
+pub fn load(path: &Path, entry: &ModelEntry, device: &Device) -> anyhow::Result<LoadedModel> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let content = gguf_file::Content::read(&mut file)
+        .with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
+    let config = ModelConfig::from_gguf(&content)?;
+
+    let tokenizer = match &entry.tokenizer_json {
+        Some(json) => Tokenizer::from_file(json, Some(&content))?,
+        None => Tokenizer::from_gguf(&content)?,
+    };
+    let template_source = match &entry.chat_template {
+        Some(source) => source.clone(),
+        None => meta(&content, "tokenizer.chat_template")
+            .and_then(|v| Ok(v.to_string()?.clone()))
+            .with_context(|| {
+                format!(
+                    "model '{}' has no chat template in its GGUF; set chat_template in the catalog",
+                    entry.id
+                )
+            })?,
+    };
+    let template = ChatTemplate::new(
+        &template_source,
+        tokenizer.bos_token(),
+        tokenizer.eos_token(),
+    )?;
+
+    let weights: Box<dyn Model> = match config.architecture.as_str() {
+        "llama" => Box::new(llama::Llama::load(
+            &content, &mut file, config.clone(), llama::Variant::LLAMA, device,
+        )?),
+        other => bail!("architecture '{other}' is not supported yet (supported: llama)"),
+    };
+    let context_length = entry.context_length.min(config.context_length);
+    tracing::info!(
+        model = %entry.id,
+        arch = %config.architecture,
+        layers = config.n_layers,
+        context_length,
+        "model loaded"
+    );
+    Ok(LoadedModel {
+        weights,
+        frontend: Arc::new(ModelFrontend {
+            id: entry.id.clone(),
+            tokenizer,
+            template,
+            context_length,
+        }),
+    })
+}

@@ -1,0 +1,72 @@
+//! GET /v1/models and /v1/models/{id}: the catalog, in OpenAI's list shape, with wick's
+//! own facts (family, tier, context length, loaded) beside the standard fields.
+
+use std::sync::Arc;
+
+use async_openai::types::models::Model;
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::catalog::ModelEntry;
+
+#[derive(Serialize)]
+pub struct ModelCard {
+    #[serde(flatten)]
+    base: Model,
+    family: String,
+    tier: String,
+    context_length: usize,
+    loaded: bool,
+}
+
+#[derive(Serialize)]
+pub struct ModelList {
+    object: &'static str,
+    data: Vec<ModelCard>,
+}
+
+fn card(state: &AppState, entry: &ModelEntry) -> ModelCard {
+    let served = state.served.iter().find(|m| m.entry.id == entry.id);
+    ModelCard {
+        base: Model {
+            id: entry.id.clone(),
+            object: "model".into(),
+            created: state.started as u32,
+            owned_by: "wick".into(),
+            shutdown_date: None,
+        },
+        family: entry.family.clone(),
+        tier: entry.tier.clone(),
+        context_length: served
+            .map(|m| m.frontend.context_length)
+            .unwrap_or(entry.context_length),
+        loaded: served.is_some(),
+    }
+}
+
+pub async fn list(State(state): State<Arc<AppState>>) -> Json<ModelList> {
+    let data = state
+        .catalog
+        .models
+        .iter()
+        .map(|entry| card(&state, entry))
+        .collect();
+    Json(ModelList {
+        object: "list",
+        data,
+    })
+}
+
+pub async fn one(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelCard>, ApiError> {
+    let entry = state
+        .catalog
+        .get(&id)
+        .ok_or_else(|| ApiError::model_not_found(&id, ""))?;
+    Ok(Json(card(&state, entry)))
+}

@@ -1,0 +1,244 @@
+//! Parsing and checking request bodies. OpenAI-compatible clients send more than one shape
+//! for some fields (content as text or parts, stop as a string or a list) and newer fields
+//! an older server does not know: unknown fields are ignored, wrong ones get a 400 that
+//! names the field.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use crate::engine::SamplingParams;
+use crate::template::ChatMessage;
+
+/// Parse a JSON body, reporting the path of a field with the wrong type as `param`.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::invalid(
+                format!("We could not parse the JSON body of your request: {inner}"),
+                None,
+            )
+        } else if path == "." {
+            ApiError::invalid(format!("Invalid request body: {inner}"), None)
+        } else {
+            ApiError::invalid(format!("Invalid value for '{path}': {inner}"), Some(&path))
+        }
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    pub messages: Vec<RequestMessage>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// Not in OpenAI's API; common among local servers.
+    pub top_k: Option<i64>,
+    pub seed: Option<i64>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub n: Option<i64>,
+    pub stop: Option<StopField>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RequestMessage {
+    pub role: String,
+    pub content: Option<MessageContent>,
+    pub name: Option<String>,
+    pub tool_calls: Option<serde_json::Value>,
+    pub tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+/// A chat request's settings, checked and with defaults filled in.
+#[derive(Debug)]
+pub struct ChatSettings {
+    pub sampling: SamplingParams,
+    pub max_tokens: Option<usize>,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// OpenAI accepts at most four stop sequences.
+const MAX_STOPS: usize = 4;
+
+impl ChatRequest {
+    pub fn settings(&self) -> Result<ChatSettings, ApiError> {
+        let temperature = self.temperature.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ApiError::invalid(
+                format!("temperature must be between 0 and 2, got {temperature}"),
+                Some("temperature"),
+            )
+            .with_code("invalid_value"));
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&top_p) {
+            return Err(ApiError::invalid(
+                format!("top_p must be between 0 and 1, got {top_p}"),
+                Some("top_p"),
+            )
+            .with_code("invalid_value"));
+        }
+        let top_k = match self.top_k {
+            Some(k) if k < 0 => {
+                return Err(ApiError::invalid("top_k must be 0 or more", Some("top_k"))
+                    .with_code("invalid_value"))
+            }
+            Some(k) => k as usize,
+            None => 0,
+        };
+        let (max_field, max_tokens) = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(v), _) => ("max_completion_tokens", Some(v)),
+            (None, v) => ("max_tokens", v),
+        };
+        if let Some(v) = max_tokens {
+            if v < 1 {
+                return Err(ApiError::invalid(
+                    format!("{max_field} must be at least 1, got {v}"),
+                    Some(max_field),
+                )
+                .with_code("invalid_value"));
+            }
+        }
+        match self.n {
+            Some(n) if n < 1 => {
+                return Err(ApiError::invalid(format!("n must be at least 1, got {n}"), Some("n"))
+                    .with_code("invalid_value"))
+            }
+            Some(n) if n > 1 => {
+                return Err(ApiError::invalid(
+                    "n > 1 is not supported by this server yet; send n = 1",
+                    Some("n"),
+                )
+                .with_code("unsupported_value"))
+            }
+            _ => {}
+        }
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(StopField::One(s)) => vec![s.clone()],
+            Some(StopField::Many(v)) => v.clone(),
+        };
+        if stop.len() > MAX_STOPS {
+            return Err(ApiError::invalid(
+                format!("at most {MAX_STOPS} stop sequences are allowed, got {}", stop.len()),
+                Some("stop"),
+            ));
+        }
+        Ok(ChatSettings {
+            sampling: SamplingParams {
+                temperature,
+                top_p,
+                top_k,
+                seed: self.seed.map(|s| s as u64),
+            },
+            max_tokens: max_tokens.map(|v| v as usize),
+            stop,
+            stream: self.stream,
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+        })
+    }
+
+    /// The conversation in the shape chat templates expect.
+    pub fn template_messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid(
+                "messages must contain at least one message",
+                Some("messages"),
+            )
+            .with_code("empty_array"));
+        }
+        self.messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| convert_message(i, m))
+            .collect()
+    }
+}
+
+fn convert_message(index: usize, m: &RequestMessage) -> Result<ChatMessage, ApiError> {
+    let role = match m.role.as_str() {
+        // Templates know "system"; OpenAI's newer "developer" role means the same here.
+        "system" | "developer" => "system",
+        "user" | "assistant" | "tool" => m.role.as_str(),
+        other => {
+            return Err(ApiError::invalid(
+                format!(
+                    "Invalid role '{other}' in messages[{index}]: expected one of system, \
+                     developer, user, assistant, tool"
+                ),
+                Some(&format!("messages[{index}].role")),
+            ))
+        }
+    };
+    let content = match &m.content {
+        None => String::new(),
+        Some(MessageContent::Text(t)) => t.clone(),
+        Some(MessageContent::Parts(parts)) => {
+            let mut text = String::new();
+            for (j, part) in parts.iter().enumerate() {
+                match (part.kind.as_str(), &part.text) {
+                    ("text", Some(t)) => text.push_str(t),
+                    (kind, _) => {
+                        return Err(ApiError::invalid(
+                            format!("content parts of type '{kind}' are not supported; send text"),
+                            Some(&format!("messages[{index}].content[{j}]")),
+                        ))
+                    }
+                }
+            }
+            text
+        }
+    };
+    if m.content.is_none() && m.tool_calls.is_none() {
+        return Err(ApiError::invalid(
+            format!("messages[{index}] has no content"),
+            Some(&format!("messages[{index}].content")),
+        ));
+    }
+    Ok(ChatMessage {
+        role: role.to_string(),
+        content,
+        name: m.name.clone(),
+        tool_calls: m.tool_calls.clone(),
+        tool_call_id: m.tool_call_id.clone(),
+    })
+}

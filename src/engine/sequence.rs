@@ -1,0 +1,126 @@
+//! One request inside the engine: its tokens, where it stands in its KV slot, and the
+//! per-request state that turns sampled ids into the events its client receives.
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::sampler::Sampler;
+use super::stop::{StopMatcher, StopOutcome};
+use super::{Event, FinishReason, GenerateRequest, Usage};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+pub struct Sequence {
+    /// Prompt followed by the generated tokens.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// Tokens already written to the KV slot.
+    pub cached: usize,
+    pub slot: usize,
+    max_tokens: usize,
+    sampler: Sampler,
+    decoder: StreamDecoder,
+    stop: StopMatcher,
+    events: UnboundedSender<Event>,
+}
+
+/// What a sampled token did to its sequence.
+pub enum Progress {
+    Continue,
+    Finished,
+}
+
+impl Sequence {
+    pub fn new(request: GenerateRequest, events: UnboundedSender<Event>, slot: usize) -> Self {
+        let prompt_len = request.prompt.len();
+        Self {
+            tokens: request.prompt,
+            prompt_len,
+            cached: 0,
+            slot,
+            max_tokens: request.max_tokens,
+            sampler: Sampler::new(request.sampling),
+            decoder: StreamDecoder::new(),
+            stop: StopMatcher::new(request.stop),
+            events,
+        }
+    }
+
+    /// The client dropped its stream: nobody wants the rest.
+    pub fn is_cancelled(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// Tokens not yet in the cache (the rest of the prompt, or the last sampled token).
+    pub fn pending(&self) -> &[u32] {
+        &self.tokens[self.cached..]
+    }
+
+    pub fn is_prefilling(&self) -> bool {
+        self.cached < self.prompt_len
+    }
+
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_len,
+            completion_tokens: self.generated(),
+        }
+    }
+
+    /// Sample the next token from this sequence's logits and emit what it produces.
+    pub fn advance(
+        &mut self,
+        logits: &[f32],
+        tokenizer: &Tokenizer,
+        context_length: usize,
+    ) -> Progress {
+        let token = self.sampler.sample(logits);
+        if tokenizer.stop_ids().contains(&token) {
+            return self.finish(FinishReason::Stop);
+        }
+        self.tokens.push(token);
+        let text = match self.decoder.push(tokenizer, token) {
+            Ok(text) => text,
+            Err(e) => return self.fail(format!("detokenizing failed: {e}")),
+        };
+        if !text.is_empty() {
+            match self.stop.push(&text) {
+                StopOutcome::Emit(t) => self.send_text(t),
+                StopOutcome::Stopped(t) => {
+                    self.send_text(t);
+                    return self.finish(FinishReason::Stop);
+                }
+            }
+        }
+        if self.generated() >= self.max_tokens || self.tokens.len() >= context_length {
+            return self.finish(FinishReason::Length);
+        }
+        Progress::Continue
+    }
+
+    fn send_text(&self, text: String) {
+        if !text.is_empty() {
+            // A closed stream is noticed by the scheduler before the next step.
+            let _ = self.events.send(Event::Text(text));
+        }
+    }
+
+    fn finish(&mut self, finish: FinishReason) -> Progress {
+        // Text held back as a possible stop string start is real output after all (after a
+        // matched stop string nothing is held).
+        let rest = self.stop.flush();
+        self.send_text(rest);
+        let _ = self.events.send(Event::Done {
+            finish,
+            usage: self.usage(),
+        });
+        Progress::Finished
+    }
+
+    pub fn fail(&mut self, message: String) -> Progress {
+        let _ = self.events.send(Event::Error(message));
+        Progress::Finished
+    }
+}

@@ -1,0 +1,116 @@
+//! Stop strings: generation ends at the first one, which is never emitted. Text that could
+//! be the start of a stop string is held back until the next tokens settle it, so a stop
+//! string that straddles tokens never leaks into a stream.
+
+pub struct StopMatcher {
+    stops: Vec<String>,
+    pending: String,
+}
+
+pub enum StopOutcome {
+    /// Text that is safe to emit now (possibly empty).
+    Emit(String),
+    /// A stop string was found: the text before it, after which generation ends.
+    Stopped(String),
+}
+
+impl StopMatcher {
+    pub fn new(stops: Vec<String>) -> Self {
+        let stops = stops.into_iter().filter(|s| !s.is_empty()).collect();
+        Self {
+            stops,
+            pending: String::new(),
+        }
+    }
+
+    pub fn push(&mut self, text: &str) -> StopOutcome {
+        if self.stops.is_empty() {
+            return StopOutcome::Emit(text.to_string());
+        }
+        self.pending.push_str(text);
+        let first_stop = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min();
+        if let Some(at) = first_stop {
+            let before = self.pending[..at].to_string();
+            self.pending.clear();
+            return StopOutcome::Stopped(before);
+        }
+        let hold = self.held_suffix_len();
+        let emit_to = self.pending.len() - hold;
+        let rest = self.pending.split_off(emit_to);
+        StopOutcome::Emit(std::mem::replace(&mut self.pending, rest))
+    }
+
+    /// Text still held back, released when generation ends for another reason.
+    pub fn flush(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Length of the longest suffix of `pending` that is a proper prefix of a stop string.
+    fn held_suffix_len(&self) -> usize {
+        let p = &self.pending;
+        (1..=p.len())
+            .rev()
+            .filter(|&n| p.is_char_boundary(p.len() - n))
+            .find(|&n| {
+                let tail = &p[p.len() - n..];
+                self.stops.iter().any(|s| s.len() > n && s.starts_with(tail))
+            })
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+        let mut m = StopMatcher::new(stops.iter().map(|s| s.to_string()).collect());
+        let mut out = String::new();
+        for p in pieces {
+            match m.push(p) {
+                StopOutcome::Emit(t) => out.push_str(&t),
+                StopOutcome::Stopped(t) => {
+                    out.push_str(&t);
+                    return (out, true);
+                }
+            }
+        }
+        out.push_str(&m.flush());
+        (out, false)
+    }
+
+    #[test]
+    fn stop_inside_one_piece() {
+        assert_eq!(run(&["END"], &["abc END def"]), ("abc ".into(), true));
+    }
+
+    #[test]
+    fn stop_straddling_pieces_never_leaks() {
+        let mut m = StopMatcher::new(vec!["</stop>".into()]);
+        let StopOutcome::Emit(a) = m.push("hello </s") else { panic!() };
+        assert_eq!(a, "hello ");
+        let StopOutcome::Stopped(b) = m.push("top> more") else { panic!() };
+        assert_eq!(b, "");
+    }
+
+    #[test]
+    fn held_text_is_released_when_it_is_not_a_stop() {
+        assert_eq!(run(&["END"], &["a E", "N", "x"]), ("a ENx".into(), false));
+        assert_eq!(run(&["END"], &["tail E"]), ("tail E".into(), false));
+    }
+
+    #[test]
+    fn earliest_of_several_stops_wins() {
+        assert_eq!(run(&["b", "a"], &["xxab"]), ("xx".into(), true));
+    }
+
+    #[test]
+    fn multibyte_text_is_held_on_char_boundaries() {
+        assert_eq!(run(&["é!"], &["café", "!"]), ("caf".into(), true));
+        assert_eq!(run(&["éa"], &["café", "b"]), ("caféb".into(), false));
+    }
+}

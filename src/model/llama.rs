@@ -1,0 +1,225 @@
+//! The llama family of decoders (llama, SmolLM2, and close relatives such as qwen2, which
+//! differ only in the options of [`Variant`]): pre-norm attention with grouped-query heads and
+//! rotary positions, then a SwiGLU feed-forward layer.
+
+use std::io::{Read, Seek};
+
+use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
+
+use super::kv_cache::KvPool;
+use super::ops::{self, RopeStyle, RopeTables};
+use super::{Model, ModelConfig, SeqChunk};
+
+/// What sets one member of the family apart from another.
+#[derive(Debug, Clone, Copy)]
+pub struct Variant {
+    pub rope: RopeStyle,
+    /// Whether q, k and v projections carry a bias (qwen2 does).
+    pub qkv_bias: bool,
+}
+
+impl Variant {
+    pub const LLAMA: Variant = Variant {
+        rope: RopeStyle::Interleaved,
+        qkv_bias: false,
+    };
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    bias: Option<[Tensor; 3]>,
+    wo: QMatMul,
+    ffn_norm: Tensor,
+    w_gate: QMatMul,
+    w_up: QMatMul,
+    w_down: QMatMul,
+}
+
+pub struct Llama {
+    config: ModelConfig,
+    device: Device,
+    /// Token embeddings, dequantized once: a lookup per token is cheaper than a matmul.
+    embeddings: Tensor,
+    layers: Vec<Layer>,
+    output_norm: Tensor,
+    output: QMatMul,
+    rope: RopeTables,
+}
+
+struct Reader<'a, R> {
+    content: &'a gguf_file::Content,
+    file: &'a mut R,
+    device: &'a Device,
+}
+
+impl<R: Read + Seek> Reader<'_, R> {
+    fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+        self.content.tensor(self.file, name, self.device)
+    }
+    fn qmatmul(&mut self, name: &str) -> Result<QMatMul> {
+        QMatMul::from_qtensor(self.qtensor(name)?)
+    }
+    fn f32(&mut self, name: &str) -> Result<Tensor> {
+        self.qtensor(name)?.dequantize(self.device)
+    }
+    fn has(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+}
+
+impl Llama {
+    pub fn load<R: Read + Seek>(
+        content: &gguf_file::Content,
+        file: &mut R,
+        config: ModelConfig,
+        variant: Variant,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut r = Reader {
+            content,
+            file,
+            device,
+        };
+        let embeddings = r.f32("token_embd.weight")?;
+        // Small models tie the output projection to the embeddings (SmolLM2 has no
+        // output.weight): then the quantized embedding matrix serves as the projection.
+        let output = if r.has("output.weight") {
+            r.qmatmul("output.weight")?
+        } else {
+            r.qmatmul("token_embd.weight")?
+        };
+        let output_norm = r.f32("output_norm.weight")?;
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            let p = format!("blk.{i}");
+            let bias = if variant.qkv_bias {
+                Some([
+                    r.f32(&format!("{p}.attn_q.bias"))?,
+                    r.f32(&format!("{p}.attn_k.bias"))?,
+                    r.f32(&format!("{p}.attn_v.bias"))?,
+                ])
+            } else {
+                None
+            };
+            layers.push(Layer {
+                attn_norm: r.f32(&format!("{p}.attn_norm.weight"))?,
+                wq: r.qmatmul(&format!("{p}.attn_q.weight"))?,
+                wk: r.qmatmul(&format!("{p}.attn_k.weight"))?,
+                wv: r.qmatmul(&format!("{p}.attn_v.weight"))?,
+                bias,
+                wo: r.qmatmul(&format!("{p}.attn_output.weight"))?,
+                ffn_norm: r.f32(&format!("{p}.ffn_norm.weight"))?,
+                w_gate: r.qmatmul(&format!("{p}.ffn_gate.weight"))?,
+                w_up: r.qmatmul(&format!("{p}.ffn_up.weight"))?,
+                w_down: r.qmatmul(&format!("{p}.ffn_down.weight"))?,
+            });
+        }
+        let rope = RopeTables::new(
+            config.head_dim,
+            config.context_length,
+            config.rope_base,
+            variant.rope,
+            device,
+        )?;
+        Ok(Self {
+            config,
+            device: device.clone(),
+            embeddings,
+            layers,
+            output_norm,
+            output,
+            rope,
+        })
+    }
+
+    /// Attention for every sequence of the batch: the projections ran once for all rows;
+    /// each sequence then attends over its own slot of the cache.
+    fn attention(
+        &self,
+        index: usize,
+        layer: &Layer,
+        h: &Tensor,
+        batch: &[SeqChunk<'_>],
+        kv: &KvPool,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let mut q = layer.wq.forward(h)?;
+        let mut k = layer.wk.forward(h)?;
+        let mut v = layer.wv.forward(h)?;
+        if let Some([bq, bk, bv]) = &layer.bias {
+            q = q.broadcast_add(bq)?;
+            k = k.broadcast_add(bk)?;
+            v = v.broadcast_add(bv)?;
+        }
+        let mut outputs = Vec::with_capacity(batch.len());
+        let mut row = 0;
+        for seq in batch {
+            let len = seq.tokens.len();
+            let heads = |t: &Tensor, n: usize| -> Result<Tensor> {
+                t.narrow(0, row, len)?
+                    .reshape((len, n, c.head_dim))?
+                    .transpose(0, 1)?
+                    .contiguous()
+            };
+            let qs = self.rope.apply(&heads(&q, c.n_heads)?.unsqueeze(0)?, seq.start)?;
+            let ks = self.rope.apply(&heads(&k, c.n_kv_heads)?.unsqueeze(0)?, seq.start)?;
+            let vs = heads(&v, c.n_kv_heads)?;
+            let (keys, values) = kv
+                .slot(seq.slot)
+                .append(index, seq.start, &ks.squeeze(0)?, &vs)?;
+            outputs.push(ops::attention(&qs.squeeze(0)?, &keys, &values, seq.start)?);
+            row += len;
+        }
+        let out = if outputs.len() == 1 {
+            outputs.pop().expect("one output")
+        } else {
+            Tensor::cat(&outputs, 0)?
+        };
+        layer.wo.forward(&out)
+    }
+}
+
+impl Model for Llama {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn forward(&self, batch: &[SeqChunk<'_>], kv: &KvPool) -> Result<Tensor> {
+        let eps = self.config.rms_eps;
+        let ids: Vec<u32> = batch.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let ids = Tensor::new(ids.as_slice(), &self.device)?;
+        // All new tokens of all sequences form one matrix, so every weight is read once per
+        // step however many sequences run.
+        let mut x = self.embeddings.index_select(&ids, 0)?;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let h = ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            x = (x + self.attention(index, layer, &h, batch, kv)?)?;
+            let h = ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+            let act = ops::swiglu(&layer.w_gate.forward(&h)?, &layer.w_up.forward(&h)?)?;
+            x = (x + layer.w_down.forward(&act)?)?;
+        }
+        // Only the last row of each sampling sequence goes through the output projection.
+        let mut last_rows = Vec::new();
+        let mut end = 0u32;
+        for seq in batch {
+            end += seq.tokens.len() as u32;
+            if seq.want_logits {
+                last_rows.push(end - 1);
+            }
+        }
+        if last_rows.is_empty() {
+            return Tensor::zeros((0, self.config.vocab_size), DType::F32, &self.device);
+        }
+        let rows = Tensor::new(last_rows.as_slice(), &self.device)?;
+        let last = ops::rms_norm(&x.index_select(&rows, 0)?, &self.output_norm, eps)?;
+        self.output.forward(&last)?.to_dtype(DType::F32)
+    }
+}

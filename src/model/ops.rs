@@ -1,0 +1,216 @@
+//! The hot operations of a transformer step, each behind one function so a faster kernel can
+//! replace it without touching the model files. Each has a test against a plain reference.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+/// RMS normalisation over the last dimension, scaled by `weight`.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    candle_nn::ops::rms_norm(x, weight, eps)
+}
+
+/// How a family pairs the dimensions it rotates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs (2i, 2i+1): llama.cpp's "normal" rope, used by its llama GGUFs.
+    Interleaved,
+    /// Halves (i, i + d/2): GPT-NeoX style, used by qwen2 and gemma.
+    Halves,
+}
+
+/// Precomputed cos/sin tables for every position up to the context length.
+pub struct RopeTables {
+    cos: Tensor,
+    sin: Tensor,
+    style: RopeStyle,
+}
+
+impl RopeTables {
+    pub fn new(
+        head_dim: usize,
+        max_positions: usize,
+        base: f32,
+        style: RopeStyle,
+        device: &Device,
+    ) -> Result<Self> {
+        let inv_freq: Vec<f32> = (0..head_dim / 2)
+            .map(|i| 1.0 / base.powf(2.0 * i as f32 / head_dim as f32))
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, head_dim / 2), device)?;
+        let positions = Tensor::arange(0u32, max_positions as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max_positions, 1))?;
+        let angles = positions.broadcast_mul(&inv_freq)?;
+        Ok(Self {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+            style,
+        })
+    }
+
+    /// Rotate `x` (`[1, heads, len, head_dim]`, contiguous) for positions `start..start+len`.
+    pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
+        let len = x.dim(2)?;
+        let cos = self.cos.narrow(0, start, len)?;
+        let sin = self.sin.narrow(0, start, len)?;
+        match self.style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, &cos, &sin),
+            RopeStyle::Halves => candle_nn::rotary_emb::rope(x, &cos, &sin),
+        }
+    }
+}
+
+/// Causal attention of one sequence's new queries over its cached keys and values, with
+/// grouped-query heads read straight from the cache (no copy of keys per query head).
+///
+/// `q`: `[n_heads, len, head_dim]` for positions `start..start+len`;
+/// `k`, `v`: `[n_kv_heads, start+len, head_dim]`. Returns `[len, n_heads * head_dim]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
+    let (n_heads, len, head_dim) = q.dims3()?;
+    let (n_kv_heads, total, _) = k.dims3()?;
+    let group = n_heads / n_kv_heads;
+    // Query head h reads kv head h / group: regroup the queries so each kv head's group is
+    // one matrix of `group * len` rows.
+    let q = q.reshape((n_kv_heads, group * len, head_dim))?;
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = if len > 1 {
+        let mask = causal_mask(len, start, total, q.device())?;
+        scores
+            .reshape((n_kv_heads, group, len, total))?
+            .broadcast_add(&mask)?
+            .reshape((n_kv_heads, group * len, total))?
+    } else {
+        scores
+    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let out = probs.matmul(&v.contiguous()?)?; // [n_kv, group*len, head_dim]
+    out.reshape((n_heads, len, head_dim))?
+        .transpose(0, 1)?
+        .reshape((len, n_heads * head_dim))
+}
+
+/// `[len, total]`: 0 where query `i` (at position `start + i`) may see key `j`, else -inf.
+fn causal_mask(len: usize, start: usize, total: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..len)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j <= start + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (len, total), device)
+}
+
+/// SiLU(gate) * up, the SwiGLU activation of llama-style feed-forward layers.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::silu(gate)? * up
+}
+
+/// Softmax over the last dimension (used by the references in tests and by samplers).
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::softmax(x, D::Minus1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn rand(shape: &[usize]) -> Tensor {
+        Tensor::randn(0f32, 1f32, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Plain attention: every query head gets its kv head copied, explicit causal loop.
+    fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Tensor {
+        let (n_heads, len, hd) = q.dims3().unwrap();
+        let n_kv = k.dim(0).unwrap();
+        let group = n_heads / n_kv;
+        let mut rows = Vec::new();
+        for i in 0..len {
+            let mut heads = Vec::new();
+            for h in 0..n_heads {
+                let qi = q.get(h).unwrap().get(i).unwrap(); // [hd]
+                let kh = k.get(h / group).unwrap().narrow(0, 0, start + i + 1).unwrap();
+                let vh = v.get(h / group).unwrap().narrow(0, 0, start + i + 1).unwrap();
+                let s = (kh.matmul(&qi.unsqueeze(1).unwrap()).unwrap().squeeze(1).unwrap()
+                    / (hd as f64).sqrt())
+                .unwrap();
+                let p = softmax(&s).unwrap();
+                let o = p.unsqueeze(0).unwrap().matmul(&vh).unwrap().squeeze(0).unwrap();
+                heads.push(o);
+            }
+            rows.push(Tensor::cat(&heads, 0).unwrap());
+        }
+        Tensor::stack(&rows, 0).unwrap()
+    }
+
+    #[test]
+    fn attention_matches_reference_for_prefill_and_decode() {
+        for (start, len) in [(0, 5), (7, 3), (12, 1)] {
+            let q = rand(&[6, len, 8]);
+            let k = rand(&[2, start + len, 8]);
+            let v = rand(&[2, start + len, 8]);
+            let got = attention(&q, &k, &v, start).unwrap();
+            let want = attention_reference(&q, &k, &v, start);
+            assert_eq!(got.dims(), &[len, 48]);
+            assert!(max_abs_diff(&got, &want) < 1e-5, "start {start} len {len}");
+        }
+    }
+
+    #[test]
+    fn rope_rotates_pairs_by_position_angle() {
+        let (hd, base) = (8usize, 10000f32);
+        let x = rand(&[1, 2, 3, hd]);
+        for style in [RopeStyle::Interleaved, RopeStyle::Halves] {
+            let tables = RopeTables::new(hd, 32, base, style, &Device::Cpu).unwrap();
+            let got = tables.apply(&x, 5).unwrap();
+            let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let gv = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for row in 0..(2 * 3) {
+                let pos = 5 + row % 3;
+                for i in 0..hd / 2 {
+                    let theta = pos as f32 / base.powf(2.0 * i as f32 / hd as f32);
+                    let (a, b) = match style {
+                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                        RopeStyle::Halves => (i, i + hd / 2),
+                    };
+                    let (x0, x1) = (xv[row * hd + a], xv[row * hd + b]);
+                    let want0 = x0 * theta.cos() - x1 * theta.sin();
+                    let want1 = x0 * theta.sin() + x1 * theta.cos();
+                    assert!((gv[row * hd + a] - want0).abs() < 1e-4, "{style:?}");
+                    assert!((gv[row * hd + b] - want1).abs() < 1e-4, "{style:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rms_norm_matches_reference() {
+        let x = rand(&[4, 16]);
+        let w = rand(&[16]);
+        let got = rms_norm(&x, &w, 1e-5).unwrap();
+        let ms = x.sqr().unwrap().mean_keepdim(1).unwrap();
+        let want = x
+            .broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(&w)
+            .unwrap();
+        assert!(max_abs_diff(&got, &want) < 1e-5);
+    }
+}

@@ -1,0 +1,92 @@
+//! The real server for integration tests: one per test binary, started on a free loopback
+//! port with the catalog's default model (fetched into the cache once, on first use), on its
+//! own runtime thread so it outlives each test's runtime.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use async_openai::config::OpenAIConfig;
+use async_openai::Client;
+use wick::catalog::Silent;
+use wick::config::{init_threads, ServeArgs};
+use wick::server::Server;
+
+static SERVER: OnceLock<SocketAddr> = OnceLock::new();
+
+pub fn repo_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name)
+}
+
+/// Address of the shared test server, starting it on first use.
+pub fn server_addr() -> SocketAddr {
+    *SERVER.get_or_init(|| {
+        init_threads(None);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            runtime.block_on(async move {
+                let mut args = ServeArgs::local_ephemeral();
+                args.catalog.catalog = Some(repo_file("models.toml"));
+                // Small enough to keep test memory modest, large enough for every test.
+                args.ctx_size = Some(2048);
+                args.body_limit = 256 * 1024;
+                let server = match Server::build(&args, &Silent).await {
+                    Ok(server) => server,
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("{e:#}")));
+                        return;
+                    }
+                };
+                let _ = tx.send(Ok(server.addr));
+                server
+                    .run(std::future::pending())
+                    .await
+                    .expect("test server stopped");
+            });
+        });
+        match rx.recv().expect("test server thread died") {
+            Ok(addr) => addr,
+            Err(e) => panic!("test server failed to start (run `wick pull` first?): {e}"),
+        }
+    })
+}
+
+pub fn base_url() -> String {
+    format!("http://{}", server_addr())
+}
+
+/// An official-shaped OpenAI client pointed at the test server.
+pub fn client() -> Client<OpenAIConfig> {
+    Client::with_config(
+        OpenAIConfig::new()
+            .with_api_base(format!("{}/v1", base_url()))
+            .with_api_key("not-needed"),
+    )
+}
+
+/// Raw HTTP, for what an SDK would refuse to send (malformed JSON, wrong types).
+pub async fn post_raw(path: &str, body: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", base_url()))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request sent");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body read");
+    let json = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("status {status}: body is not JSON: {text}"));
+    (status, json)
+}
+
+pub async fn get_json(path: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::get(format!("{}{path}", base_url()))
+        .await
+        .expect("request sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
