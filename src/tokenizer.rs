@@ -159,14 +159,12 @@ impl Tokenizer {
     ) -> Self {
         let mut stop_ids = Vec::new();
         let markers = END_OF_TURN_MARKERS.iter().map(|t| inner.token_to_id(t));
-        for id in [eos.as_ref().map(|(id, _)| *id), eot]
+        let candidates = [eos.as_ref().map(|(id, _)| *id), eot]
             .into_iter()
-            .chain(markers)
-        {
-            if let Some(id) = id {
-                if !stop_ids.contains(&id) {
-                    stop_ids.push(id);
-                }
+            .chain(markers);
+        for id in candidates.flatten() {
+            if !stop_ids.contains(&id) {
+                stop_ids.push(id);
             }
         }
         Self {

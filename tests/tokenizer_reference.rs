@@ -18,12 +18,22 @@ struct Fixture {
 #[derive(Deserialize)]
 struct ModelFixture {
     tokenize: Vec<TokenizeCase>,
+    greedy: Vec<GreedyCase>,
 }
 
 #[derive(Deserialize)]
 struct TokenizeCase {
     text: String,
     ids: Vec<u32>,
+}
+
+/// A raw ChatML prompt and llama.cpp's greedy continuation of it.
+#[derive(Deserialize)]
+struct GreedyCase {
+    prompt: String,
+    prompt_ids: Vec<u32>,
+    output_ids: Vec<u32>,
+    output_text: String,
 }
 
 /// `$WICK_CACHE/models/<file>`, else `<user cache>/wick/models/<file>`. Panics (never skips)
@@ -49,22 +59,19 @@ fn load(file: &str) -> Tokenizer {
     Tokenizer::from_gguf(&content).unwrap()
 }
 
-fn cases(file: &str) -> Vec<TokenizeCase> {
+fn fixture(file: &str) -> ModelFixture {
     let json = include_str!("fixtures/llamacpp_reference.json");
     let mut fixture: Fixture = serde_json::from_str(json).unwrap();
-    fixture
-        .models
-        .remove(file)
-        .expect("model in fixture")
-        .tokenize
+    fixture.models.remove(file).expect("model in fixture")
 }
 
 /// Every fixture text encodes to llama.cpp's ids, decodes back to itself, and streams back
 /// to itself without a broken character in any delta.
 fn check_against_reference(file: &str) {
     let tok = load(file);
+    let fixture = fixture(file);
     let mut failures = Vec::new();
-    for case in cases(file) {
+    for case in fixture.tokenize {
         let ids = tok.encode(&case.text).unwrap();
         if ids != case.ids {
             failures.push(format!(
@@ -85,6 +92,25 @@ fn check_against_reference(file: &str) {
             assert_eq!(stream.finish().unwrap(), "");
             assert_eq!(out, case.text, "stream");
         }
+    }
+    // The prompts of the greedy runs tokenize alike, and their outputs detokenize (in one go
+    // and streamed) to llama.cpp's text.
+    for case in fixture.greedy {
+        let ids = tok.encode(&case.prompt).unwrap();
+        if ids != case.prompt_ids {
+            failures.push(format!(
+                "{:?}\n  ours:      {ids:?}\n  llama.cpp: {:?}",
+                case.prompt, case.prompt_ids
+            ));
+        }
+        assert_eq!(tok.decode(&case.output_ids).unwrap(), case.output_text);
+        let mut stream = tok.stream();
+        let streamed: String = case
+            .output_ids
+            .iter()
+            .map(|&id| stream.push(id).unwrap())
+            .collect();
+        assert_eq!(streamed, case.output_text);
     }
     assert!(failures.is_empty(), "mismatches:\n{}", failures.join("\n"));
 }
