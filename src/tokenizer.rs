@@ -1,15 +1,46 @@
 //! Text ↔ token ids: a `tokenizers::Tokenizer` built from a GGUF's own vocabulary (or a
 //! tokenizer.json), the ids that end a turn, and an incremental detokenizer for streams.
 //!
-//! CONTRACT (owned by the tokenizer helper; signatures are fixed, bodies to be written):
+//! A GGUF carries the whole BPE vocabulary and merge list, but not the pre-tokenizer: only its
+//! name (`tokenizer.ggml.pre`). The split rules below follow llama.cpp's table for those names,
+//! because llama.cpp is the reference the ids are checked against (a wrong pre-tokenizer still
+//! produces plausible ids, just not the ones the model was trained on — e.g. digits grouped
+//! where the model expects one token per digit).
 
 use std::path::Path;
 
+use anyhow::{anyhow, bail, Context};
 use candle_core::quantized::gguf_file;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+/// GPT-2's split rule (also used, after a digit split, by `smollm` and its relatives).
+const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+/// Qwen2's rule with the case-insensitive contractions spelled out, as llama.cpp has it.
+const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Llama 3's rule: like Qwen2's but digits in groups of up to three.
+const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// GGUF token types (llama.cpp's `llama_token_type`).
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// Texts that end a turn in the chat formats we know; any of them in the vocabulary is a stop id.
+const END_OF_TURN_MARKERS: [&str; 4] =
+    ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>"];
 
 /// A loaded tokenizer plus the special-token facts the engine and the template need.
 pub struct Tokenizer {
-    // private fields
+    inner: tokenizers::Tokenizer,
+    bos: Option<(u32, String)>,
+    eos: Option<(u32, String)>,
+    add_bos: bool,
+    stop_ids: Vec<u32>,
 }
 
 impl Tokenizer {
@@ -18,52 +49,216 @@ impl Tokenizer {
     /// `tokenizer.ggml.pre` as llama.cpp does (`smollm`, `qwen2`, `llama-bpe`, `gpt2`/default).
     /// Control tokens (token_type 3) and user-defined ones (4) are added as special tokens so
     /// `<|im_start|>` encodes to one id.
-    pub fn from_gguf(_content: &gguf_file::Content) -> anyhow::Result<Self> {
-        todo!()
+    pub fn from_gguf(content: &gguf_file::Content) -> anyhow::Result<Self> {
+        let model = meta_str(content, "tokenizer.ggml.model")?
+            .context("GGUF has no `tokenizer.ggml.model`")?;
+        if model != "gpt2" {
+            bail!(
+                "tokenizer model `{model}` is not supported yet (only byte-level BPE, `gpt2`); \
+                 give the model's tokenizer.json instead"
+            );
+        }
+        let pre = meta_str(content, "tokenizer.ggml.pre")?.unwrap_or("default");
+
+        let tokens = string_array(content, "tokenizer.ggml.tokens")?;
+        let merges = string_array(content, "tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| anyhow!("malformed merge `{m}` in tokenizer.ggml.merges"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(id, t)| (t.to_string(), id as u32))
+            .collect();
+
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            // llama.cpp looks a whole llama3 pre-token up in the vocabulary before merging.
+            .ignore_merges(matches!(pre, "llama3" | "llama-bpe"))
+            .build()
+            .map_err(|e| anyhow!("building the BPE model from the GGUF vocabulary: {e}"))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+
+        // Control and user-defined tokens are matched whole in the input before any splitting.
+        // Control tokens are special (skipped by `decode`); user-defined ones stay visible in
+        // decoded text, as in llama.cpp, so markers such as Qwen's `<tool_call>` reach the caller.
+        if let Some(types) = content.metadata.get("tokenizer.ggml.token_type") {
+            let types = types
+                .to_vec()
+                .map_err(|e| anyhow!("tokenizer.ggml.token_type: {e}"))?;
+            let mut added = Vec::new();
+            for (token, ty) in tokens.iter().zip(types) {
+                let ty = int_value(ty).context("tokenizer.ggml.token_type")?;
+                if ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED {
+                    let special = ty == TOKEN_TYPE_CONTROL;
+                    added.push(AddedToken::from(token.to_string(), special).normalized(false));
+                }
+            }
+            // `add_tokens` keeps the ids these texts already have in the vocabulary.
+            inner
+                .add_tokens(added)
+                .map_err(|e| anyhow!("adding special tokens: {e}"))?;
+        }
+
+        let id_of = |key: &str| -> anyhow::Result<Option<(u32, String)>> {
+            let Some(id) = meta_id(content, key)? else {
+                return Ok(None);
+            };
+            let text = tokens
+                .get(id as usize)
+                .with_context(|| format!("{key} = {id} is outside the vocabulary"))?;
+            Ok(Some((id, text.to_string())))
+        };
+        let bos = id_of("tokenizer.ggml.bos_token_id")?;
+        let eos = id_of("tokenizer.ggml.eos_token_id")?;
+        let eot = id_of("tokenizer.ggml.eot_token_id")?.map(|(id, _)| id);
+        let add_bos = meta_bool(content, "tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+        Ok(Self::assemble(inner, bos, eos, eot, add_bos))
     }
 
     /// Build from a tokenizer.json; special ids are taken from the GGUF metadata when given.
-    pub fn from_file(_path: &Path, _content: Option<&gguf_file::Content>) -> anyhow::Result<Self> {
-        todo!()
+    pub fn from_file(path: &Path, content: Option<&gguf_file::Content>) -> anyhow::Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| anyhow!("reading tokenizer {}: {e}", path.display()))?;
+        let named = |id: u32| inner.id_to_token(id).map(|text| (id, text));
+        let by_text = |candidates: &[&str]| {
+            candidates
+                .iter()
+                .find_map(|t| inner.token_to_id(t).map(|id| (id, t.to_string())))
+        };
+        let (bos, eos, eot, add_bos) = match content {
+            Some(content) => (
+                meta_id(content, "tokenizer.ggml.bos_token_id")?.and_then(named),
+                meta_id(content, "tokenizer.ggml.eos_token_id")?.and_then(named),
+                meta_id(content, "tokenizer.ggml.eot_token_id")?,
+                meta_bool(content, "tokenizer.ggml.add_bos_token")?.unwrap_or(false),
+            ),
+            // Without metadata, fall back to the usual spellings of these tokens.
+            None => (
+                by_text(&["<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>"]),
+                by_text(&["<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>"]),
+                None,
+                false,
+            ),
+        };
+        Ok(Self::assemble(inner, bos, eos, eot, add_bos))
+    }
+
+    fn assemble(
+        inner: tokenizers::Tokenizer,
+        bos: Option<(u32, String)>,
+        eos: Option<(u32, String)>,
+        eot: Option<u32>,
+        add_bos: bool,
+    ) -> Self {
+        let mut stop_ids = Vec::new();
+        let markers = END_OF_TURN_MARKERS.iter().map(|t| inner.token_to_id(t));
+        let candidates = [eos.as_ref().map(|(id, _)| *id), eot]
+            .into_iter()
+            .chain(markers);
+        for id in candidates.flatten() {
+            if !stop_ids.contains(&id) {
+                stop_ids.push(id);
+            }
+        }
+        Self {
+            inner,
+            bos,
+            eos,
+            add_bos,
+            stop_ids,
+        }
     }
 
     /// Encode text, parsing special tokens (`<|im_start|>` → its id). Adds bos only when the
     /// model's `add_bos_token` says so.
-    pub fn encode(&self, _text: &str) -> anyhow::Result<Vec<u32>> {
-        todo!()
+    pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        // No post-processor is relied on (a tokenizer.json may carry one that adds its own bos):
+        // bos is added here, from the GGUF's flag, so both constructors behave the same.
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| anyhow!("encoding: {e}"))?;
+        let mut ids = Vec::with_capacity(encoding.len() + 1);
+        if self.add_bos {
+            if let Some((bos, _)) = &self.bos {
+                ids.push(*bos);
+            }
+        }
+        ids.extend_from_slice(encoding.get_ids());
+        Ok(ids)
     }
 
     /// Decode ids to text; special tokens are skipped.
-    pub fn decode(&self, _ids: &[u32]) -> anyhow::Result<String> {
-        todo!()
+    pub fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| anyhow!("decoding: {e}"))
     }
 
     /// The text of the bos / eos tokens (for chat templates), if the model has them.
     pub fn bos_token(&self) -> Option<&str> {
-        todo!()
+        self.bos.as_ref().map(|(_, t)| t.as_str())
     }
     pub fn eos_token(&self) -> Option<&str> {
-        todo!()
+        self.eos.as_ref().map(|(_, t)| t.as_str())
+    }
+
+    /// The bos / eos ids, if the model has them.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos.as_ref().map(|(id, _)| *id)
+    }
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos.as_ref().map(|(id, _)| *id)
     }
 
     /// Every id that ends generation: eos, eot, and end-of-turn markers present in the
     /// vocabulary (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `<|endoftext|>`).
     pub fn stop_ids(&self) -> &[u32] {
-        todo!()
+        &self.stop_ids
     }
 
     pub fn vocab_size(&self) -> usize {
-        todo!()
+        self.inner.get_vocab_size(true)
     }
 
+    /// The id of a token given by its vocabulary text (e.g. `<|im_end|>`).
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The vocabulary text of an id (byte-level form, e.g. `Ġthe`).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// A fresh incremental decoder for one stream.
+    pub fn stream(&self) -> StreamDecoder<'_> {
+        StreamDecoder {
+            tok: self,
+            ids: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+        }
+    }
 }
 
 /// Turns a growing sequence of ids into text deltas that never split a UTF-8 character:
 /// a token that ends inside a multi-byte character yields nothing until the character is whole.
-/// It holds no reference to the tokenizer (a sequence that owns one can live anywhere).
-#[derive(Default)]
-pub struct StreamDecoder {
-    // private fields
+pub struct StreamDecoder<'a> {
+    tok: &'a Tokenizer,
+    ids: Vec<u32>,
+    /// Start of the window that is re-decoded each step: a little context before the new ids,
+    /// so text that depends on its neighbours (byte pieces) decodes correctly.
+    prefix_offset: usize,
+    /// Everything before this index has been emitted.
+    read_offset: usize,
 }
 
 impl StreamDecoder {
@@ -72,7 +267,164 @@ impl StreamDecoder {
     }
 
     /// Push one generated id; returns the new text it completes (possibly empty).
-    pub fn push(&mut self, _tokenizer: &Tokenizer, _id: u32) -> anyhow::Result<String> {
-        todo!()
+    pub fn push(&mut self, id: u32) -> anyhow::Result<String> {
+        self.ids.push(id);
+        let window = &self.ids[self.prefix_offset..];
+        let emitted = self
+            .tok
+            .decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let text = self.tok.decode(window)?;
+        // A trailing U+FFFD means the last bytes are an incomplete character: wait for more.
+        if text.len() <= emitted.len() || text.ends_with('\u{FFFD}') {
+            return Ok(String::new());
+        }
+        let Some(delta) = text.get(emitted.len()..) else {
+            return Ok(String::new());
+        };
+        let delta = delta.to_string();
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.ids.len();
+        Ok(delta)
+    }
+
+    /// Text still held back when the stream ends (an incomplete character, shown as U+FFFD).
+    pub fn finish(&mut self) -> anyhow::Result<String> {
+        let emitted = self
+            .tok
+            .decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let text = self.tok.decode(&self.ids[self.prefix_offset..])?;
+        self.prefix_offset = self.ids.len();
+        self.read_offset = self.ids.len();
+        Ok(text.get(emitted.len()..).unwrap_or_default().to_string())
+    }
+}
+
+/// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` name: its regexes applied in
+/// turn (each splits the pieces of the previous one, keeping matches and gaps), then the
+/// GPT-2 byte-to-unicode mapping, with no prefix space.
+fn pre_tokenizer(pre: &str) -> anyhow::Result<PreTokenizerWrapper> {
+    let regexes: &[&str] = match pre {
+        // One token per digit first, then GPT-2's rule.
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
+            &[r"\p{N}", GPT2_REGEX]
+        }
+        "qwen2" | "stablelm2" => &[QWEN2_REGEX],
+        "llama3" | "llama-bpe" | "smaug-bpe" | "dbrx" => &[LLAMA3_REGEX],
+        "gpt2" | "default" | "mpt" | "olmo" | "jais" => &[GPT2_REGEX],
+        other => {
+            tracing::warn!("unknown pre-tokenizer `{other}`: using GPT-2's; ids may differ");
+            &[GPT2_REGEX]
+        }
+    };
+    let mut steps = Vec::new();
+    for regex in regexes {
+        let split = Split::new(
+            SplitPattern::Regex(regex.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| anyhow!("pre-tokenizer regex for `{pre}`: {e}"))?;
+        steps.push(split.into());
+    }
+    steps.push(ByteLevel::new(false, false, false).into());
+    Ok(Sequence::new(steps).into())
+}
+
+fn meta_str<'a>(content: &'a gguf_file::Content, key: &str) -> anyhow::Result<Option<&'a str>> {
+    content
+        .metadata
+        .get(key)
+        .map(|v| v.to_string().map(|s| s.as_str()))
+        .transpose()
+        .map_err(|e| anyhow!("{key}: {e}"))
+}
+
+fn meta_bool(content: &gguf_file::Content, key: &str) -> anyhow::Result<Option<bool>> {
+    content
+        .metadata
+        .get(key)
+        .map(|v| v.to_bool())
+        .transpose()
+        .map_err(|e| anyhow!("{key}: {e}"))
+}
+
+fn meta_id(content: &gguf_file::Content, key: &str) -> anyhow::Result<Option<u32>> {
+    let Some(v) = content.metadata.get(key) else {
+        return Ok(None);
+    };
+    let id = int_value(v).with_context(|| key.to_string())?;
+    Ok(Some(
+        u32::try_from(id).map_err(|_| anyhow!("{key}: {id} is not a token id"))?,
+    ))
+}
+
+/// GGUF writers disagree on integer widths (ids as u32 or i32, types as i32), so accept any.
+fn int_value(v: &gguf_file::Value) -> anyhow::Result<i64> {
+    use gguf_file::Value as V;
+    Ok(match v {
+        V::U8(x) => (*x).into(),
+        V::I8(x) => (*x).into(),
+        V::U16(x) => (*x).into(),
+        V::I16(x) => (*x).into(),
+        V::U32(x) => (*x).into(),
+        V::I32(x) => (*x).into(),
+        V::I64(x) => *x,
+        V::U64(x) => i64::try_from(*x)?,
+        other => bail!("expected an integer, found {other:?}"),
+    })
+}
+
+fn string_array<'a>(content: &'a gguf_file::Content, key: &str) -> anyhow::Result<Vec<&'a str>> {
+    let values = content
+        .metadata
+        .get(key)
+        .with_context(|| format!("GGUF has no `{key}`"))?
+        .to_vec()
+        .map_err(|e| anyhow!("{key}: {e}"))?;
+    values
+        .iter()
+        .map(|v| {
+            v.to_string()
+                .map(|s| s.as_str())
+                .map_err(|e| anyhow!("{key}: {e}"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+
+    fn pieces(pre: &str, text: &str) -> Vec<String> {
+        let mut s = PreTokenizedString::from(text);
+        pre_tokenizer(pre).unwrap().pre_tokenize(&mut s).unwrap();
+        s.get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(p, _, _)| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn smollm_splits_every_digit() {
+        assert_eq!(pieces("smollm", "in 2024"), ["in", "Ġ", "2", "0", "2", "4"]);
+    }
+
+    #[test]
+    fn gpt2_keeps_digit_runs_and_adds_no_prefix_space() {
+        assert_eq!(pieces("gpt2", "in 2024"), ["in", "Ġ2024"]);
+    }
+
+    #[test]
+    fn qwen2_splits_digits_and_keeps_newlines_apart() {
+        assert_eq!(
+            pieces("qwen2", "x = 12\n\n  y"),
+            ["x", "Ġ=", "Ġ", "1", "2", "ĊĊ", "Ġ", "Ġy"]
+        );
+    }
+
+    #[test]
+    fn llama3_groups_digits_by_three() {
+        assert_eq!(pieces("llama3", "12345"), ["123", "45"]);
     }
 }
