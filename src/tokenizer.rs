@@ -237,22 +237,14 @@ impl Tokenizer {
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
-
-    /// A fresh incremental decoder for one stream.
-    pub fn stream(&self) -> StreamDecoder<'_> {
-        StreamDecoder {
-            tok: self,
-            ids: Vec::new(),
-            prefix_offset: 0,
-            read_offset: 0,
-        }
-    }
 }
 
 /// Turns a growing sequence of ids into text deltas that never split a UTF-8 character:
 /// a token that ends inside a multi-byte character yields nothing until the character is whole.
-pub struct StreamDecoder<'a> {
-    tok: &'a Tokenizer,
+/// It holds no reference to the tokenizer, so a sequence that owns one can live anywhere;
+/// each call is given the tokenizer instead.
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
     ids: Vec<u32>,
     /// Start of the window that is re-decoded each step: a little context before the new ids,
     /// so text that depends on its neighbours (byte pieces) decodes correctly.
@@ -267,13 +259,11 @@ impl StreamDecoder {
     }
 
     /// Push one generated id; returns the new text it completes (possibly empty).
-    pub fn push(&mut self, id: u32) -> anyhow::Result<String> {
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> anyhow::Result<String> {
         self.ids.push(id);
         let window = &self.ids[self.prefix_offset..];
-        let emitted = self
-            .tok
-            .decode(&self.ids[self.prefix_offset..self.read_offset])?;
-        let text = self.tok.decode(window)?;
+        let emitted = tok.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let text = tok.decode(window)?;
         // A trailing U+FFFD means the last bytes are an incomplete character: wait for more.
         if text.len() <= emitted.len() || text.ends_with('\u{FFFD}') {
             return Ok(String::new());
@@ -288,11 +278,9 @@ impl StreamDecoder {
     }
 
     /// Text still held back when the stream ends (an incomplete character, shown as U+FFFD).
-    pub fn finish(&mut self) -> anyhow::Result<String> {
-        let emitted = self
-            .tok
-            .decode(&self.ids[self.prefix_offset..self.read_offset])?;
-        let text = self.tok.decode(&self.ids[self.prefix_offset..])?;
+    pub fn finish(&mut self, tok: &Tokenizer) -> anyhow::Result<String> {
+        let emitted = tok.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let text = tok.decode(&self.ids[self.prefix_offset..])?;
         self.prefix_offset = self.ids.len();
         self.read_offset = self.ids.len();
         Ok(text.get(emitted.len()..).unwrap_or_default().to_string())

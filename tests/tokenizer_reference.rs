@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use candle_core::quantized::gguf_file;
 use serde::Deserialize;
-use wick::tokenizer::Tokenizer;
+use wick::tokenizer::{StreamDecoder, Tokenizer};
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const QWEN_CODER: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
@@ -82,14 +82,14 @@ fn check_against_reference(file: &str) {
         // Special tokens are dropped by decode, so only plain texts round-trip exactly.
         if !case.text.contains("<|") {
             assert_eq!(tok.decode(&ids).unwrap(), case.text, "round trip");
-            let mut stream = tok.stream();
+            let mut stream = StreamDecoder::new();
             let mut out = String::new();
             for &id in &ids {
-                let delta = stream.push(id).unwrap();
+                let delta = stream.push(&tok, id).unwrap();
                 assert!(!delta.contains('\u{FFFD}'), "broken char in {delta:?}");
                 out.push_str(&delta);
             }
-            assert_eq!(stream.finish().unwrap(), "");
+            assert_eq!(stream.finish(&tok).unwrap(), "");
             assert_eq!(out, case.text, "stream");
         }
     }
@@ -104,11 +104,11 @@ fn check_against_reference(file: &str) {
             ));
         }
         assert_eq!(tok.decode(&case.output_ids).unwrap(), case.output_text);
-        let mut stream = tok.stream();
+        let mut stream = StreamDecoder::new();
         let streamed: String = case
             .output_ids
             .iter()
-            .map(|&id| stream.push(id).unwrap())
+            .map(|&id| stream.push(&tok, id).unwrap())
             .collect();
         assert_eq!(streamed, case.output_text);
     }
@@ -158,8 +158,8 @@ fn smollm2_stream_emits_emoji_once_and_whole() {
     let tok = load(SMOLLM2);
     let text = "café naïve jalapeño 東京 😀 Привет мир";
     let ids = tok.encode(text).unwrap();
-    let mut stream = tok.stream();
-    let deltas: Vec<String> = ids.iter().map(|&id| stream.push(id).unwrap()).collect();
+    let mut stream = StreamDecoder::new();
+    let deltas: Vec<String> = ids.iter().map(|&id| stream.push(&tok, id).unwrap()).collect();
     // The emoji is split over several byte tokens: some pushes must have held text back.
     assert!(deltas.iter().any(|d| d.is_empty()), "{deltas:?}");
     assert!(deltas.iter().all(|d| !d.contains('\u{FFFD}')), "{deltas:?}");
@@ -170,10 +170,10 @@ fn smollm2_stream_emits_emoji_once_and_whole() {
 #[test]
 fn smollm2_stream_gives_no_text_for_special_tokens() {
     let tok = load(SMOLLM2);
-    let mut stream = tok.stream();
+    let mut stream = StreamDecoder::new();
     let mut out = String::new();
     for id in tok.encode("Hi<|im_end|>").unwrap() {
-        out.push_str(&stream.push(id).unwrap());
+        out.push_str(&stream.push(&tok, id).unwrap());
     }
     assert_eq!(out, "Hi");
 }
