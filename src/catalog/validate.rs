@@ -216,6 +216,24 @@ path = "a.gguf"
     }
 
     #[test]
+    fn load_resolves_against_the_file_folder_and_names_the_file() {
+        let dir = crate::catalog::files::test_dir("load");
+        let file = dir.path().join("models.toml");
+        std::fs::write(&file, ONE).unwrap();
+        let catalog = Catalog::load(&file).unwrap();
+        assert_eq!(catalog.base_dir, dir.path());
+
+        std::fs::write(&file, ONE.replace("tier_1", "fast")).unwrap();
+        let err = format!("{:#}", Catalog::load(&file).unwrap_err());
+        assert!(err.starts_with(&file.display().to_string()), "{err}");
+        let err = format!(
+            "{:#}",
+            Catalog::load(&dir.path().join("nope.toml")).unwrap_err()
+        );
+        assert!(err.contains("cannot read catalog"), "{err}");
+    }
+
+    #[test]
     fn toml_errors_say_where() {
         let err = parse_err(&ONE.replace("context_length = 2048\n", ""));
         assert!(err.contains("context_length"), "{err}");
