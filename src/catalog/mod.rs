@@ -3,8 +3,21 @@
 //! `models.toml` names each model and where its weights come from; `ModelStore` finds a
 //! model's file in the cache or fetches it from the first source that works.
 //!
-//! CONTRACT (owned by the catalog helper; the public items below are fixed, bodies and
-//! private submodules — sources/local, sources/hf, sources/wheel, progress — to be written):
+//! Layout: `validate` checks a parsed catalog, `store` finds and fetches files, `sources`
+//! holds one module per kind of source, `verify` hashes files and remembers the result,
+//! `files` makes partial files and temporary folders that clean up after themselves,
+//! `progress` shows downloads, and `table` renders the catalog for `wick models`.
+
+mod files;
+mod progress;
+mod sources;
+mod store;
+mod table;
+mod validate;
+mod verify;
+
+pub use progress::BarProgress;
+pub use table::print_catalog;
 
 use std::path::{Path, PathBuf};
 
@@ -71,28 +84,43 @@ pub const BUILTIN_CATALOG: &str = include_str!("../../models.toml");
 
 impl Catalog {
     /// Parse catalog text; `base_dir` resolves relative local paths.
-    pub fn parse(_text: &str, _base_dir: &Path) -> anyhow::Result<Self> {
-        todo!()
+    pub fn parse(text: &str, base_dir: &Path) -> anyhow::Result<Self> {
+        let mut catalog: Catalog =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("invalid catalog: {e}"))?;
+        catalog.base_dir = base_dir.to_path_buf();
+        validate::check(&catalog)?;
+        Ok(catalog)
     }
     /// Read a catalog file.
-    pub fn load(_path: &Path) -> anyhow::Result<Self> {
-        todo!()
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read catalog {}: {e}", path.display()))?;
+        // A bare file name has an empty parent; "." keeps relative paths meaning the same.
+        let base_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Self::parse(&text, &base_dir).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
     }
     /// The catalog compiled in, with the current directory as base.
     pub fn builtin() -> Self {
-        todo!()
+        let base_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        // The text is the repository's models.toml, which the tests parse: it cannot fail.
+        Self::parse(BUILTIN_CATALOG, &base_dir).expect("the built-in catalog is valid")
     }
-    pub fn get(&self, _id: &str) -> Option<&ModelEntry> {
-        todo!()
+    pub fn get(&self, id: &str) -> Option<&ModelEntry> {
+        self.models.iter().find(|m| m.id == id)
     }
     pub fn default_entry(&self) -> &ModelEntry {
-        todo!()
+        // `parse` checked that `default` names an entry; only a hand-built catalog gets here.
+        self.get(&self.default)
+            .unwrap_or_else(|| panic!("catalog default '{}' names no model", self.default))
     }
 }
 
 /// Where model files live: `$WICK_CACHE` or the user's cache dir + `wick/models`.
 pub struct ModelStore {
-    // private fields
+    cache_dir: PathBuf,
 }
 
 /// Receives download progress; the CLI shows it with indicatif, tests ignore it.
@@ -105,27 +133,3 @@ pub trait Progress: Send + Sync {
 /// No progress display.
 pub struct Silent;
 impl Progress for Silent {}
-
-impl ModelStore {
-    pub fn new(_cache_dir: PathBuf) -> Self {
-        todo!()
-    }
-    /// `$WICK_CACHE`, else `dirs::cache_dir()/wick`.
-    pub fn default_dir() -> PathBuf {
-        todo!()
-    }
-    /// The model's file if it is already on disk (in the cache or at a local source).
-    pub fn locate(&self, _catalog: &Catalog, _entry: &ModelEntry) -> Option<PathBuf> {
-        todo!()
-    }
-    /// The model's file, fetched from the first source that works when it is not on disk.
-    /// The error names every source tried and why it failed, and says how to give a local path.
-    pub async fn fetch(
-        &self,
-        _catalog: &Catalog,
-        _entry: &ModelEntry,
-        _progress: &dyn Progress,
-    ) -> anyhow::Result<PathBuf> {
-        todo!()
-    }
-}
