@@ -97,8 +97,9 @@ async fn unknown_model_is_404_through_the_sdk() {
         .unwrap();
     match client().chat().create(request).await {
         Err(async_openai::error::OpenAIError::ApiError(e)) => {
-            assert_eq!(e.code.as_deref(), Some("model_not_found"), "{e:?}");
-            assert!(e.message.contains("no-such-model"));
+            assert_eq!(e.status_code.as_u16(), 404);
+            assert_eq!(e.api_error.code.as_deref(), Some("model_not_found"), "{e:?}");
+            assert!(e.api_error.message.contains("no-such-model"));
         }
         other => panic!("expected an API error, got {other:?}"),
     }
