@@ -119,6 +119,7 @@ async fn greedy(engine: &Engine, prompt: Vec<u32>) -> String {
             },
             max_tokens: 16,
             stop: vec![],
+            ignore_eos: false,
         })
         .unwrap();
     let mut text = String::new();

@@ -82,6 +82,7 @@ async fn handle(
             sampling: settings.sampling,
             max_tokens,
             stop: settings.stop,
+            ignore_eos: settings.ignore_eos,
         })
         .map_err(|e| match e {
             SubmitError::QueueFull(_) => ApiError::busy(e.to_string()),

@@ -44,6 +44,9 @@ pub struct ChatRequest {
     pub stop: Option<StopField>,
     #[serde(default)]
     pub stream: bool,
+    /// Not in OpenAI's API; llama.cpp's server has it: generate exactly `max_tokens`.
+    #[serde(default)]
+    pub ignore_eos: bool,
     pub stream_options: Option<StreamOptions>,
 }
 
@@ -91,6 +94,7 @@ pub struct ChatSettings {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    pub ignore_eos: bool,
 }
 
 /// OpenAI accepts at most four stop sequences.
@@ -170,6 +174,7 @@ impl ChatRequest {
             max_tokens: max_tokens.map(|v| v as usize),
             stop,
             stream: self.stream,
+            ignore_eos: self.ignore_eos,
             include_usage: self
                 .stream_options
                 .as_ref()

@@ -25,6 +25,8 @@ pub struct GenerateRequest {
     pub max_tokens: usize,
     /// Strings that end generation; never emitted.
     pub stop: Vec<String>,
+    /// Keep generating past end-of-turn tokens until `max_tokens` (for benchmarks).
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,6 +16,7 @@ pub struct Sequence {
     pub cached: usize,
     pub slot: usize,
     max_tokens: usize,
+    ignore_eos: bool,
     sampler: Sampler,
     decoder: StreamDecoder,
     stop: StopMatcher,
@@ -37,6 +38,7 @@ impl Sequence {
             cached: 0,
             slot,
             max_tokens: request.max_tokens,
+            ignore_eos: request.ignore_eos,
             sampler: Sampler::new(request.sampling),
             decoder: StreamDecoder::new(),
             stop: StopMatcher::new(request.stop),
@@ -77,7 +79,7 @@ impl Sequence {
         context_length: usize,
     ) -> Progress {
         let token = self.sampler.sample(logits);
-        if tokenizer.stop_ids().contains(&token) {
+        if !self.ignore_eos && tokenizer.stop_ids().contains(&token) {
             return self.finish(FinishReason::Stop);
         }
         self.tokens.push(token);
