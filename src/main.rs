@@ -8,7 +8,11 @@ use wick::config::{init_threads, CatalogArgs, ServeArgs};
 use wick::server::Server;
 
 #[derive(Parser)]
-#[command(name = "wick", version, about = "A local OpenAI-compatible server for open chat models")]
+#[command(
+    name = "wick",
+    version,
+    about = "A local OpenAI-compatible server for open chat models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

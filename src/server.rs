@@ -23,12 +23,18 @@ impl Server {
     /// Fetch (if needed) and load the model, start its engine, and bind the socket.
     pub async fn build(args: &ServeArgs, progress: &dyn Progress) -> anyhow::Result<Self> {
         let catalog = args.catalog.load()?;
-        let id = args.model.clone().unwrap_or_else(|| catalog.default.clone());
+        let id = args
+            .model
+            .clone()
+            .unwrap_or_else(|| catalog.default.clone());
         let mut entry = catalog
             .get(&id)
             .with_context(|| {
                 let ids: Vec<&str> = catalog.models.iter().map(|m| m.id.as_str()).collect();
-                format!("model '{id}' is not in the catalog (it has: {})", ids.join(", "))
+                format!(
+                    "model '{id}' is not in the catalog (it has: {})",
+                    ids.join(", ")
+                )
             })?
             .clone();
         if let Some(ctx) = args.ctx_size {

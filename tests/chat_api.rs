@@ -45,7 +45,11 @@ async fn stream_text(
         include_usage: Some(true),
         include_obfuscation: None,
     });
-    let mut stream = client().chat().create_stream(req).await.expect("stream opens");
+    let mut stream = client()
+        .chat()
+        .create_stream(req)
+        .await
+        .expect("stream opens");
     let (mut text, mut finish, mut usage, mut ids, mut first) =
         (String::new(), None, None, Vec::new(), true);
     while let Some(chunk) = stream.next().await {
@@ -96,15 +100,26 @@ async fn answers_a_question_with_usage() {
         Some(FinishReason::Stop) | Some(FinishReason::Length)
     ));
     let usage = response.usage.expect("usage");
-    assert!(usage.prompt_tokens > 10, "prompt tokens: {}", usage.prompt_tokens);
+    assert!(
+        usage.prompt_tokens > 10,
+        "prompt tokens: {}",
+        usage.prompt_tokens
+    );
     assert!(usage.completion_tokens >= 1 && usage.completion_tokens <= 24);
-    assert_eq!(usage.total_tokens, usage.prompt_tokens + usage.completion_tokens);
+    assert_eq!(
+        usage.total_tokens,
+        usage.prompt_tokens + usage.completion_tokens
+    );
 }
 
 #[tokio::test]
 async fn stream_text_equals_non_stream_text_at_temperature_zero() {
     let req = request("Name three colours of the rainbow.", 32);
-    let whole = client().chat().create(req.clone()).await.expect("completion");
+    let whole = client()
+        .chat()
+        .create(req.clone())
+        .await
+        .expect("completion");
     let whole_text = whole.choices[0].message.content.clone().unwrap_or_default();
     let (streamed, finish, usage) = stream_text(req).await;
     assert_eq!(streamed, whole_text);
@@ -119,8 +134,15 @@ async fn stream_text_equals_non_stream_text_at_temperature_zero() {
 async fn max_tokens_ends_with_length_after_exactly_that_many_tokens() {
     let mut req = request("Write a long story about a dragon.", 5);
     req.max_tokens = Some(5);
-    let response = client().chat().create(req.clone()).await.expect("completion");
-    assert_eq!(response.choices[0].finish_reason, Some(FinishReason::Length));
+    let response = client()
+        .chat()
+        .create(req.clone())
+        .await
+        .expect("completion");
+    assert_eq!(
+        response.choices[0].finish_reason,
+        Some(FinishReason::Length)
+    );
     assert_eq!(response.usage.unwrap().completion_tokens, 5);
     let (_, finish, usage) = stream_text(req).await;
     assert_eq!(finish, Some(FinishReason::Length));
@@ -130,7 +152,11 @@ async fn max_tokens_ends_with_length_after_exactly_that_many_tokens() {
 #[tokio::test]
 async fn stop_string_ends_the_answer_and_is_never_emitted() {
     let req = request("Count from one to ten in words, separated by commas.", 40);
-    let free = client().chat().create(req.clone()).await.expect("completion");
+    let free = client()
+        .chat()
+        .create(req.clone())
+        .await
+        .expect("completion");
     let text = free.choices[0].message.content.clone().unwrap_or_default();
     // Stop on a piece of the answer's middle, which may straddle tokens.
     let words: Vec<&str> = text.split_whitespace().collect();
@@ -143,8 +169,16 @@ async fn stop_string_ends_the_answer_and_is_never_emitted() {
         stop.clone(),
         "never-appears-1".into(),
     ]));
-    let response = client().chat().create(stopped.clone()).await.expect("completion");
-    let got = response.choices[0].message.content.clone().unwrap_or_default();
+    let response = client()
+        .chat()
+        .create(stopped.clone())
+        .await
+        .expect("completion");
+    let got = response.choices[0]
+        .message
+        .content
+        .clone()
+        .unwrap_or_default();
     assert_eq!(got, expected, "stop {stop:?}");
     assert_eq!(response.choices[0].finish_reason, Some(FinishReason::Stop));
     let (streamed, finish, _) = stream_text(stopped).await;
@@ -203,7 +237,11 @@ async fn a_client_that_disconnects_frees_the_engine() {
     let cancelled = |h: &serde_json::Value| h["models"][0]["engine"]["cancelled"].as_u64().unwrap();
     let before = cancelled(&get_json("/health").await.1);
     let req = request("Write a very long essay about the history of Rome.", 1000);
-    let mut stream = client().chat().create_stream(req).await.expect("stream opens");
+    let mut stream = client()
+        .chat()
+        .create_stream(req)
+        .await
+        .expect("stream opens");
     // Read a little, then hang up.
     for _ in 0..3 {
         stream.next().await.expect("a chunk").expect("chunk parses");
@@ -227,7 +265,10 @@ async fn models_lists_the_catalog() {
     let models = client().models().list().await.expect("models");
     let ids: Vec<&str> = models.data.iter().map(|m| m.id.as_str()).collect();
     assert!(ids.contains(&MODEL), "{ids:?}");
-    assert!(ids.len() >= 2, "catalog lists more than the default: {ids:?}");
+    assert!(
+        ids.len() >= 2,
+        "catalog lists more than the default: {ids:?}"
+    );
     let (status, body) = get_json("/v1/models").await;
     assert_eq!(status, 200);
     let default = body["data"]

@@ -27,8 +27,8 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/llamacpp_reference.json");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llamacpp_reference.json");
     let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     fixture["models"]["SmolLM2-135M-Instruct.Q4_1.gguf"]["greedy"]
         .as_array()
@@ -50,7 +50,11 @@ fn load() -> LoadedModel {
         .or_else(|| dirs::cache_dir().map(|d| d.join("wick")))
         .expect("no cache directory: set WICK_CACHE");
     let path = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.is_file(), "{} not found: run `wick pull` first", path.display());
+    assert!(
+        path.is_file(),
+        "{} not found: run `wick pull` first",
+        path.display()
+    );
     let entry = Catalog::builtin()
         .get("smollm2-135m-instruct")
         .unwrap()
@@ -65,7 +69,10 @@ fn smollm2_logits_agree_with_llamacpp_greedy_choices() {
     let c = model.config().clone();
     let (mut exact, mut total) = (0, 0);
     for case in cases() {
-        assert_eq!(loaded.frontend.tokenizer.encode(&case.prompt).unwrap(), case.prompt_ids);
+        assert_eq!(
+            loaded.frontend.tokenizer.encode(&case.prompt).unwrap(),
+            case.prompt_ids
+        );
         let shape = KvShape {
             n_layers: c.n_layers,
             n_kv_heads: c.n_kv_heads,
@@ -83,7 +90,11 @@ fn smollm2_logits_agree_with_llamacpp_greedy_choices() {
                 tokens: &tokens[start..],
                 want_logits: true,
             };
-            let logits = model.forward(&[chunk], &kv).unwrap().to_vec2::<f32>().unwrap();
+            let logits = model
+                .forward(&[chunk], &kv)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
             let logits = &logits[0];
             start = tokens.len();
             let (best, best_logit) = logits
@@ -106,7 +117,10 @@ fn smollm2_logits_agree_with_llamacpp_greedy_choices() {
         }
     }
     // Ties are rare: at most one position in ten may differ.
-    assert!(exact * 10 >= total * 9, "{exact} of {total} positions agree exactly");
+    assert!(
+        exact * 10 >= total * 9,
+        "{exact} of {total} positions agree exactly"
+    );
 }
 
 async fn greedy(engine: &Engine, prompt: Vec<u32>) -> String {

@@ -9,9 +9,15 @@ use serde_json::{json, Value};
 fn error_of(status: u16, body: &Value, want_status: u16) -> &Value {
     assert_eq!(status, want_status, "{body}");
     let e = &body["error"];
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert!(e["type"].is_string(), "{body}");
-    assert!(e.get("param").is_some() && e.get("code").is_some(), "{body}");
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "{body}"
+    );
     e
 }
 
@@ -50,7 +56,10 @@ async fn empty_messages() {
 async fn missing_messages() {
     let (status, body) = chat(json!({"model": "smollm2-135m-instruct"})).await;
     let e = error_of(status, &body, 400);
-    assert!(e["message"].as_str().unwrap().contains("messages"), "{body}");
+    assert!(
+        e["message"].as_str().unwrap().contains("messages"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -74,7 +83,11 @@ async fn out_of_range_sampling_values() {
         let mut request = json!({"messages": hi()});
         request[field] = value.clone();
         let (status, body) = chat(request).await;
-        assert_eq!(error_of(status, &body, 400)["param"], field, "{field}={value}");
+        assert_eq!(
+            error_of(status, &body, 400)["param"],
+            field,
+            "{field}={value}"
+        );
     }
 }
 
@@ -88,17 +101,23 @@ async fn too_many_stop_sequences() {
 async fn unknown_model_is_404_through_the_sdk() {
     let request = async_openai::types::chat::CreateChatCompletionRequestArgs::default()
         .model("no-such-model")
-        .messages([async_openai::types::chat::ChatCompletionRequestUserMessageArgs::default()
-            .content("Hi")
-            .build()
-            .unwrap()
-            .into()])
+        .messages([
+            async_openai::types::chat::ChatCompletionRequestUserMessageArgs::default()
+                .content("Hi")
+                .build()
+                .unwrap()
+                .into(),
+        ])
         .build()
         .unwrap();
     match client().chat().create(request).await {
         Err(async_openai::error::OpenAIError::ApiError(e)) => {
             assert_eq!(e.status_code.as_u16(), 404);
-            assert_eq!(e.api_error.code.as_deref(), Some("model_not_found"), "{e:?}");
+            assert_eq!(
+                e.api_error.code.as_deref(),
+                Some("model_not_found"),
+                "{e:?}"
+            );
             assert!(e.api_error.message.contains("no-such-model"));
         }
         other => panic!("expected an API error, got {other:?}"),
@@ -116,11 +135,12 @@ async fn prompt_longer_than_the_context() {
     assert_eq!(e["code"], "context_length_exceeded", "{body}");
     // A prompt that fits but leaves no room for the requested completion.
     let medium = "the quick brown fox ".repeat(300);
-    let (status, body) = chat(
-        json!({"messages": [{"role": "user", "content": medium}], "max_tokens": 2000}),
-    )
-    .await;
-    assert_eq!(error_of(status, &body, 400)["code"], "context_length_exceeded");
+    let (status, body) =
+        chat(json!({"messages": [{"role": "user", "content": medium}], "max_tokens": 2000})).await;
+    assert_eq!(
+        error_of(status, &body, 400)["code"],
+        "context_length_exceeded"
+    );
 }
 
 #[tokio::test]
@@ -137,7 +157,10 @@ async fn unsupported_content_parts() {
         {"type": "image_url", "image_url": {"url": "http://x/y.png"}}
     ]}]}))
     .await;
-    assert_eq!(error_of(status, &body, 400)["param"], "messages[0].content[0]");
+    assert_eq!(
+        error_of(status, &body, 400)["param"],
+        "messages[0].content[0]"
+    );
 }
 
 #[tokio::test]

@@ -159,7 +159,10 @@ fn smollm2_stream_emits_emoji_once_and_whole() {
     let text = "café naïve jalapeño 東京 😀 Привет мир";
     let ids = tok.encode(text).unwrap();
     let mut stream = StreamDecoder::new();
-    let deltas: Vec<String> = ids.iter().map(|&id| stream.push(&tok, id).unwrap()).collect();
+    let deltas: Vec<String> = ids
+        .iter()
+        .map(|&id| stream.push(&tok, id).unwrap())
+        .collect();
     // The emoji is split over several byte tokens: some pushes must have held text back.
     assert!(deltas.iter().any(|d| d.is_empty()), "{deltas:?}");
     assert!(deltas.iter().all(|d| !d.contains('\u{FFFD}')), "{deltas:?}");

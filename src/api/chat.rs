@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_openai::types::chat::{
-    ChatChoice, ChatChoiceStream, ChatCompletionResponseMessage,
-    ChatCompletionStreamResponseDelta, CompletionUsage, CreateChatCompletionResponse,
-    CreateChatCompletionStreamResponse, FinishReason as OpenAiFinish, Role,
+    ChatChoice, ChatChoiceStream, ChatCompletionResponseMessage, ChatCompletionStreamResponseDelta,
+    CompletionUsage, CreateChatCompletionResponse, CreateChatCompletionStreamResponse,
+    FinishReason as OpenAiFinish, Role,
 };
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -63,9 +63,10 @@ async fn handle(
         .template
         .render(&messages, None, true)
         .map_err(|e| match e {
-            TemplateError::Raised(message) => {
-                ApiError::invalid(format!("The model's chat template rejected the messages: {message}"), Some("messages"))
-            }
+            TemplateError::Raised(message) => ApiError::invalid(
+                format!("The model's chat template rejected the messages: {message}"),
+                Some("messages"),
+            ),
             TemplateError::Invalid(message) => ApiError::internal(message),
         })?;
     let prompt = served
@@ -97,9 +98,11 @@ async fn handle(
         model: served.entry.id.clone(),
     };
     if settings.stream {
-        Ok(Sse::new(stream_chunks(answer, events, settings.include_usage))
-            .keep_alive(KeepAlive::default())
-            .into_response())
+        Ok(
+            Sse::new(stream_chunks(answer, events, settings.include_usage))
+                .keep_alive(KeepAlive::default())
+                .into_response(),
+        )
     } else {
         collect(answer, events).await
     }
@@ -188,7 +191,9 @@ async fn collect(answer: Answer, mut events: EventStream) -> Result<Response, Ap
             }
         }
     }
-    Err(ApiError::internal("the engine ended the request without an answer"))
+    Err(ApiError::internal(
+        "the engine ended the request without an answer",
+    ))
 }
 
 #[allow(deprecated)] // system_fingerprint is deprecated but part of the type

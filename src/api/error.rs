@@ -54,7 +54,9 @@ impl ApiError {
     pub fn payload_too_large(limit: usize) -> Self {
         Self {
             status: StatusCode::PAYLOAD_TOO_LARGE,
-            message: format!("The request body is larger than this server's limit of {limit} bytes."),
+            message: format!(
+                "The request body is larger than this server's limit of {limit} bytes."
+            ),
             kind: "invalid_request_error",
             param: None,
             code: Some("request_too_large"),
@@ -104,7 +106,8 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status;
-        let mut response = (status, Json(serde_json::json!({ "error": self.body() }))).into_response();
+        let mut response =
+            (status, Json(serde_json::json!({ "error": self.body() }))).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS {
             response
                 .headers_mut()

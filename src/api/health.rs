@@ -19,7 +19,11 @@ pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
         })
         .collect();
     let ok = state.served.iter().all(|m| m.backend.health().alive);
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
         Json(json!({ "status": if ok { "ok" } else { "error" }, "models": models })),

@@ -141,8 +141,10 @@ impl ChatRequest {
         }
         match self.n {
             Some(n) if n < 1 => {
-                return Err(ApiError::invalid(format!("n must be at least 1, got {n}"), Some("n"))
-                    .with_code("invalid_value"))
+                return Err(
+                    ApiError::invalid(format!("n must be at least 1, got {n}"), Some("n"))
+                        .with_code("invalid_value"),
+                )
             }
             Some(n) if n > 1 => {
                 return Err(ApiError::invalid(
@@ -160,7 +162,10 @@ impl ChatRequest {
         };
         if stop.len() > MAX_STOPS {
             return Err(ApiError::invalid(
-                format!("at most {MAX_STOPS} stop sequences are allowed, got {}", stop.len()),
+                format!(
+                    "at most {MAX_STOPS} stop sequences are allowed, got {}",
+                    stop.len()
+                ),
                 Some("stop"),
             ));
         }

@@ -49,7 +49,10 @@ pub struct Usage {
 pub enum Event {
     /// Newly generated text; never splits a UTF-8 character, never contains a stop string.
     Text(String),
-    Done { finish: FinishReason, usage: Usage },
+    Done {
+        finish: FinishReason,
+        usage: Usage,
+    },
     Error(String),
 }
 

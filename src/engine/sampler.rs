@@ -53,8 +53,12 @@ impl Sampler {
         }
         let inv_t = 1.0 / self.params.temperature;
         self.candidates.clear();
-        self.candidates
-            .extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l * inv_t)));
+        self.candidates.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l * inv_t)),
+        );
         let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
         let k = self.params.top_k;
         if k > 0 && k < self.candidates.len() {

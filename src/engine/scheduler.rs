@@ -114,11 +114,10 @@ impl Scheduler {
                 continue;
             }
             match self.kv.acquire() {
-                Ok(Some(slot)) => self.running.push(Sequence::new(
-                    submission.request,
-                    submission.events,
-                    slot,
-                )),
+                Ok(Some(slot)) => {
+                    self.running
+                        .push(Sequence::new(submission.request, submission.events, slot))
+                }
                 Ok(None) => unreachable!("a free slot was counted"),
                 Err(e) => {
                     let _ = submission
@@ -180,11 +179,9 @@ impl Scheduler {
                 continue;
             }
             let row = rows.next().expect("one logits row per sampling sequence");
-            if let Progress::Finished = seq.advance(
-                row,
-                &self.frontend.tokenizer,
-                self.frontend.context_length,
-            ) {
+            if let Progress::Finished =
+                seq.advance(row, &self.frontend.tokenizer, self.frontend.context_length)
+            {
                 finished.push(i);
             }
         }

@@ -57,7 +57,9 @@ impl StopMatcher {
             .filter(|&n| p.is_char_boundary(p.len() - n))
             .find(|&n| {
                 let tail = &p[p.len() - n..];
-                self.stops.iter().any(|s| s.len() > n && s.starts_with(tail))
+                self.stops
+                    .iter()
+                    .any(|s| s.len() > n && s.starts_with(tail))
             })
             .unwrap_or(0)
     }
@@ -91,9 +93,13 @@ mod tests {
     #[test]
     fn stop_straddling_pieces_never_leaks() {
         let mut m = StopMatcher::new(vec!["</stop>".into()]);
-        let StopOutcome::Emit(a) = m.push("hello </s") else { panic!() };
+        let StopOutcome::Emit(a) = m.push("hello </s") else {
+            panic!()
+        };
         assert_eq!(a, "hello ");
-        let StopOutcome::Stopped(b) = m.push("top> more") else { panic!() };
+        let StopOutcome::Stopped(b) = m.push("top> more") else {
+            panic!()
+        };
         assert_eq!(b, "");
     }
 

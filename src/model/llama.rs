@@ -165,12 +165,16 @@ impl Llama {
                     .transpose(0, 1)?
                     .contiguous()
             };
-            let qs = self.rope.apply(&heads(&q, c.n_heads)?.unsqueeze(0)?, seq.start)?;
-            let ks = self.rope.apply(&heads(&k, c.n_kv_heads)?.unsqueeze(0)?, seq.start)?;
+            let qs = self
+                .rope
+                .apply(&heads(&q, c.n_heads)?.unsqueeze(0)?, seq.start)?;
+            let ks = self
+                .rope
+                .apply(&heads(&k, c.n_kv_heads)?.unsqueeze(0)?, seq.start)?;
             let vs = heads(&v, c.n_kv_heads)?;
-            let (keys, values) = kv
-                .slot(seq.slot)
-                .append(index, seq.start, &ks.squeeze(0)?, &vs)?;
+            let (keys, values) =
+                kv.slot(seq.slot)
+                    .append(index, seq.start, &ks.squeeze(0)?, &vs)?;
             outputs.push(ops::attention(&qs.squeeze(0)?, &keys, &values, seq.start)?);
             row += len;
         }
@@ -194,7 +198,10 @@ impl Model for Llama {
 
     fn forward(&self, batch: &[SeqChunk<'_>], kv: &KvPool) -> Result<Tensor> {
         let eps = self.config.rms_eps;
-        let ids: Vec<u32> = batch.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
         let ids = Tensor::new(ids.as_slice(), &self.device)?;
         // All new tokens of all sequences form one matrix, so every weight is read once per
         // step however many sequences run.

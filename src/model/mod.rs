@@ -55,7 +55,9 @@ impl ModelConfig {
         let key = |k: &str| format!("{arch}.{k}");
         let usize_of = |k: &str| -> anyhow::Result<usize> {
             let v = meta(ct, &key(k))?;
-            Ok(v.to_u32().map(|v| v as usize).or_else(|_| v.to_u64().map(|v| v as usize))?)
+            Ok(v.to_u32()
+                .map(|v| v as usize)
+                .or_else(|_| v.to_u64().map(|v| v as usize))?)
         };
         let f32_of = |k: &str, default: f32| -> f32 {
             ct.metadata
@@ -146,7 +148,11 @@ pub fn load(path: &Path, entry: &ModelEntry, device: &Device) -> anyhow::Result<
 
     let weights: Box<dyn Model> = match config.architecture.as_str() {
         "llama" => Box::new(llama::Llama::load(
-            &content, &mut file, config.clone(), llama::Variant::LLAMA, device,
+            &content,
+            &mut file,
+            config.clone(),
+            llama::Variant::LLAMA,
+            device,
         )?),
         other => bail!("architecture '{other}' is not supported yet (supported: llama)"),
     };

@@ -146,13 +146,31 @@ mod tests {
             let mut heads = Vec::new();
             for h in 0..n_heads {
                 let qi = q.get(h).unwrap().get(i).unwrap(); // [hd]
-                let kh = k.get(h / group).unwrap().narrow(0, 0, start + i + 1).unwrap();
-                let vh = v.get(h / group).unwrap().narrow(0, 0, start + i + 1).unwrap();
-                let s = (kh.matmul(&qi.unsqueeze(1).unwrap()).unwrap().squeeze(1).unwrap()
+                let kh = k
+                    .get(h / group)
+                    .unwrap()
+                    .narrow(0, 0, start + i + 1)
+                    .unwrap();
+                let vh = v
+                    .get(h / group)
+                    .unwrap()
+                    .narrow(0, 0, start + i + 1)
+                    .unwrap();
+                let s = (kh
+                    .matmul(&qi.unsqueeze(1).unwrap())
+                    .unwrap()
+                    .squeeze(1)
+                    .unwrap()
                     / (hd as f64).sqrt())
                 .unwrap();
                 let p = softmax(&s).unwrap();
-                let o = p.unsqueeze(0).unwrap().matmul(&vh).unwrap().squeeze(0).unwrap();
+                let o = p
+                    .unsqueeze(0)
+                    .unwrap()
+                    .matmul(&vh)
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap();
                 heads.push(o);
             }
             rows.push(Tensor::cat(&heads, 0).unwrap());
