@@ -7,6 +7,8 @@
 //! (teacher forcing) and requires, at every one of the 16 positions, that llama.cpp's token is
 //! wick's top choice or a near-tie with it.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

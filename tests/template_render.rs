@@ -1,7 +1,8 @@
 //! Chat templates read from real GGUFs, rendered and tokenized, against the prompts of
 //! llama.cpp's reference runs (`tests/fixtures/llamacpp_reference.json`).
 
-use std::path::PathBuf;
+mod common;
+
 
 use candle_core::quantized::gguf_file;
 use wick::template::{ChatMessage, ChatTemplate};
@@ -10,25 +11,9 @@ use wick::tokenizer::Tokenizer;
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const QWEN_CODER: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 
-/// `$WICK_CACHE/models/<file>`, else `<user cache>/wick/models/<file>`. Panics (never skips)
-/// when the model is missing, so a machine without it cannot pass these tests by accident.
-fn model_path(file: &str) -> PathBuf {
-    let root = std::env::var_os("WICK_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| dirs::cache_dir().map(|d| d.join("wick")))
-        .expect("no cache directory: set WICK_CACHE");
-    let path = root.join("models").join(file);
-    assert!(
-        path.is_file(),
-        "model {} not found: run `wick pull` to download it (or set WICK_CACHE)",
-        path.display()
-    );
-    path
-}
-
 /// The model's tokenizer and its own chat template, as the server would build them.
 fn load(file: &str) -> (Tokenizer, ChatTemplate) {
-    let mut f = std::fs::File::open(model_path(file)).unwrap();
+    let mut f = std::fs::File::open(common::model_file(file)).unwrap();
     let content = gguf_file::Content::read(&mut f).unwrap();
     let tok = Tokenizer::from_gguf(&content).unwrap();
     let source = content.metadata["tokenizer.chat_template"]
@@ -58,7 +43,7 @@ fn smollm2_gguf_template_gives_the_reference_prompt() {
 }
 
 #[test]
-#[ignore = "needs Qwen2.5-Coder-0.5B (~490 MB) in the model cache: `wick pull` it, then --ignored"]
+#[ignore = "downloads Qwen2.5-Coder-0.5B (~490 MB) on first run; run with --ignored"]
 fn qwen_coder_gguf_template_renders_chat_and_tools() {
     let (_tok, template) = load(QWEN_CODER);
     let messages = [

@@ -1,7 +1,8 @@
 //! The GGUF-built tokenizer against llama.cpp's own token ids
 //! (`tests/fixtures/llamacpp_reference.json`) on real models from the wick cache.
 
-use std::path::PathBuf;
+mod common;
+
 
 use candle_core::quantized::gguf_file;
 use serde::Deserialize;
@@ -36,24 +37,8 @@ struct GreedyCase {
     output_text: String,
 }
 
-/// `$WICK_CACHE/models/<file>`, else `<user cache>/wick/models/<file>`. Panics (never skips)
-/// when the model is missing, so a machine without it cannot pass these tests by accident.
-fn model_path(file: &str) -> PathBuf {
-    let root = std::env::var_os("WICK_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| dirs::cache_dir().map(|d| d.join("wick")))
-        .expect("no cache directory: set WICK_CACHE");
-    let path = root.join("models").join(file);
-    assert!(
-        path.is_file(),
-        "model {} not found: run `wick pull` to download it (or set WICK_CACHE)",
-        path.display()
-    );
-    path
-}
-
 fn load(file: &str) -> Tokenizer {
-    let path = model_path(file);
+    let path = common::model_file(file);
     let mut f = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut f).unwrap();
     Tokenizer::from_gguf(&content).unwrap()
@@ -121,7 +106,7 @@ fn smollm2_matches_llamacpp_ids() {
 }
 
 #[test]
-#[ignore = "needs Qwen2.5-Coder-0.5B (~490 MB) in the model cache: `wick pull` it, then --ignored"]
+#[ignore = "downloads Qwen2.5-Coder-0.5B (~490 MB) on first run; run with --ignored"]
 fn qwen_coder_matches_llamacpp_ids() {
     check_against_reference(QWEN_CODER);
 }
@@ -182,7 +167,7 @@ fn smollm2_stream_gives_no_text_for_special_tokens() {
 }
 
 #[test]
-#[ignore = "needs Qwen2.5-Coder-0.5B (~490 MB) in the model cache: `wick pull` it, then --ignored"]
+#[ignore = "downloads Qwen2.5-Coder-0.5B (~490 MB) on first run; run with --ignored"]
 fn qwen_coder_special_ids_and_visible_tool_markers() {
     let tok = load(QWEN_CODER);
     assert_eq!(tok.eos_token(), Some("<|im_end|>"));

@@ -90,3 +90,26 @@ pub async fn get_json(path: &str) -> (u16, serde_json::Value) {
     let status = response.status().as_u16();
     (status, response.json().await.expect("JSON body"))
 }
+
+/// The path of a catalog model's file (by its `file` name), fetched into the model cache
+/// through the catalog's own sources the first time, exactly as `wick pull` does.
+pub fn model_file(file: &str) -> PathBuf {
+    let file = file.to_string();
+    // A thread of its own, so this works from sync tests and from inside a tokio runtime.
+    std::thread::spawn(move || {
+        let catalog = wick::catalog::Catalog::load(&repo_file("models.toml")).expect("catalog");
+        let entry = catalog
+            .models
+            .iter()
+            .find(|m| m.file == file)
+            .unwrap_or_else(|| panic!("no catalog model has file {file}"))
+            .clone();
+        let store = wick::catalog::ModelStore::new(wick::catalog::ModelStore::default_dir());
+        let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+        runtime
+            .block_on(store.fetch(&catalog, &entry, &Silent))
+            .unwrap_or_else(|e| panic!("fetching {file} failed: {e:#}"))
+    })
+    .join()
+    .expect("model fetch thread")
+}
