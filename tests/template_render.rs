@@ -3,7 +3,6 @@
 
 mod common;
 
-
 use candle_core::quantized::gguf_file;
 use wick::template::{ChatMessage, ChatTemplate};
 use wick::tokenizer::Tokenizer;

@@ -3,7 +3,6 @@
 
 mod common;
 
-
 use candle_core::quantized::gguf_file;
 use serde::Deserialize;
 use wick::tokenizer::{StreamDecoder, Tokenizer};
