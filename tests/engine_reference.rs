@@ -176,3 +176,48 @@ async fn engine_greedy_is_the_same_alone_and_batched_and_matches_llamacpp_withou
         futures::future::join_all(prompts.iter().map(|p| greedy(&engine, p.clone()))).await;
     assert_eq!(alone, batched);
 }
+
+#[tokio::test]
+async fn a_cached_prefix_gives_the_same_output_as_an_uncached_one() {
+    let loaded = load();
+    let frontend: Arc<ModelFrontend> = loaded.frontend.clone();
+    // One slot, so every request after the first finds the previous one's cache.
+    let engine = Engine::start(
+        loaded,
+        EngineConfig {
+            max_sequences: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let system = "<|im_start|>system\nYou are a helpful assistant who answers briefly.<|im_end|>\n";
+    let prompt = |question: &str| {
+        let text =
+            format!("{system}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n");
+        frontend.tokenizer.encode(&text).unwrap()
+    };
+    let (a, b) = (prompt("Name a red fruit."), prompt("Name a large animal."));
+
+    let a_cold = greedy(&engine, a.clone()).await;
+    let hits_before = engine.health().prefix_cache_hits;
+    let a_warm = greedy(&engine, a.clone()).await;
+    let hits = engine.health().prefix_cache_hits - hits_before;
+    assert_eq!(a_warm, a_cold, "the same prompt from the cache");
+    assert_eq!(
+        hits,
+        a.len() - 1,
+        "all but the last prompt token came from the cache"
+    );
+
+    // A prompt sharing only the system part reuses that part and answers as it would alone.
+    let hits_before = engine.health().prefix_cache_hits;
+    let b_warm = greedy(&engine, b.clone()).await;
+    let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    assert_eq!(engine.health().prefix_cache_hits - hits_before, shared);
+    let fresh = Engine::start(load(), EngineConfig::default()).unwrap();
+    assert_eq!(
+        b_warm,
+        greedy(&fresh, b).await,
+        "shared prefix vs computed from scratch"
+    );
+}

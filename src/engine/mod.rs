@@ -2,6 +2,7 @@
 //! handlers reach it through [`Backend`] (submit a request, receive a stream of events,
 //! cancel by dropping the stream) and never touch the model.
 
+mod prefix_cache;
 mod sampler;
 mod scheduler;
 mod sequence;
@@ -76,6 +77,10 @@ pub struct Health {
     pub slots: usize,
     /// Requests whose client went away before they finished, since the start.
     pub cancelled: usize,
+    /// Prompt tokens admitted since the start, and how many of them came from the prefix
+    /// cache instead of being computed.
+    pub prompt_tokens: usize,
+    pub prefix_cache_hits: usize,
 }
 
 /// The seam between the API and whatever generates tokens.
@@ -112,6 +117,8 @@ struct Stats {
     running: AtomicUsize,
     waiting: AtomicUsize,
     cancelled: AtomicUsize,
+    prompt_tokens: AtomicUsize,
+    prefix_cache_hits: AtomicUsize,
 }
 
 struct Submission {
@@ -194,6 +201,8 @@ impl Backend for Engine {
             waiting: self.stats.waiting.load(Ordering::SeqCst),
             slots: self.slots,
             cancelled: self.stats.cancelled.load(Ordering::SeqCst),
+            prompt_tokens: self.stats.prompt_tokens.load(Ordering::SeqCst),
+            prefix_cache_hits: self.stats.prefix_cache_hits.load(Ordering::SeqCst),
         }
     }
 }

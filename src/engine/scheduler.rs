@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 
+use super::prefix_cache::PrefixCache;
 use super::sequence::{Progress, Sequence};
 use super::{Event, Stats, Submission};
 use crate::model::{KvPool, Model, ModelFrontend, SeqChunk};
@@ -16,6 +17,7 @@ pub struct Scheduler {
     model: Box<dyn Model>,
     frontend: Arc<ModelFrontend>,
     kv: KvPool,
+    prefix: PrefixCache,
     prefill_chunk: usize,
     stats: Arc<Stats>,
     waiting: VecDeque<Submission>,
@@ -33,6 +35,7 @@ impl Scheduler {
         Self {
             model,
             frontend,
+            prefix: PrefixCache::new(kv.n_slots()),
             kv,
             prefill_chunk,
             stats,
@@ -79,11 +82,12 @@ impl Scheduler {
     }
 
     fn retire_cancelled(&mut self) {
-        let kv = &mut self.kv;
+        let (kv, prefix) = (&mut self.kv, &mut self.prefix);
         let before = (self.running.len(), self.waiting.len());
         self.running.retain(|seq| {
             let keep = !seq.is_cancelled();
             if !keep {
+                prefix.record(seq.slot, seq.cached_tokens());
                 kv.release(seq.slot);
             }
             keep
@@ -113,12 +117,25 @@ impl Scheduler {
                     .send(Event::Error("the prompt has no tokens".into()));
                 continue;
             }
-            match self.kv.acquire() {
-                Ok(Some(slot)) => {
-                    self.running
-                        .push(Sequence::new(submission.request, submission.events, slot))
+            let choice = self
+                .prefix
+                .choose(self.kv.free_slots(), &submission.request.prompt);
+            match self.kv.acquire_slot(choice.slot) {
+                Ok(()) => {
+                    let prompt_len = submission.request.prompt.len();
+                    self.stats
+                        .prompt_tokens
+                        .fetch_add(prompt_len, Ordering::SeqCst);
+                    self.stats
+                        .prefix_cache_hits
+                        .fetch_add(choice.reused, Ordering::SeqCst);
+                    self.running.push(Sequence::new(
+                        submission.request,
+                        submission.events,
+                        choice.slot,
+                        choice.reused,
+                    ));
                 }
-                Ok(None) => unreachable!("a free slot was counted"),
                 Err(e) => {
                     let _ = submission
                         .events
@@ -203,6 +220,7 @@ impl Scheduler {
         indices.sort_unstable();
         for i in indices.into_iter().rev() {
             let seq = self.running.swap_remove(i);
+            self.prefix.record(seq.slot, seq.cached_tokens());
             self.kv.release(seq.slot);
         }
         self.publish_counts();

@@ -30,12 +30,18 @@ pub enum Progress {
 }
 
 impl Sequence {
-    pub fn new(request: GenerateRequest, events: UnboundedSender<Event>, slot: usize) -> Self {
+    /// `reused`: how many of the prompt's first tokens the slot already holds.
+    pub fn new(
+        request: GenerateRequest,
+        events: UnboundedSender<Event>,
+        slot: usize,
+        reused: usize,
+    ) -> Self {
         let prompt_len = request.prompt.len();
         Self {
             tokens: request.prompt,
             prompt_len,
-            cached: 0,
+            cached: reused,
             slot,
             max_tokens: request.max_tokens,
             ignore_eos: request.ignore_eos,
@@ -49,6 +55,11 @@ impl Sequence {
     /// The client dropped its stream: nobody wants the rest.
     pub fn is_cancelled(&self) -> bool {
         self.events.is_closed()
+    }
+
+    /// Tokens whose keys and values are in the slot.
+    pub fn cached_tokens(&self) -> &[u32] {
+        &self.tokens[..self.cached]
     }
 
     /// Tokens not yet in the cache (the rest of the prompt, or the last sampled token).

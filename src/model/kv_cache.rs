@@ -59,8 +59,10 @@ impl KvSlot {
     }
 }
 
-/// A fixed number of slots. A slot's memory is taken the first time it is used and then kept
-/// for the next sequence, so an idle server holds only what its busiest moment needed.
+/// A fixed number of slots. A slot's memory is taken the first time it is used and then kept,
+/// contents included: the engine may hand a slot whose cached prefix matches a new prompt to
+/// that prompt, which then skips recomputing it. An idle server holds only what its busiest
+/// moment needed.
 pub struct KvPool {
     shape: KvShape,
     device: Device,
@@ -91,24 +93,32 @@ impl KvPool {
         self.free.len()
     }
 
-    /// Take a free slot, allocating its memory on first use.
-    pub fn acquire(&mut self) -> Result<Option<usize>> {
-        let Some(index) = self.free.pop() else {
-            return Ok(None);
-        };
-        if self.slots[index].is_none() {
-            match KvSlot::new(&self.shape, &self.device) {
-                Ok(slot) => self.slots[index] = Some(slot),
-                Err(e) => {
-                    self.free.push(index);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(Some(index))
+    /// The slots not in use.
+    pub fn free_slots(&self) -> &[usize] {
+        &self.free
     }
 
-    /// Give a slot back. Its contents are simply overwritten by the next sequence.
+    /// Take a free slot, allocating its memory on first use.
+    pub fn acquire(&mut self) -> Result<Option<usize>> {
+        match self.free.last().copied() {
+            Some(index) => self.acquire_slot(index).map(|()| Some(index)),
+            None => Ok(None),
+        }
+    }
+
+    /// Take one particular free slot, allocating its memory on first use.
+    pub fn acquire_slot(&mut self, index: usize) -> Result<()> {
+        let Some(position) = self.free.iter().position(|&i| i == index) else {
+            candle_core::bail!("KV slot {index} is not free");
+        };
+        if self.slots[index].is_none() {
+            self.slots[index] = Some(KvSlot::new(&self.shape, &self.device)?);
+        }
+        self.free.remove(position);
+        Ok(())
+    }
+
+    /// Give a slot back. Its contents stay until a later sequence overwrites them.
     pub fn release(&mut self, index: usize) {
         debug_assert!(!self.free.contains(&index));
         self.free.push(index);
