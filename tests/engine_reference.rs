@@ -1,9 +1,9 @@
 //! The model and engine against llama.cpp for the same GGUF and raw prompts
 //! (tests/fixtures/llamacpp_reference.json, made once with llama.cpp).
 //!
-//! llama.cpp and wick add the same numbers in different orders (and llama.cpp keeps its KV
-//! cache in f16), so where the two best tokens are within a few hundredths of a logit the
-//! greedy choice can differ. The model test therefore feeds llama.cpp's own tokens back
+//! wick quantizes activations and rounds keys and values to f16 exactly as llama.cpp does,
+//! but the two add the same numbers in different orders, so where the two best tokens are
+//! within a few hundredths of a logit the greedy choice can differ. The model test therefore feeds llama.cpp's own tokens back
 //! (teacher forcing) and requires, at every one of the 16 positions, that llama.cpp's token is
 //! wick's top choice or a near-tie with it.
 

@@ -50,6 +50,10 @@ impl KvSlot {
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let len = k.dim(1)?;
+        // Rounded to f16 as llama.cpp's cache stores them, so greedy output follows the
+        // reference implementation as closely as summation order allows.
+        let k = &k.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
+        let v = &v.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
         self.keys[layer].slice_set(k, 1, start)?;
         self.values[layer].slice_set(v, 1, start)?;
         Ok((

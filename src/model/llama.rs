@@ -4,11 +4,12 @@
 
 use std::io::{Read, Seek};
 
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::quantized::{gguf_file, QTensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use super::kv_cache::KvPool;
 use super::ops::{self, RopeStyle, RopeTables};
+use super::quant::Linear;
 use super::{Model, ModelConfig, SeqChunk};
 
 /// What sets one member of the family apart from another.
@@ -28,15 +29,15 @@ impl Variant {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
     bias: Option<[Tensor; 3]>,
-    wo: QMatMul,
+    wo: Linear,
     ffn_norm: Tensor,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
 }
 
 pub struct Llama {
@@ -46,7 +47,7 @@ pub struct Llama {
     embeddings: Tensor,
     layers: Vec<Layer>,
     output_norm: Tensor,
-    output: QMatMul,
+    output: Linear,
     rope: RopeTables,
 }
 
@@ -60,8 +61,8 @@ impl<R: Read + Seek> Reader<'_, R> {
     fn qtensor(&mut self, name: &str) -> Result<QTensor> {
         self.content.tensor(self.file, name, self.device)
     }
-    fn qmatmul(&mut self, name: &str) -> Result<QMatMul> {
-        QMatMul::from_qtensor(self.qtensor(name)?)
+    fn linear(&mut self, name: &str) -> Result<Linear> {
+        Linear::new(self.qtensor(name)?, self.device)
     }
     fn f32(&mut self, name: &str) -> Result<Tensor> {
         self.qtensor(name)?.dequantize(self.device)
@@ -88,9 +89,9 @@ impl Llama {
         // Small models tie the output projection to the embeddings (SmolLM2 has no
         // output.weight): then the quantized embedding matrix serves as the projection.
         let output = if r.has("output.weight") {
-            r.qmatmul("output.weight")?
+            r.linear("output.weight")?
         } else {
-            r.qmatmul("token_embd.weight")?
+            r.linear("token_embd.weight")?
         };
         let output_norm = r.f32("output_norm.weight")?;
         let mut layers = Vec::with_capacity(config.n_layers);
@@ -107,15 +108,15 @@ impl Llama {
             };
             layers.push(Layer {
                 attn_norm: r.f32(&format!("{p}.attn_norm.weight"))?,
-                wq: r.qmatmul(&format!("{p}.attn_q.weight"))?,
-                wk: r.qmatmul(&format!("{p}.attn_k.weight"))?,
-                wv: r.qmatmul(&format!("{p}.attn_v.weight"))?,
+                wq: r.linear(&format!("{p}.attn_q.weight"))?,
+                wk: r.linear(&format!("{p}.attn_k.weight"))?,
+                wv: r.linear(&format!("{p}.attn_v.weight"))?,
                 bias,
-                wo: r.qmatmul(&format!("{p}.attn_output.weight"))?,
+                wo: r.linear(&format!("{p}.attn_output.weight"))?,
                 ffn_norm: r.f32(&format!("{p}.ffn_norm.weight"))?,
-                w_gate: r.qmatmul(&format!("{p}.ffn_gate.weight"))?,
-                w_up: r.qmatmul(&format!("{p}.ffn_up.weight"))?,
-                w_down: r.qmatmul(&format!("{p}.ffn_down.weight"))?,
+                w_gate: r.linear(&format!("{p}.ffn_gate.weight"))?,
+                w_up: r.linear(&format!("{p}.ffn_up.weight"))?,
+                w_down: r.linear(&format!("{p}.ffn_down.weight"))?,
             });
         }
         let rope = RopeTables::new(

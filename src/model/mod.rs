@@ -5,6 +5,7 @@
 pub mod kv_cache;
 pub mod llama;
 pub mod ops;
+pub mod quant;
 
 use std::fs::File;
 use std::path::Path;

@@ -63,8 +63,99 @@ impl RopeTables {
 /// grouped-query heads read straight from the cache (no copy of keys per query head).
 ///
 /// `q`: `[n_heads, len, head_dim]` for positions `start..start+len`;
-/// `k`, `v`: `[n_kv_heads, start+len, head_dim]`. Returns `[len, n_heads * head_dim]`.
+/// `k`, `v`: `[n_kv_heads, start+len, head_dim]` (views of the cache: rows may be strided).
+/// Returns `[len, n_heads * head_dim]`.
+///
+/// On the CPU each query row is computed on its own, in a fixed order, so a token's result
+/// does not depend on how many other tokens share its step (prefill chunk, batch, or a
+/// prefix taken from the cache): greedy output is the same however a request is scheduled.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
+    if q.device().is_cpu() {
+        attention_cpu(q, k, v, start)
+    } else {
+        attention_tensor_ops(q, k, v, start)
+    }
+}
+
+/// Borrow a CPU tensor's f32 data and its layout.
+fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32], &candle_core::Layout) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => Ok(f(cpu.as_slice::<f32>()?, layout)),
+        _ => candle_core::bail!("expected a CPU tensor"),
+    }
+}
+
+fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
+    let (n_heads, len, head_dim) = q.dims3()?;
+    let (n_kv_heads, total, _) = k.dims3()?;
+    let group = n_heads / n_kv_heads;
+    let q = q.contiguous()?;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut out = vec![0f32; len * n_heads * head_dim];
+    with_cpu_f32(&q, |qd, ql| {
+        with_cpu_f32(k, |kd, kl| {
+            with_cpu_f32(v, |vd, vl| {
+                let qd = &qd[ql.start_offset()..];
+                let (ks, vs) = (kl.stride(), vl.stride());
+                let mut scores = vec![0f32; total];
+                for h in 0..n_heads {
+                    let kv = h / group;
+                    let k_base = kl.start_offset() + kv * ks[0];
+                    let v_base = vl.start_offset() + kv * vs[0];
+                    for i in 0..len {
+                        let visible = start + i + 1;
+                        let qrow = &qd[(h * len + i) * head_dim..][..head_dim];
+                        let mut max = f32::NEG_INFINITY;
+                        for (j, score) in scores[..visible].iter_mut().enumerate() {
+                            let krow = &kd[k_base + j * ks[1]..][..head_dim];
+                            *score = dot(qrow, krow) * scale;
+                            max = max.max(*score);
+                        }
+                        let mut sum = 0f32;
+                        for score in &mut scores[..visible] {
+                            *score = (*score - max).exp();
+                            sum += *score;
+                        }
+                        let o = &mut out[(i * n_heads + h) * head_dim..][..head_dim];
+                        for (j, &p) in scores[..visible].iter().enumerate() {
+                            let vrow = &vd[v_base + j * vs[1]..][..head_dim];
+                            for (acc, &x) in o.iter_mut().zip(vrow) {
+                                *acc += p * x;
+                            }
+                        }
+                        let inv = 1.0 / sum;
+                        o.iter_mut().for_each(|x| *x *= inv);
+                    }
+                }
+            })
+        })
+    })???;
+    Tensor::from_vec(out, (len, n_heads * head_dim), q.device())
+}
+
+/// A dot product in eight independent lanes (vectorised by the compiler), summed in a
+/// fixed order.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The same attention with candle tensor operations (GPU devices).
+fn attention_tensor_ops(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
     let (n_heads, len, head_dim) = q.dims3()?;
     let (n_kv_heads, total, _) = k.dims3()?;
     let group = n_heads / n_kv_heads;
@@ -182,13 +273,37 @@ mod tests {
     fn attention_matches_reference_for_prefill_and_decode() {
         for (start, len) in [(0, 5), (7, 3), (12, 1)] {
             let q = rand(&[6, len, 8]);
-            let k = rand(&[2, start + len, 8]);
-            let v = rand(&[2, start + len, 8]);
-            let got = attention(&q, &k, &v, start).unwrap();
+            // Keys and values as strided views of a larger cache, as the model passes them.
+            let cache_k = rand(&[2, 32, 8]);
+            let cache_v = rand(&[2, 32, 8]);
+            let k = cache_k.narrow(1, 0, start + len).unwrap();
+            let v = cache_v.narrow(1, 0, start + len).unwrap();
             let want = attention_reference(&q, &k, &v, start);
-            assert_eq!(got.dims(), &[len, 48]);
-            assert!(max_abs_diff(&got, &want) < 1e-5, "start {start} len {len}");
+            for got in [
+                attention_cpu(&q, &k, &v, start).unwrap(),
+                attention_tensor_ops(&q, &k, &v, start).unwrap(),
+            ] {
+                assert_eq!(got.dims(), &[len, 48]);
+                assert!(max_abs_diff(&got, &want) < 1e-5, "start {start} len {len}");
+            }
         }
+    }
+
+    #[test]
+    fn cpu_attention_of_a_token_does_not_depend_on_its_chunk() {
+        let q = rand(&[6, 4, 8]);
+        let k = rand(&[2, 10, 8]);
+        let v = rand(&[2, 10, 8]);
+        // Positions 6..10 as one chunk, and the last one alone.
+        let chunk = attention_cpu(&q, &k, &v, 6).unwrap().get(3).unwrap();
+        let alone = attention_cpu(&q.narrow(1, 3, 1).unwrap(), &k, &v, 9)
+            .unwrap()
+            .get(0)
+            .unwrap();
+        assert_eq!(
+            chunk.to_vec1::<f32>().unwrap(),
+            alone.to_vec1::<f32>().unwrap()
+        );
     }
 
     #[test]
