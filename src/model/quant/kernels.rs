@@ -68,9 +68,9 @@ pub fn dot_q4_1_scalar(d: &[f32], m: &[f32], qs: &[u8], x: &[QBlock]) -> f32 {
     for (b, xb) in x.iter().enumerate() {
         let bytes = &qs[b * 16..b * 16 + 16];
         let mut acc = 0i32;
-        for j in 0..16 {
-            acc += (bytes[j] & 0x0F) as i32 * xb.qs[j] as i32;
-            acc += (bytes[j] >> 4) as i32 * xb.qs[j + 16] as i32;
+        for (j, &byte) in bytes.iter().enumerate() {
+            acc += (byte & 0x0F) as i32 * xb.qs[j] as i32;
+            acc += (byte >> 4) as i32 * xb.qs[j + 16] as i32;
         }
         sum += d[b] * xb.d * acc as f32 + m[b] * xb.s;
     }
