@@ -19,6 +19,7 @@ pub fn render(names: &[String], figures: &[Figures]) -> String {
 fn rows(figures: &[Figures]) -> Vec<Row> {
     let col = |f: fn(&Figures) -> Option<f64>| figures.iter().map(f).collect::<Vec<_>>();
     let prompt = figures.first().map(|f| f.pp_prompt_tokens).unwrap_or(0.0);
+    let short = figures.first().map(|f| f.ttft_prompt_tokens).unwrap_or(0.0);
     let mut rows = vec![
         Row {
             label: format!("pp tok/s ({prompt:.0}-token prompt)"),
@@ -31,7 +32,11 @@ fn rows(figures: &[Figures]) -> Vec<Row> {
             decimals: 1,
         },
         Row {
-            label: "TTFT ms".into(),
+            label: if short > 0.0 {
+                format!("TTFT ms ({short:.0}-token prompt)")
+            } else {
+                "TTFT ms".into()
+            },
             values: col(|f| Some(f.ttft_ms)),
             decimals: 0,
         },
@@ -138,6 +143,7 @@ mod tests {
             pp_tok_s: 123.45,
             decode_tok_s: 74.0,
             ttft_ms: 81.6,
+            ttft_prompt_tokens: 0.0,
             concurrent: vec![],
             peak_rss_mib: Some(250.2),
         }
@@ -164,6 +170,7 @@ mod tests {
             pp_tok_s: 500.0,
             decode_tok_s: 185.0,
             ttft_ms: 40.8,
+            ttft_prompt_tokens: 31.0,
             concurrent: vec![],
             peak_rss_mib: None,
         };
@@ -183,6 +190,7 @@ mod tests {
     fn concurrent_rows_follow_the_single_stream_ones() {
         let mut f = wick();
         f.peak_rss_mib = None;
+        f.ttft_prompt_tokens = 31.0;
         f.concurrent.push(ConcurrentFigures {
             streams: 4,
             aggregate_tok_s: 150.0,
@@ -200,7 +208,7 @@ mod tests {
             [
                 "pp tok/s (509-token prompt)",
                 "decode tok/s",
-                "TTFT ms",
+                "TTFT ms (31-token prompt)",
                 "decode tok/s, 4 streams (sum)",
                 "TTFT p50 ms, 4 streams",
                 "TTFT p95 ms, 4 streams",

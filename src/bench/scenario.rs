@@ -30,6 +30,8 @@ pub struct Figures {
     pub pp_tok_s: f64,
     pub decode_tok_s: f64,
     pub ttft_ms: f64,
+    /// The server's count of the short prompt's tokens (0 if it sent no usage).
+    pub ttft_prompt_tokens: f64,
     pub concurrent: Vec<ConcurrentFigures>,
     /// Only for a wick running in this process.
     pub peak_rss_mib: Option<f64>,
@@ -66,7 +68,11 @@ pub async fn measure(target: &Target, plan: &Plan) -> anyhow::Result<Figures> {
     let runs = RunNumbers::new();
     let mut figures = Figures::default();
     (figures.pp_prompt_tokens, figures.pp_tok_s) = prompt_processing(target, plan, &runs).await?;
-    (figures.decode_tok_s, figures.ttft_ms) = decode(target, plan, &runs).await?;
+    (
+        figures.decode_tok_s,
+        figures.ttft_ms,
+        figures.ttft_prompt_tokens,
+    ) = decode(target, plan, &runs).await?;
     for &streams in plan.concurrency.iter().filter(|&&n| n > 1) {
         figures
             .concurrent
@@ -120,8 +126,13 @@ fn prompt_tokens(target: &Target, t: &StreamTiming) -> anyhow::Result<u64> {
 }
 
 /// `gen_tokens` greedy tokens after a short prompt: tokens after the first over the time
-/// from the first to the last; the same requests give the time to first token.
-async fn decode(target: &Target, plan: &Plan, runs: &RunNumbers) -> anyhow::Result<(f64, f64)> {
+/// from the first to the last; the same requests give the time to first token (and the
+/// short prompt's token count, to label it).
+async fn decode(
+    target: &Target,
+    plan: &Plan,
+    runs: &RunNumbers,
+) -> anyhow::Result<(f64, f64, f64)> {
     eprintln!(
         "[{}] decode, {} tokens, {} runs",
         target.name, plan.gen_tokens, plan.runs
@@ -129,12 +140,13 @@ async fn decode(target: &Target, plan: &Plan, runs: &RunNumbers) -> anyhow::Resu
     target
         .stream_chat(prompt::short_prompt(runs.next()), plan.gen_tokens)
         .await?;
-    let (mut rates, mut ttfts) = (Vec::new(), Vec::new());
+    let (mut rates, mut ttfts, mut prompts) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..plan.runs {
         let t = target
             .stream_chat(prompt::short_prompt(runs.next()), plan.gen_tokens)
             .await?;
         ttfts.push(t.first_token().as_secs_f64() * 1000.0);
+        prompts.extend(t.usage.map(|u| u.prompt_tokens as f64));
         if let Some(rate) = decode_rate(&t) {
             rates.push(rate);
         }
@@ -145,7 +157,11 @@ async fn decode(target: &Target, plan: &Plan, runs: &RunNumbers) -> anyhow::Resu
             target.name
         );
     }
-    Ok((median(&rates).unwrap_or(0.0), median(&ttfts).unwrap_or(0.0)))
+    Ok((
+        median(&rates).unwrap_or(0.0),
+        median(&ttfts).unwrap_or(0.0),
+        median(&prompts).unwrap_or(0.0),
+    ))
 }
 
 /// Tokens after the first per second between the first and the last content.
