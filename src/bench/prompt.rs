@@ -63,7 +63,7 @@ pub fn long_prompt(run: usize, sentences: usize) -> Messages {
 pub fn short_prompt(run: usize) -> Messages {
     messages(
         run,
-        "Tell me a long story about a lighthouse keeper who finds a message in a bottle.".into(),
+        "Tell me a long story about a lighthouse keeper.".into(),
     )
 }
 
@@ -86,7 +86,8 @@ pub fn rescale_sentences(sentences: usize, measured: u64, target: usize) -> usiz
 
 fn messages(run: usize, user: String) -> Messages {
     vec![
-        json!({"role": "system", "content": format!("Benchmark run {run}. You are a helpful assistant.")}),
+        // Short: SmolLM2's tokenizer spends a token per digit.
+        json!({"role": "system", "content": format!("Run {run}.")}),
         json!({"role": "user", "content": user}),
     ]
 }

@@ -46,15 +46,17 @@ pub struct ConcurrentFigures {
     pub ttft_p95_ms: f64,
 }
 
-/// Hands out run numbers for prompt prefixes. It starts from the clock so that a second
-/// `wick bench` against the same long-lived server does not repeat the first one's prefixes.
+/// Hands out run numbers for prompt prefixes. It starts from the clock (milliseconds mod
+/// 10^6, kept short because SmolLM2 spends a token per digit; it wraps every ~17 minutes)
+/// so that a second `wick bench` against the same long-lived server does not repeat the
+/// first one's prefixes.
 struct RunNumbers(AtomicUsize);
 
 impl RunNumbers {
     fn new() -> Self {
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as usize % 1_000_000_000)
+            .map(|d| d.as_millis() as usize % 1_000_000)
             .unwrap_or(0);
         Self(AtomicUsize::new(seed))
     }
