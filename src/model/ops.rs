@@ -3,6 +3,8 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
+use super::quant::kernels::dot_f32;
+
 /// RMS normalisation over the last dimension, scaled by `weight`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     candle_nn::ops::rms_norm(x, weight, eps)
@@ -109,7 +111,7 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Ten
                         let mut max = f32::NEG_INFINITY;
                         for (j, score) in scores[..visible].iter_mut().enumerate() {
                             let krow = &kd[k_base + j * ks[1]..][..head_dim];
-                            *score = dot(qrow, krow) * scale;
+                            *score = dot_f32(qrow, krow) * scale;
                             max = max.max(*score);
                         }
                         let mut sum = 0f32;
@@ -132,26 +134,6 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Ten
         })
     })???;
     Tensor::from_vec(out, (len, n_heads * head_dim), q.device())
-}
-
-/// A dot product in eight independent lanes (vectorised by the compiler), summed in a
-/// fixed order.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            lanes[l] += x[l] * y[l];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// The same attention with candle tensor operations (GPU devices).

@@ -1,45 +1,68 @@
 //! Activations quantized to int8 in blocks of 32, the form the integer dot products of
-//! [`super::kernels`] consume: per block a scale `d`, `s = d * Σq` (for weight formats with an
-//! offset), and the 32 values.
+//! [`super::kernels`] consume. Struct-of-arrays, so kernels can combine per-block scales
+//! with whole-row vector operations: per block a scale `d`, `s = d * Σq` (for weight formats
+//! with an offset), and the 32 values.
 
 /// Values per block, shared by every weight format wick's own kernels handle.
 pub const BLOCK: usize = 32;
 
+/// `rows` activation rows of `blocks` blocks each.
+#[derive(Debug, Clone, Default)]
+pub struct QRows {
+    pub blocks: usize,
+    pub d: Vec<f32>,
+    pub s: Vec<f32>,
+    pub qs: Vec<[i8; BLOCK]>,
+}
+
+/// One row's view.
 #[derive(Debug, Clone, Copy)]
-#[repr(C, align(8))]
-pub struct QBlock {
-    pub d: f32,
-    pub s: f32,
-    pub qs: [i8; BLOCK],
+pub struct QRow<'a> {
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+    pub qs: &'a [[i8; BLOCK]],
 }
 
-impl Default for QBlock {
-    fn default() -> Self {
-        Self {
-            d: 0.0,
-            s: 0.0,
-            qs: [0; BLOCK],
+impl QRows {
+    /// Quantize `x` (`rows * k` values, `k` a multiple of 32).
+    pub fn quantize(x: &[f32], k: usize) -> Self {
+        let blocks = k / BLOCK;
+        let n = x.len() / BLOCK;
+        let mut out = Self {
+            blocks,
+            d: vec![0.0; n],
+            s: vec![0.0; n],
+            qs: vec![[0; BLOCK]; n],
+        };
+        for (i, chunk) in x.chunks_exact(BLOCK).enumerate() {
+            let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, &v) in out.qs[i].iter_mut().zip(chunk) {
+                let r = (v * inv).round() as i32;
+                *q = r as i8;
+                sum += r;
+            }
+            // Scales rounded to f16 as in GGUF's own activation blocks (Q8_0/Q8_1): the
+            // values then match llama.cpp's to the bit, and outputs stay closest to it.
+            out.d[i] = half::f16::from_f32(d).to_f32();
+            out.s[i] = half::f16::from_f32(d * sum as f32).to_f32();
         }
+        out
     }
-}
 
-/// Quantize `x` (a multiple of 32 long) into `out` (`x.len() / 32` blocks).
-pub fn quantize_row(x: &[f32], out: &mut [QBlock]) {
-    debug_assert_eq!(x.len(), out.len() * BLOCK);
-    for (chunk, block) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
-        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, &v) in block.qs.iter_mut().zip(chunk) {
-            let r = (v * inv).round() as i32;
-            *q = r as i8;
-            sum += r;
+    pub fn rows(&self) -> usize {
+        self.d.len() / self.blocks.max(1)
+    }
+
+    pub fn row(&self, r: usize) -> QRow<'_> {
+        let range = r * self.blocks..(r + 1) * self.blocks;
+        QRow {
+            d: &self.d[range.clone()],
+            s: &self.s[range.clone()],
+            qs: &self.qs[range],
         }
-        // Scales rounded to f16 as in GGUF's own activation blocks (Q8_0/Q8_1): the values
-        // then match llama.cpp's to the bit, and the model's outputs stay closest to it.
-        block.d = half::f16::from_f32(d).to_f32();
-        block.s = half::f16::from_f32(d * sum as f32).to_f32();
     }
 }
 
@@ -52,17 +75,18 @@ mod tests {
         let x: Vec<f32> = (0..64)
             .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.173)
             .collect();
-        let mut q = vec![QBlock::default(); 2];
-        quantize_row(&x, &mut q);
-        for (b, block) in q.iter().enumerate() {
+        let q = QRows::quantize(&x, 64);
+        assert_eq!((q.rows(), q.blocks), (1, 2));
+        let row = q.row(0);
+        for b in 0..2 {
             let mut sum = 0.0;
             for i in 0..BLOCK {
-                let back = block.qs[i] as f32 * block.d;
+                let back = row.qs[b][i] as f32 * row.d[b];
                 // Half a step, plus the f16 rounding of the scale.
-                assert!((back - x[b * BLOCK + i]).abs() <= block.d * 0.51 + 1e-6);
+                assert!((back - x[b * BLOCK + i]).abs() <= row.d[b] * 0.51 + 1e-6);
                 sum += back;
             }
-            assert!((block.s - sum).abs() < 1e-2 * (1.0 + sum.abs()));
+            assert!((row.s[b] - sum).abs() < 1e-2 * (1.0 + sum.abs()));
         }
     }
 }

@@ -1,13 +1,20 @@
-//! Dot products of one quantized weight row with one int8-quantized activation row, for each
+//! Dot products of quantized weight rows with one int8-quantized activation row, for each
 //! instruction set: AVX-512 VNNI (`vpdpbusd` on 256-bit lanes), AVX2 (`vpmaddubsw` +
 //! `vpmaddwd`), and portable scalar code that also serves as the reference in tests.
+//!
+//! Rows are taken in tiles of up to [`TILE`]: each activation block is loaded once for the
+//! whole tile, and the tile's independent accumulators keep the core busy instead of waiting
+//! on one long chain of dependent additions.
 //!
 //! Q4_1 block: `d`, `m`, 16 bytes holding 32 four-bit values (low nibbles are values 0..16,
 //! high nibbles 16..32); a weight is `d * q + m`. Q8_0 block: `d` and 32 signed bytes.
 //! Against an activation block (`dx`, `sx = dx * Σqx`, `qx`):
 //!   Q4_1: `d * dx * Σ q*qx + m * sx`;  Q8_0: `d * dx * Σ q*qx`.
 
-use super::activation::{QBlock, BLOCK};
+use super::activation::{QRow, BLOCK};
+
+/// Rows per tile.
+pub const TILE: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
@@ -37,62 +44,114 @@ pub fn isa() -> Isa {
     })
 }
 
-/// One Q4_1 weight row (`d`, `m` per block, 16 bytes of nibbles per block) · activations.
-pub fn dot_q4_1(isa: Isa, d: &[f32], m: &[f32], qs: &[u8], x: &[QBlock]) -> f32 {
-    debug_assert!(d.len() == x.len() && m.len() == x.len() && qs.len() == x.len() * 16);
-    match isa {
+/// A tile of consecutive weight rows: `rows` (1..=TILE) rows of `blocks` blocks each, their
+/// per-block scales `d`, offsets `m` (Q4_1 only) and packed values `qs`, row after row.
+#[derive(Clone, Copy)]
+pub struct Tile<'a> {
+    pub rows: usize,
+    pub blocks: usize,
+    pub d: &'a [f32],
+    pub m: &'a [f32],
+    pub qs: &'a [u8],
+}
+
+/// `out[r] = row r of the Q4_1 tile · x` for r < tile.rows (a tile holds TILE rows or one).
+pub fn q4_1(isa: Isa, tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
+    debug_assert!(tile.rows == TILE || tile.rows == 1);
+    debug_assert_eq!(tile.qs.len(), tile.rows * tile.blocks * 16);
+    match (isa, tile.rows) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa()` returned this variant only after detecting the features.
-        Isa::Avx512Vnni => unsafe { x86::dot_q4_1_vnni(d, m, qs, x) },
+        (Isa::Avx512Vnni, TILE) => unsafe { x86::q4_1_vnni::<TILE>(tile, x, out) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::dot_q4_1_avx2(d, m, qs, x) },
-        _ => dot_q4_1_scalar(d, m, qs, x),
+        (Isa::Avx512Vnni, _) => unsafe { x86::q4_1_vnni::<1>(tile, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, TILE) => unsafe { x86::q4_1_avx2::<TILE>(tile, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, _) => unsafe { x86::q4_1_avx2::<1>(tile, x, out) },
+        _ => q4_1_scalar(tile, x, out),
+    }
+    // The offset term is one short dot per row over the blocks' `m` and the activations' `s`.
+    for (r, o) in out.iter_mut().enumerate().take(tile.rows) {
+        *o += dot_f32(&tile.m[r * tile.blocks..(r + 1) * tile.blocks], x.s);
     }
 }
 
-/// One Q8_0 weight row (`d` per block, 32 signed bytes per block) · activations.
-pub fn dot_q8_0(isa: Isa, d: &[f32], qs: &[u8], x: &[QBlock]) -> f32 {
-    debug_assert!(d.len() == x.len() && qs.len() == x.len() * BLOCK);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa()` returned this variant only after detecting the features.
-        Isa::Avx512Vnni => unsafe { x86::dot_q8_0_vnni(d, qs, x) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::dot_q8_0_avx2(d, qs, x) },
-        _ => dot_q8_0_scalar(d, qs, x),
-    }
-}
-
-pub fn dot_q4_1_scalar(d: &[f32], m: &[f32], qs: &[u8], x: &[QBlock]) -> f32 {
-    let mut sum = 0f32;
-    for (b, xb) in x.iter().enumerate() {
-        let bytes = &qs[b * 16..b * 16 + 16];
-        let mut acc = 0i32;
-        for (j, &byte) in bytes.iter().enumerate() {
-            acc += (byte & 0x0F) as i32 * xb.qs[j] as i32;
-            acc += (byte >> 4) as i32 * xb.qs[j + 16] as i32;
+/// A dot product of two f32 slices in eight independent lanes (vectorised by the compiler,
+/// where a plain ordered sum would be one long dependency chain), summed in a fixed order.
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
         }
-        sum += d[b] * xb.d * acc as f32 + m[b] * xb.s;
     }
-    sum
+    lanes.iter().sum::<f32>() + tail
 }
 
-pub fn dot_q8_0_scalar(d: &[f32], qs: &[u8], x: &[QBlock]) -> f32 {
-    let mut sum = 0f32;
-    for (b, xb) in x.iter().enumerate() {
-        let acc: i32 = (0..BLOCK)
-            .map(|j| qs[b * BLOCK + j] as i8 as i32 * xb.qs[j] as i32)
-            .sum();
-        sum += d[b] * xb.d * acc as f32;
+/// `out[r] = row r of the Q8_0 tile · x` for r < tile.rows (a tile holds TILE rows or one).
+pub fn q8_0(isa: Isa, tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
+    debug_assert!(tile.rows == TILE || tile.rows == 1);
+    debug_assert_eq!(tile.qs.len(), tile.rows * tile.blocks * BLOCK);
+    match (isa, tile.rows) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa()` returned this variant only after detecting the features.
+        (Isa::Avx512Vnni, TILE) => unsafe { x86::q8_0_vnni::<TILE>(tile, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512Vnni, _) => unsafe { x86::q8_0_vnni::<1>(tile, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, TILE) => unsafe { x86::q8_0_avx2::<TILE>(tile, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, _) => unsafe { x86::q8_0_avx2::<1>(tile, x, out) },
+        _ => q8_0_scalar(tile, x, out),
     }
-    sum
+}
+
+/// The integer part of Q4_1 (without the offset term), row by row.
+pub fn q4_1_scalar(tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
+    for (r, o) in out.iter_mut().enumerate().take(tile.rows) {
+        let mut sum = 0f32;
+        for b in 0..tile.blocks {
+            let i = r * tile.blocks + b;
+            let bytes = &tile.qs[i * 16..i * 16 + 16];
+            let mut acc = 0i32;
+            for (j, &byte) in bytes.iter().enumerate() {
+                acc += (byte & 0x0F) as i32 * x.qs[b][j] as i32;
+                acc += (byte >> 4) as i32 * x.qs[b][j + 16] as i32;
+            }
+            sum += tile.d[i] * x.d[b] * acc as f32;
+        }
+        *o = sum;
+    }
+}
+
+pub fn q8_0_scalar(tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
+    for (r, o) in out.iter_mut().enumerate().take(tile.rows) {
+        let mut sum = 0f32;
+        for b in 0..tile.blocks {
+            let i = r * tile.blocks + b;
+            let acc: i32 = (0..BLOCK)
+                .map(|j| tile.qs[i * BLOCK + j] as i8 as i32 * x.qs[b][j] as i32)
+                .sum();
+            sum += tile.d[i] * x.d[b] * acc as f32;
+        }
+        *o = sum;
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{QBlock, BLOCK};
+    use super::{QRow, Tile, BLOCK, TILE};
 
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -112,69 +171,86 @@ mod x86 {
         _mm256_set_m128i(hi, lo)
     }
 
-    #[target_feature(enable = "avx512vnni,avx512vl,avx512bw,avx2,fma")]
-    pub unsafe fn dot_q4_1_vnni(d: &[f32], m: &[f32], qs: &[u8], x: &[QBlock]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut offset = 0f32;
-        for (b, xb) in x.iter().enumerate() {
-            let w = unpack_nibbles(qs.as_ptr().add(b * 16));
-            let a = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            let p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a);
-            let scale = _mm256_set1_ps(*d.get_unchecked(b) * xb.d);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc);
-            offset += *m.get_unchecked(b) * xb.s;
+    /// Σ over 32 unsigned × signed byte products, in eight 32-bit lanes.
+    #[inline(always)]
+    unsafe fn dot_u8_i8<const VNNI: bool>(w: __m256i, a: __m256i) -> __m256i {
+        if VNNI {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
+        } else {
+            // Pairs summed to i16 (at most 2·255·127 for Q8_0's sign trick fits), then i32.
+            _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
         }
-        hsum(acc) + offset
+    }
+
+    // Each kernel body is inlined into one wrapper per instruction set, so the AVX2 wrapper
+    // holds no AVX-512 instruction and is safe on CPUs without it.
+    #[target_feature(enable = "avx512vnni,avx512vl,avx512bw,avx2,fma")]
+    pub unsafe fn q4_1_vnni<const R: usize>(t: Tile<'_>, x: QRow<'_>, o: &mut [f32; TILE]) {
+        q4_1::<R, true>(t, x, o)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q4_1_avx2(d: &[f32], m: &[f32], qs: &[u8], x: &[QBlock]) -> f32 {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        let mut offset = 0f32;
-        for (b, xb) in x.iter().enumerate() {
-            let w = unpack_nibbles(qs.as_ptr().add(b * 16));
-            let a = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            // u8 × i8 pairs summed to i16 (at most 2·15·127, no saturation), then to i32.
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), ones);
-            let scale = _mm256_set1_ps(*d.get_unchecked(b) * xb.d);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc);
-            offset += *m.get_unchecked(b) * xb.s;
-        }
-        hsum(acc) + offset
+    pub unsafe fn q4_1_avx2<const R: usize>(t: Tile<'_>, x: QRow<'_>, o: &mut [f32; TILE]) {
+        q4_1::<R, false>(t, x, o)
     }
 
     #[target_feature(enable = "avx512vnni,avx512vl,avx512bw,avx2,fma")]
-    pub unsafe fn dot_q8_0_vnni(d: &[f32], qs: &[u8], x: &[QBlock]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        for (b, xb) in x.iter().enumerate() {
-            let w = _mm256_loadu_si256(qs.as_ptr().add(b * BLOCK) as *const __m256i);
-            let a = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            // vpdpbusd multiplies unsigned by signed: move the weight's sign onto the
-            // activation (activations never hold -128, so negating is exact).
-            let p = _mm256_dpbusd_epi32(
-                _mm256_setzero_si256(),
-                _mm256_sign_epi8(w, w),
-                _mm256_sign_epi8(a, w),
-            );
-            let scale = _mm256_set1_ps(*d.get_unchecked(b) * xb.d);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc);
-        }
-        hsum(acc)
+    pub unsafe fn q8_0_vnni<const R: usize>(t: Tile<'_>, x: QRow<'_>, o: &mut [f32; TILE]) {
+        q8_0::<R, true>(t, x, o)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q8_0_avx2(d: &[f32], qs: &[u8], x: &[QBlock]) -> f32 {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        for (b, xb) in x.iter().enumerate() {
-            let w = _mm256_loadu_si256(qs.as_ptr().add(b * BLOCK) as *const __m256i);
-            let a = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
-            let p = _mm256_madd_epi16(p16, ones);
-            let scale = _mm256_set1_ps(*d.get_unchecked(b) * xb.d);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc);
+    pub unsafe fn q8_0_avx2<const R: usize>(t: Tile<'_>, x: QRow<'_>, o: &mut [f32; TILE]) {
+        q8_0::<R, false>(t, x, o)
+    }
+
+    #[inline(always)]
+    unsafe fn q4_1<const R: usize, const VNNI: bool>(
+        tile: Tile<'_>,
+        x: QRow<'_>,
+        out: &mut [f32; TILE],
+    ) {
+        let nb = tile.blocks;
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let a = _mm256_loadu_si256(x.qs.get_unchecked(b).as_ptr() as *const __m256i);
+            let xd = *x.d.get_unchecked(b);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let i = r * nb + b;
+                let w = unpack_nibbles(tile.qs.as_ptr().add(i * 16));
+                let p = dot_u8_i8::<VNNI>(w, a);
+                let scale = _mm256_set1_ps(*tile.d.get_unchecked(i) * xd);
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, *acc);
+            }
         }
-        hsum(acc)
+        for (o, acc) in out.iter_mut().zip(acc) {
+            *o = hsum(acc);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn q8_0<const R: usize, const VNNI: bool>(
+        tile: Tile<'_>,
+        x: QRow<'_>,
+        out: &mut [f32; TILE],
+    ) {
+        let nb = tile.blocks;
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let a = _mm256_loadu_si256(x.qs.get_unchecked(b).as_ptr() as *const __m256i);
+            let xd = *x.d.get_unchecked(b);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let i = r * nb + b;
+                let w = _mm256_loadu_si256(tile.qs.as_ptr().add(i * BLOCK) as *const __m256i);
+                // The byte products take unsigned × signed: move the weight's sign onto the
+                // activation (activations never hold -128, so negating is exact).
+                let p = dot_u8_i8::<VNNI>(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+                let scale = _mm256_set1_ps(*tile.d.get_unchecked(i) * xd);
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, *acc);
+            }
+        }
+        for (o, acc) in out.iter_mut().zip(acc) {
+            *o = hsum(acc);
+        }
     }
 }

@@ -6,14 +6,14 @@
 
 pub mod activation;
 pub mod kernels;
+pub mod pool;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use half::f16;
-use rayon::prelude::*;
 
-use activation::{quantize_row, QBlock, BLOCK};
-use kernels::Isa;
+use activation::{QRow, QRows, BLOCK};
+use kernels::{Isa, Tile, TILE};
 
 /// A weight matrix `[rows, k]` in wick's own layout: per-block scales as f32, quantized
 /// values packed per row.
@@ -86,42 +86,60 @@ impl QMatrix {
         }))
     }
 
-    /// `y[t][r] = Σ_k w[r][k] x[t][k]` for activations already quantized (`t` rows of
-    /// `blocks` blocks); `y` is `[t, rows]`.
-    pub fn matmul_quantized(&self, x: &[QBlock], y: &mut [f32]) {
-        let tokens = x.len() / self.blocks;
+    /// `y[t][r] = Σ_k w[r][k] x[t][k]` for activations already quantized (`t` rows);
+    /// `y` is `[t, rows]`.
+    pub fn matmul_quantized(&self, x: &QRows, y: &mut [f32]) {
+        let tokens = x.rows();
         debug_assert_eq!(y.len(), tokens * self.rows);
         let isa = kernels::isa();
-        let threads = rayon::current_num_threads().max(1);
-        // Few enough rows per task that both cores stay busy, enough that the handoff is
-        // paid rarely.
-        let per_task = self.rows.div_ceil(threads * 4).max(16);
+        let pool = pool::Pool::global();
+        // Whole tiles per task; a few tasks per thread so an unlucky thread does not hold
+        // up the loop.
+        let tiles = self.rows.div_ceil(TILE);
+        let tiles_per_task = tiles.div_ceil(pool.threads() * 4).max(1);
         let out = SharedOut(y.as_mut_ptr());
-        (0..self.rows.div_ceil(per_task))
-            .into_par_iter()
-            .for_each(|task| {
-                let out = &out;
-                let first = task * per_task;
-                let last = (first + per_task).min(self.rows);
-                for row in first..last {
-                    for t in 0..tokens {
-                        let xs = &x[t * self.blocks..(t + 1) * self.blocks];
-                        let v = self.dot_row(isa, row, xs);
+        pool.run(tiles.div_ceil(tiles_per_task), &|task| {
+            let out = &out;
+            let first = task * tiles_per_task * TILE;
+            let last = (first + tiles_per_task * TILE).min(self.rows);
+            let mut row = first;
+            while row < last {
+                // Full tiles, then single rows for what is left.
+                let rows = if last - row >= TILE { TILE } else { 1 };
+                let tile = self.tile(row, rows);
+                for t in 0..tokens {
+                    let mut v = [0f32; TILE];
+                    self.dot_tile(isa, tile, x.row(t), &mut v);
+                    for (r, value) in v.iter().enumerate().take(rows) {
                         // SAFETY: each (t, row) is written by exactly one task, inside `y`.
-                        unsafe { *out.0.add(t * self.rows + row) = v };
+                        unsafe { *out.0.add(t * self.rows + row + r) = *value };
                     }
                 }
-            });
+                row += rows;
+            }
+        });
     }
 
-    fn dot_row(&self, isa: Isa, row: usize, x: &[QBlock]) -> f32 {
-        let b = self.blocks;
-        let d = &self.d[row * b..(row + 1) * b];
+    fn tile(&self, row: usize, rows: usize) -> Tile<'_> {
+        let nb = self.blocks;
         let bytes = self.format.bytes_per_block();
-        let qs = &self.qs[row * b * bytes..(row + 1) * b * bytes];
+        Tile {
+            rows,
+            blocks: nb,
+            d: &self.d[row * nb..(row + rows) * nb],
+            m: if self.m.is_empty() {
+                &[]
+            } else {
+                &self.m[row * nb..(row + rows) * nb]
+            },
+            qs: &self.qs[row * nb * bytes..(row + rows) * nb * bytes],
+        }
+    }
+
+    fn dot_tile(&self, isa: Isa, tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
         match self.format {
-            Format::Q4_1 => kernels::dot_q4_1(isa, d, &self.m[row * b..(row + 1) * b], qs, x),
-            Format::Q8_0 => kernels::dot_q8_0(isa, d, qs, x),
+            Format::Q4_1 => kernels::q4_1(isa, tile, x, out),
+            Format::Q8_0 => kernels::q8_0(isa, tile, x, out),
         }
     }
 
@@ -159,10 +177,7 @@ impl Linear {
             Self::Own(m) => {
                 let (tokens, k) = x.dims2()?;
                 let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let mut q = vec![QBlock::default(); tokens * (k / BLOCK)];
-                for (row, out) in xs.chunks_exact(k).zip(q.chunks_exact_mut(k / BLOCK)) {
-                    quantize_row(row, out);
-                }
+                let q = QRows::quantize(&xs, k);
                 let mut y = vec![0f32; tokens * m.rows];
                 m.matmul_quantized(&q, &mut y);
                 Tensor::from_vec(y, (tokens, m.rows), x.device())
@@ -178,7 +193,8 @@ mod tests {
     /// wick's kernels against candle's quantized matmul on the same weights: both quantize
     /// the activations to int8 blocks, so they agree to float rounding.
     fn check(dtype: GgmlDType) {
-        let (rows, k) = (96, 256);
+        // Not a multiple of the tile: the last rows go one at a time.
+        let (rows, k) = (98, 256);
         let w = Tensor::randn(0f32, 1f32, (rows, k), &Device::Cpu).unwrap();
         let qt = QTensor::quantize(&w, dtype).unwrap();
         let own = QMatrix::from_qtensor(&qt)
@@ -223,19 +239,35 @@ mod tests {
                     "{dtype:?} vs candle at {i}"
                 );
             }
-            // Every instruction set gives the scalar reference's answer.
-            let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let mut q = vec![QBlock::default(); tokens * own.blocks];
-            for (row, out) in xs.chunks_exact(k).zip(q.chunks_exact_mut(own.blocks)) {
-                quantize_row(row, out);
-            }
-            for isa in [kernels::isa(), Isa::Scalar] {
-                for row in 0..rows {
-                    let a = own.dot_row(isa, row, &q[..own.blocks]);
-                    let b = own.dot_row(Isa::Scalar, row, &q[..own.blocks]);
-                    assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{isa:?} row {row}");
+            // Every instruction set gives the scalar reference's answer, in full tiles and
+            // single rows.
+            let q = QRows::quantize(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), k);
+            for isa in [kernels::isa(), Isa::Avx2, Isa::Scalar] {
+                if isa == Isa::Avx2 && !avx2() {
+                    continue;
+                }
+                for row in (0..rows).step_by(TILE) {
+                    for n in [TILE, 1].into_iter().filter(|n| row + n <= rows) {
+                        let (mut a, mut b) = ([0f32; TILE], [0f32; TILE]);
+                        own.dot_tile(isa, own.tile(row, n), q.row(0), &mut a);
+                        own.dot_tile(Isa::Scalar, own.tile(row, n), q.row(0), &mut b);
+                        for r in 0..n {
+                            assert!((a[r] - b[r]).abs() <= 1e-4 * (1.0 + b[r].abs()), "{isa:?}");
+                        }
+                    }
                 }
             }
+        }
+    }
+
+    fn avx2() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
         }
     }
 
@@ -247,32 +279,5 @@ mod tests {
     #[test]
     fn q8_0_matches_candle() {
         check(GgmlDType::Q8_0);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn avx2_path_matches_scalar_when_available() {
-        if !is_x86_feature_detected!("avx2") {
-            return;
-        }
-        let w = Tensor::randn(0f32, 1f32, (8, 128), &Device::Cpu).unwrap();
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let m = QMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap())
-                .unwrap()
-                .unwrap();
-            let x: Vec<f32> = (0..128)
-                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0)
-                .collect();
-            let mut q = vec![QBlock::default(); 4];
-            quantize_row(&x, &mut q);
-            for row in 0..8 {
-                let a = m.dot_row(Isa::Avx2, row, &q);
-                let b = m.dot_row(Isa::Scalar, row, &q);
-                assert!(
-                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                    "{dtype:?} row {row}"
-                );
-            }
-        }
     }
 }
