@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::kv_cache::KvPool;
 use super::ops::{self, RopeStyle, RopeTables};
-use super::quant::Linear;
+use super::quant::{Linear, LinearGroup};
 use super::{Model, ModelConfig, SeqChunk};
 
 /// What sets one member of the family apart from another.
@@ -29,14 +29,13 @@ impl Variant {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    /// q, k and v projections.
+    qkv: LinearGroup,
     bias: Option<[Tensor; 3]>,
     wo: Linear,
     ffn_norm: Tensor,
-    w_gate: Linear,
-    w_up: Linear,
+    /// gate and up projections.
+    gate_up: LinearGroup,
     w_down: Linear,
 }
 
@@ -108,14 +107,18 @@ impl Llama {
             };
             layers.push(Layer {
                 attn_norm: r.f32(&format!("{p}.attn_norm.weight"))?,
-                wq: r.linear(&format!("{p}.attn_q.weight"))?,
-                wk: r.linear(&format!("{p}.attn_k.weight"))?,
-                wv: r.linear(&format!("{p}.attn_v.weight"))?,
+                qkv: LinearGroup::new(vec![
+                    r.linear(&format!("{p}.attn_q.weight"))?,
+                    r.linear(&format!("{p}.attn_k.weight"))?,
+                    r.linear(&format!("{p}.attn_v.weight"))?,
+                ]),
                 bias,
                 wo: r.linear(&format!("{p}.attn_output.weight"))?,
                 ffn_norm: r.f32(&format!("{p}.ffn_norm.weight"))?,
-                w_gate: r.linear(&format!("{p}.ffn_gate.weight"))?,
-                w_up: r.linear(&format!("{p}.ffn_up.weight"))?,
+                gate_up: LinearGroup::new(vec![
+                    r.linear(&format!("{p}.ffn_gate.weight"))?,
+                    r.linear(&format!("{p}.ffn_up.weight"))?,
+                ]),
                 w_down: r.linear(&format!("{p}.ffn_down.weight"))?,
             });
         }
@@ -148,9 +151,8 @@ impl Llama {
         kv: &KvPool,
     ) -> Result<Tensor> {
         let c = &self.config;
-        let mut q = layer.wq.forward(h)?;
-        let mut k = layer.wk.forward(h)?;
-        let mut v = layer.wv.forward(h)?;
+        let [mut q, mut k, mut v]: [Tensor; 3] =
+            layer.qkv.forward(h)?.try_into().expect("three projections");
         if let Some([bq, bk, bv]) = &layer.bias {
             q = q.broadcast_add(bq)?;
             k = k.broadcast_add(bk)?;
@@ -211,7 +213,12 @@ impl Model for Llama {
             let h = ops::rms_norm(&x, &layer.attn_norm, eps)?;
             x = (x + self.attention(index, layer, &h, batch, kv)?)?;
             let h = ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let act = ops::swiglu(&layer.w_gate.forward(&h)?, &layer.w_up.forward(&h)?)?;
+            let [gate, up]: [Tensor; 2] = layer
+                .gate_up
+                .forward(&h)?
+                .try_into()
+                .expect("two projections");
+            let act = ops::swiglu(&gate, &up)?;
             x = (x + layer.w_down.forward(&act)?)?;
         }
         // Only the last row of each sampling sequence goes through the output projection.

@@ -62,18 +62,58 @@ pub fn q4_1(isa: Isa, tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
     match (isa, tile.rows) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa()` returned this variant only after detecting the features.
-        (Isa::Avx512Vnni, TILE) => unsafe { x86::q4_1_vnni::<TILE>(tile, x, out) },
+        (Isa::Avx512Vnni, TILE) => unsafe { x86::q4_1_vnni::<TILE, true>(tile, x, out) },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512Vnni, _) => unsafe { x86::q4_1_vnni::<1>(tile, x, out) },
+        (Isa::Avx512Vnni, _) => unsafe { x86::q4_1_vnni::<1, true>(tile, x, out) },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, TILE) => unsafe { x86::q4_1_avx2::<TILE>(tile, x, out) },
+        (Isa::Avx2, TILE) => unsafe { x86::q4_1_avx2::<TILE, true>(tile, x, out) },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, _) => unsafe { x86::q4_1_avx2::<1>(tile, x, out) },
+        (Isa::Avx2, _) => unsafe { x86::q4_1_avx2::<1, true>(tile, x, out) },
         _ => q4_1_scalar(tile, x, out),
     }
-    // The offset term is one short dot per row over the blocks' `m` and the activations' `s`.
-    for (r, o) in out.iter_mut().enumerate().take(tile.rows) {
-        *o += dot_f32(&tile.m[r * tile.blocks..(r + 1) * tile.blocks], x.s);
+}
+
+/// As [`q4_1`], for a tile whose values were unpacked to one byte each by [`unpack_q4_1`]
+/// (done once per tile when several tokens share a step).
+pub fn q4_1_unpacked(isa: Isa, tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
+    debug_assert!(tile.rows == TILE || tile.rows == 1);
+    debug_assert_eq!(tile.qs.len(), tile.rows * tile.blocks * BLOCK);
+    match (isa, tile.rows) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa()` returned this variant only after detecting the features.
+        (Isa::Avx512Vnni, TILE) => unsafe { x86::q4_1_vnni::<TILE, false>(tile, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512Vnni, _) => unsafe { x86::q4_1_vnni::<1, false>(tile, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, TILE) => unsafe { x86::q4_1_avx2::<TILE, false>(tile, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, _) => unsafe { x86::q4_1_avx2::<1, false>(tile, x, out) },
+        _ => {
+            // The scalar reference reads packed nibbles: repack.
+            let mut packed = vec![0u8; tile.rows * tile.blocks * 16];
+            for (p, v) in packed.chunks_exact_mut(16).zip(tile.qs.chunks_exact(BLOCK)) {
+                for j in 0..16 {
+                    p[j] = v[j] | (v[j + 16] << 4);
+                }
+            }
+            q4_1_scalar(
+                Tile {
+                    qs: &packed,
+                    ..tile
+                },
+                x,
+                out,
+            )
+        }
+    }
+}
+
+/// Unpack a Q4_1 tile's nibbles to one byte per value, in activation order.
+pub fn unpack_q4_1(qs: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    for block in qs.chunks_exact(16) {
+        out.extend(block.iter().map(|b| b & 0x0F));
+        out.extend(block.iter().map(|b| b >> 4));
     }
 }
 
@@ -115,7 +155,7 @@ pub fn q8_0(isa: Isa, tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
     }
 }
 
-/// The integer part of Q4_1 (without the offset term), row by row.
+/// Q4_1 row by row, the reference for the SIMD paths.
 pub fn q4_1_scalar(tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
     for (r, o) in out.iter_mut().enumerate().take(tile.rows) {
         let mut sum = 0f32;
@@ -127,7 +167,7 @@ pub fn q4_1_scalar(tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
                 acc += (byte & 0x0F) as i32 * x.qs[b][j] as i32;
                 acc += (byte >> 4) as i32 * x.qs[b][j + 16] as i32;
             }
-            sum += tile.d[i] * x.d[b] * acc as f32;
+            sum += tile.d[i] * x.d[b] * acc as f32 + tile.m[i] * x.s[b];
         }
         *o = sum;
     }
@@ -185,13 +225,21 @@ mod x86 {
     // Each kernel body is inlined into one wrapper per instruction set, so the AVX2 wrapper
     // holds no AVX-512 instruction and is safe on CPUs without it.
     #[target_feature(enable = "avx512vnni,avx512vl,avx512bw,avx2,fma")]
-    pub unsafe fn q4_1_vnni<const R: usize>(t: Tile<'_>, x: QRow<'_>, o: &mut [f32; TILE]) {
-        q4_1::<R, true>(t, x, o)
+    pub unsafe fn q4_1_vnni<const R: usize, const PACKED: bool>(
+        t: Tile<'_>,
+        x: QRow<'_>,
+        o: &mut [f32; TILE],
+    ) {
+        q4_1::<R, true, PACKED>(t, x, o)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn q4_1_avx2<const R: usize>(t: Tile<'_>, x: QRow<'_>, o: &mut [f32; TILE]) {
-        q4_1::<R, false>(t, x, o)
+    pub unsafe fn q4_1_avx2<const R: usize, const PACKED: bool>(
+        t: Tile<'_>,
+        x: QRow<'_>,
+        o: &mut [f32; TILE],
+    ) {
+        q4_1::<R, false, PACKED>(t, x, o)
     }
 
     #[target_feature(enable = "avx512vnni,avx512vl,avx512bw,avx2,fma")]
@@ -205,7 +253,7 @@ mod x86 {
     }
 
     #[inline(always)]
-    unsafe fn q4_1<const R: usize, const VNNI: bool>(
+    unsafe fn q4_1<const R: usize, const VNNI: bool, const PACKED: bool>(
         tile: Tile<'_>,
         x: QRow<'_>,
         out: &mut [f32; TILE],
@@ -217,14 +265,29 @@ mod x86 {
             let xd = *x.d.get_unchecked(b);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let i = r * nb + b;
-                let w = unpack_nibbles(tile.qs.as_ptr().add(i * 16));
+                let w = if PACKED {
+                    unpack_nibbles(tile.qs.as_ptr().add(i * 16))
+                } else {
+                    _mm256_loadu_si256(tile.qs.as_ptr().add(i * BLOCK) as *const __m256i)
+                };
                 let p = dot_u8_i8::<VNNI>(w, a);
                 let scale = _mm256_set1_ps(*tile.d.get_unchecked(i) * xd);
                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, *acc);
             }
         }
-        for (o, acc) in out.iter_mut().zip(acc) {
-            *o = hsum(acc);
+        // The offset term Σ m·s, eight blocks at a time into the same accumulators.
+        let whole = nb / 8 * 8;
+        for (r, (o, mut acc)) in out.iter_mut().zip(acc).enumerate() {
+            let m = tile.m.as_ptr().add(r * nb);
+            for b in (0..whole).step_by(8) {
+                let mv = _mm256_loadu_ps(m.add(b));
+                acc = _mm256_fmadd_ps(mv, _mm256_loadu_ps(x.s.as_ptr().add(b)), acc);
+            }
+            let mut tail = 0f32;
+            for b in whole..nb {
+                tail += *m.add(b) * *x.s.get_unchecked(b);
+            }
+            *o = hsum(acc) + tail;
         }
     }
 

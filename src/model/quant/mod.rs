@@ -107,12 +107,29 @@ impl QMatrix {
                 // Full tiles, then single rows for what is left.
                 let rows = if last - row >= TILE { TILE } else { 1 };
                 let tile = self.tile(row, rows);
-                for t in 0..tokens {
-                    let mut v = [0f32; TILE];
-                    self.dot_tile(isa, tile, x.row(t), &mut v);
+                let write = |t: usize, v: &[f32; TILE]| {
                     for (r, value) in v.iter().enumerate().take(rows) {
                         // SAFETY: each (t, row) is written by exactly one task, inside `y`.
                         unsafe { *out.0.add(t * self.rows + row + r) = *value };
+                    }
+                };
+                if tokens > 1 && self.format == Format::Q4_1 {
+                    // Several tokens share the step: unpack the tile's nibbles once for all.
+                    UNPACKED.with(|buf| {
+                        let mut buf = buf.borrow_mut();
+                        kernels::unpack_q4_1(tile.qs, &mut buf);
+                        let unpacked = Tile { qs: &buf, ..tile };
+                        for t in 0..tokens {
+                            let mut v = [0f32; TILE];
+                            kernels::q4_1_unpacked(isa, unpacked, x.row(t), &mut v);
+                            write(t, &v);
+                        }
+                    });
+                } else {
+                    for t in 0..tokens {
+                        let mut v = [0f32; TILE];
+                        self.dot_tile(isa, tile, x.row(t), &mut v);
+                        write(t, &v);
                     }
                 }
                 row += rows;
@@ -146,6 +163,31 @@ impl QMatrix {
     pub fn rows(&self) -> usize {
         self.rows
     }
+
+    /// Stack matrices that share an input into one (rows of the first, then the next...),
+    /// when their formats and widths agree.
+    fn stack(parts: &[&QMatrix]) -> Option<QMatrix> {
+        let first = parts.first()?;
+        if parts
+            .iter()
+            .any(|p| p.format != first.format || p.blocks != first.blocks)
+        {
+            return None;
+        }
+        Some(QMatrix {
+            format: first.format,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            blocks: first.blocks,
+            d: parts.iter().flat_map(|p| p.d.iter().copied()).collect(),
+            m: parts.iter().flat_map(|p| p.m.iter().copied()).collect(),
+            qs: parts.iter().flat_map(|p| p.qs.iter().copied()).collect(),
+        })
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch for unpacked Q4_1 tiles.
+    static UNPACKED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A raw output pointer shared by the tasks that write disjoint parts of it.
@@ -181,6 +223,54 @@ impl Linear {
                 let mut y = vec![0f32; tokens * m.rows];
                 m.matmul_quantized(&q, &mut y);
                 Tensor::from_vec(y, (tokens, m.rows), x.device())
+            }
+        }
+    }
+}
+
+/// Linear layers that read the same input (q, k and v; gate and up), run as one stacked
+/// matrix when wick's kernels hold them all: the input is quantized once and the threads
+/// meet once instead of once per layer.
+pub enum LinearGroup {
+    Stacked { matrix: Linear, widths: Vec<usize> },
+    Separate(Vec<Linear>),
+}
+
+impl LinearGroup {
+    pub fn new(parts: Vec<Linear>) -> Self {
+        let own: Vec<&QMatrix> = parts
+            .iter()
+            .filter_map(|p| match p {
+                Linear::Own(m) => Some(m),
+                Linear::Candle(_) => None,
+            })
+            .collect();
+        if own.len() == parts.len() {
+            if let Some(stacked) = QMatrix::stack(&own) {
+                return Self::Stacked {
+                    widths: own.iter().map(|m| m.rows).collect(),
+                    matrix: Linear::Own(stacked),
+                };
+            }
+        }
+        Self::Separate(parts)
+    }
+
+    /// One output per layer, in the order given to `new`.
+    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Self::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
+            Self::Stacked { matrix, widths } => {
+                let y = matrix.forward(x)?;
+                let mut offset = 0;
+                widths
+                    .iter()
+                    .map(|&w| {
+                        let part = y.narrow(1, offset, w);
+                        offset += w;
+                        part
+                    })
+                    .collect()
             }
         }
     }
@@ -249,10 +339,28 @@ mod tests {
                 for row in (0..rows).step_by(TILE) {
                     for n in [TILE, 1].into_iter().filter(|n| row + n <= rows) {
                         let (mut a, mut b) = ([0f32; TILE], [0f32; TILE]);
-                        own.dot_tile(isa, own.tile(row, n), q.row(0), &mut a);
-                        own.dot_tile(Isa::Scalar, own.tile(row, n), q.row(0), &mut b);
+                        let tile = own.tile(row, n);
+                        own.dot_tile(isa, tile, q.row(0), &mut a);
+                        own.dot_tile(Isa::Scalar, tile, q.row(0), &mut b);
                         for r in 0..n {
                             assert!((a[r] - b[r]).abs() <= 1e-4 * (1.0 + b[r].abs()), "{isa:?}");
+                        }
+                        if own.format == Format::Q4_1 {
+                            let mut buf = Vec::new();
+                            kernels::unpack_q4_1(tile.qs, &mut buf);
+                            let mut c = [0f32; TILE];
+                            kernels::q4_1_unpacked(
+                                isa,
+                                Tile { qs: &buf, ..tile },
+                                q.row(0),
+                                &mut c,
+                            );
+                            for r in 0..n {
+                                assert!(
+                                    (c[r] - b[r]).abs() <= 1e-4 * (1.0 + b[r].abs()),
+                                    "unpacked {isa:?}"
+                                );
+                            }
                         }
                     }
                 }
@@ -268,6 +376,27 @@ mod tests {
         #[cfg(not(target_arch = "x86_64"))]
         {
             false
+        }
+    }
+
+    #[test]
+    fn a_stacked_group_gives_each_layer_its_own_output() {
+        let x = Tensor::randn(0f32, 1f32, (3, 64), &Device::Cpu).unwrap();
+        let layer = |rows| {
+            let w = Tensor::randn(0f32, 1f32, (rows, 64), &Device::Cpu).unwrap();
+            Linear::new(
+                QTensor::quantize(&w, GgmlDType::Q4_1).unwrap(),
+                &Device::Cpu,
+            )
+            .unwrap()
+        };
+        let (a, b) = (layer(8), layer(12));
+        let want = [a.forward(&x).unwrap(), b.forward(&x).unwrap()];
+        let group = LinearGroup::new(vec![a, b]);
+        assert!(matches!(group, LinearGroup::Stacked { .. }));
+        for (got, want) in group.forward(&x).unwrap().iter().zip(&want) {
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
         }
     }
 
