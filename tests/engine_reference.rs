@@ -1,11 +1,12 @@
 //! The model and engine against llama.cpp for the same GGUF and raw prompts
 //! (tests/fixtures/llamacpp_reference.json, made once with llama.cpp).
 //!
-//! wick quantizes activations and rounds keys and values to f16 exactly as llama.cpp does,
-//! but the two add the same numbers in different orders, so where the two best tokens are
-//! within a few hundredths of a logit the greedy choice can differ. The model test therefore feeds llama.cpp's own tokens back
-//! (teacher forcing) and requires, at every one of the 16 positions, that llama.cpp's token is
-//! wick's top choice or a near-tie with it.
+//! wick quantizes activations and rounds keys and values to f16 as llama.cpp does, but the
+//! two add the same numbers in different orders, so where the two best tokens are within a
+//! small fraction of a logit the greedy choice can go either way. The model test therefore
+//! feeds llama.cpp's own tokens back (teacher forcing) and requires, at each of its
+//! positions, that llama.cpp's token is wick's top choice or a near-tie with it; the engine
+//! test requires llama.cpp's exact tokens up to the first such tie.
 
 mod common;
 
@@ -18,8 +19,9 @@ use wick::catalog::Catalog;
 use wick::engine::{Backend, Engine, EngineConfig, Event, GenerateRequest, SamplingParams};
 use wick::model::{KvPool, KvShape, LoadedModel, ModelFrontend, SeqChunk};
 
-/// Largest logit gap at which a different greedy choice counts as a floating-point tie.
-const TIE: f32 = 0.1;
+/// Largest logit gap at which a different greedy choice counts as a floating-point tie (a
+/// real defect, such as a wrong rotary layout, costs several logits).
+const TIE: f32 = 0.25;
 
 struct Case {
     prompt: String,
@@ -64,64 +66,80 @@ fn load() -> LoadedModel {
     wick::model::load(&path, &entry, &Device::Cpu).expect("model loads")
 }
 
+/// Feed llama.cpp's tokens back (teacher forcing) and compare wick's choice at each of its
+/// positions: returns, per case, the positions where wick's top token differs and by how many
+/// logits llama.cpp's token trails wick's.
+fn teacher_forced(loaded: &LoadedModel, cases: &[Case]) -> Vec<Vec<(usize, f32)>> {
+    let model = &loaded.weights;
+    let c = model.config().clone();
+    cases
+        .iter()
+        .map(|case| {
+            let shape = KvShape {
+                n_layers: c.n_layers,
+                n_kv_heads: c.n_kv_heads,
+                head_dim: c.head_dim,
+                capacity: 256,
+            };
+            let mut kv = KvPool::new(shape, 1, Device::Cpu);
+            let slot = kv.acquire().unwrap().unwrap();
+            let mut tokens = case.prompt_ids.clone();
+            let mut start = 0;
+            let mut differences = Vec::new();
+            for (i, &want) in case.output_ids.iter().enumerate() {
+                let chunk = SeqChunk {
+                    slot,
+                    start,
+                    tokens: &tokens[start..],
+                    want_logits: true,
+                };
+                let logits = model
+                    .forward(&[chunk], &kv)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap();
+                let logits = &logits[0];
+                start = tokens.len();
+                let (best, best_logit) = logits
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .unwrap();
+                if best as u32 != want {
+                    differences.push((i, best_logit - logits[want as usize]));
+                }
+                tokens.push(want);
+            }
+            differences
+        })
+        .collect()
+}
+
 #[test]
 fn smollm2_logits_agree_with_llamacpp_greedy_choices() {
     let loaded = load();
-    let model = &loaded.weights;
-    let c = model.config().clone();
-    let (mut exact, mut total) = (0, 0);
-    for case in cases() {
-        assert_eq!(
-            loaded.frontend.tokenizer.encode(&case.prompt).unwrap(),
-            case.prompt_ids
-        );
-        let shape = KvShape {
-            n_layers: c.n_layers,
-            n_kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
-            capacity: 256,
-        };
-        let mut kv = KvPool::new(shape, 1, Device::Cpu);
-        let slot = kv.acquire().unwrap().unwrap();
-        let mut tokens = case.prompt_ids.clone();
-        let mut start = 0;
-        for (i, &want) in case.output_ids.iter().enumerate() {
-            let chunk = SeqChunk {
-                slot,
-                start,
-                tokens: &tokens[start..],
-                want_logits: true,
-            };
-            let logits = model
-                .forward(&[chunk], &kv)
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap();
-            let logits = &logits[0];
-            start = tokens.len();
-            let (best, best_logit) = logits
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .unwrap();
-            total += 1;
-            if best as u32 == want {
-                exact += 1;
-            } else {
-                let gap = best_logit - logits[want as usize];
-                assert!(
-                    gap < TIE,
-                    "{:?} position {i}: llama.cpp chose {want}, wick {best}, {gap} logits apart",
-                    case.prompt
-                );
-            }
-            tokens.push(want);
+    let cases = cases();
+    for case in &cases {
+        let tok = &loaded.frontend.tokenizer;
+        assert_eq!(tok.encode(&case.prompt).unwrap(), case.prompt_ids);
+        assert_eq!(tok.decode(&case.output_ids).unwrap(), case.output_text);
+    }
+    let differences = teacher_forced(&loaded, &cases);
+    let total: usize = cases.iter().map(|c| c.output_ids.len()).sum();
+    let differing: usize = differences.iter().map(Vec::len).sum();
+    for (case, diffs) in cases.iter().zip(&differences) {
+        for &(i, gap) in diffs {
+            assert!(
+                gap < TIE,
+                "{:?} position {i}: llama.cpp's token trails wick's by {gap} logits",
+                case.prompt
+            );
         }
     }
-    // Ties are rare: at most one position in ten may differ.
+    // Ties are rare: at most 3 of the 45 positions may go the other way.
     assert!(
-        exact * 10 >= total * 9,
-        "{exact} of {total} positions agree exactly"
+        differing <= 3,
+        "{differing} of {total} positions differ: {differences:?}"
     );
 }
 
@@ -163,19 +181,19 @@ async fn engine_greedy_is_the_same_alone_and_batched_and_follows_llamacpp() {
     for prompt in &prompts {
         alone.push(greedy(&engine, prompt.clone()).await);
     }
-    // Free-running, one near-tie (see the test above) sends the rest of an answer elsewhere,
-    // so only the first half of llama.cpp's text must be wick's as well.
-    for (case, text) in cases.iter().zip(&alone) {
-        let half: String = case
-            .output_text
-            .chars()
-            .take(case.output_text.chars().count() / 2)
-            .collect();
+    // Free-running, wick must produce llama.cpp's tokens exactly up to the first position
+    // where the two disagree on the top choice (a near-tie, checked by the test above);
+    // after it the answers part ways.
+    let ties = teacher_forced(&load(), &cases);
+    for ((case, text), diffs) in cases.iter().zip(&alone).zip(&ties) {
+        let agreed = diffs.first().map_or(case.output_ids.len(), |&(i, _)| i);
+        let expected = frontend
+            .tokenizer
+            .decode(&case.output_ids[..agreed])
+            .unwrap();
         assert!(
-            text.starts_with(&half),
-            "{:?} vs llama.cpp {:?}",
-            text,
-            case.output_text
+            text.starts_with(&expected),
+            "{text:?} should start with llama.cpp's {expected:?}"
         );
     }
     // All at once: the engine runs them in shared steps and must give the same text.
