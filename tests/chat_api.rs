@@ -158,10 +158,11 @@ async fn stop_string_ends_the_answer_and_is_never_emitted() {
         .await
         .expect("completion");
     let text = free.choices[0].message.content.clone().unwrap_or_default();
-    // Stop on a piece of the answer's middle, which may straddle tokens.
-    let words: Vec<&str> = text.split_whitespace().collect();
-    assert!(words.len() >= 4, "answer too short to test stop: {text:?}");
-    let stop = words[words.len() / 2].to_string();
+    // Stop on three characters from the answer's middle, which may straddle tokens.
+    let chars: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+    assert!(chars.len() >= 8, "answer too short to test stop: {text:?}");
+    let (from, to) = (chars[chars.len() / 2], chars[chars.len() / 2 + 3]);
+    let stop = text[from..to].to_string();
     let expected = text[..text.find(&stop).unwrap()].to_string();
 
     let mut stopped = req.clone();
