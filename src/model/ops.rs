@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use super::quant::kernels::dot_f32;
+use super::quant::pool::Pool;
 
 /// RMS normalisation over the last dimension, scaled by `weight`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
@@ -93,48 +94,74 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Ten
     let (n_kv_heads, total, _) = k.dims3()?;
     let group = n_heads / n_kv_heads;
     let q = q.contiguous()?;
-    let scale = 1.0 / (head_dim as f32).sqrt();
     let mut out = vec![0f32; len * n_heads * head_dim];
+    let out_ptr = SharedOut(out.as_mut_ptr());
     with_cpu_f32(&q, |qd, ql| {
         with_cpu_f32(k, |kd, kl| {
             with_cpu_f32(v, |vd, vl| {
                 let qd = &qd[ql.start_offset()..];
-                let (ks, vs) = (kl.stride(), vl.stride());
-                let mut scores = vec![0f32; total];
-                for h in 0..n_heads {
+                // Heads are independent: one task each on the kernel pool.
+                Pool::global().run(n_heads, &|h| {
+                    let out_ptr = &out_ptr;
                     let kv = h / group;
-                    let k_base = kl.start_offset() + kv * ks[0];
-                    let v_base = vl.start_offset() + kv * vs[0];
+                    let keys = (kd, kl.start_offset() + kv * kl.stride()[0], kl.stride()[1]);
+                    let values = (vd, vl.start_offset() + kv * vl.stride()[0], vl.stride()[1]);
+                    let mut scores = vec![0f32; total];
                     for i in 0..len {
-                        let visible = start + i + 1;
                         let qrow = &qd[(h * len + i) * head_dim..][..head_dim];
-                        let mut max = f32::NEG_INFINITY;
-                        for (j, score) in scores[..visible].iter_mut().enumerate() {
-                            let krow = &kd[k_base + j * ks[1]..][..head_dim];
-                            *score = dot_f32(qrow, krow) * scale;
-                            max = max.max(*score);
-                        }
-                        let mut sum = 0f32;
-                        for score in &mut scores[..visible] {
-                            *score = (*score - max).exp();
-                            sum += *score;
-                        }
-                        let o = &mut out[(i * n_heads + h) * head_dim..][..head_dim];
-                        for (j, &p) in scores[..visible].iter().enumerate() {
-                            let vrow = &vd[v_base + j * vs[1]..][..head_dim];
-                            for (acc, &x) in o.iter_mut().zip(vrow) {
-                                *acc += p * x;
-                            }
-                        }
-                        let inv = 1.0 / sum;
-                        o.iter_mut().for_each(|x| *x *= inv);
+                        // SAFETY: head h of query i is written by this task alone.
+                        let o = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                out_ptr.0.add((i * n_heads + h) * head_dim),
+                                head_dim,
+                            )
+                        };
+                        attend(qrow, keys, values, start + i + 1, &mut scores, o);
                     }
-                }
+                });
             })
         })
     })???;
     Tensor::from_vec(out, (len, n_heads * head_dim), q.device())
 }
+
+/// One query row over the first `visible` keys and values (`(data, offset, row stride)`),
+/// into `out`, in a fixed order.
+fn attend(
+    q: &[f32],
+    (kd, k_base, k_stride): (&[f32], usize, usize),
+    (vd, v_base, v_stride): (&[f32], usize, usize),
+    visible: usize,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let head_dim = q.len();
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut max = f32::NEG_INFINITY;
+    for (j, score) in scores[..visible].iter_mut().enumerate() {
+        *score = dot_f32(q, &kd[k_base + j * k_stride..][..head_dim]) * scale;
+        max = max.max(*score);
+    }
+    let mut sum = 0f32;
+    for score in &mut scores[..visible] {
+        *score = (*score - max).exp();
+        sum += *score;
+    }
+    out.fill(0.0);
+    for (j, &p) in scores[..visible].iter().enumerate() {
+        let vrow = &vd[v_base + j * v_stride..][..head_dim];
+        for (acc, &x) in out.iter_mut().zip(vrow) {
+            *acc += p * x;
+        }
+    }
+    let inv = 1.0 / sum;
+    out.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// The output buffer, shared by tasks that write disjoint heads of it.
+struct SharedOut(*mut f32);
+// SAFETY: every task writes its own heads only.
+unsafe impl Sync for SharedOut {}
 
 /// The same attention with candle tensor operations (GPU devices).
 fn attention_tensor_ops(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
