@@ -56,6 +56,24 @@ pub fn normalize_base(url: &str) -> String {
 }
 
 impl Target {
+    /// For a wick server: the share of prompt tokens its prefix cache served, in percent,
+    /// from `/health` (None for servers that do not report it).
+    pub async fn prefix_cache_hit_pct(&self) -> Option<f64> {
+        let health: serde_json::Value = self
+            .http
+            .get(format!("{}/health", self.base))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let engine = &health["models"][0]["engine"];
+        let prompt = engine["prompt_tokens"].as_f64()?;
+        let hits = engine["prefix_cache_hits"].as_f64()?;
+        (prompt > 0.0).then(|| 100.0 * hits / prompt)
+    }
+
     /// A target whose model is already known (the in-process wick).
     pub fn new(http: reqwest::Client, name: &str, base: &str, model: String) -> Self {
         Self {

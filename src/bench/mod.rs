@@ -153,6 +153,9 @@ async fn measure_all(
         if i == 0 && wick_in_process {
             figures.peak_rss_mib = rss::peak_rss_mib();
         }
+        if i == 0 {
+            figures.prefix_cache_hit_pct = target.prefix_cache_hit_pct().await;
+        }
         all.push(figures);
     }
     Ok(all)

@@ -74,6 +74,13 @@ fn rows(figures: &[Figures]) -> Vec<Row> {
             decimals: 0,
         });
     }
+    if figures.iter().any(|f| f.prefix_cache_hit_pct.is_some()) {
+        rows.push(Row {
+            label: "prefix cache hits % of prompt tokens".into(),
+            values: col(|f| f.prefix_cache_hit_pct),
+            decimals: 1,
+        });
+    }
     rows
 }
 
@@ -146,6 +153,7 @@ mod tests {
             ttft_prompt_tokens: 0.0,
             concurrent: vec![],
             peak_rss_mib: Some(250.2),
+            prefix_cache_hit_pct: None,
         }
     }
 
@@ -173,6 +181,7 @@ mod tests {
             ttft_prompt_tokens: 31.0,
             concurrent: vec![],
             peak_rss_mib: None,
+            prefix_cache_hit_pct: None,
         };
         let table = render(&["wick".into(), "llamacpp".into()], &[wick(), other]);
         let expected = concat!(

@@ -35,6 +35,8 @@ pub struct Figures {
     pub concurrent: Vec<ConcurrentFigures>,
     /// Only for a wick running in this process.
     pub peak_rss_mib: Option<f64>,
+    /// Share of prompt tokens served from wick's prefix cache over the whole run.
+    pub prefix_cache_hit_pct: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
