@@ -47,16 +47,7 @@ fn request(prompt: Vec<u32>, temperature: f32, seed: u64, max_tokens: usize) -> 
 }
 
 async fn text_of(engine: &Engine, request: GenerateRequest) -> String {
-    let mut events = engine.submit(request).unwrap();
-    let mut text = String::new();
-    while let Some(event) = events.recv().await {
-        match event {
-            Event::Text(t) => text.push_str(&t),
-            Event::Done { .. } => return text,
-            Event::Error(e) => panic!("engine error: {e}"),
-        }
-    }
-    panic!("stream ended without Done")
+    common::collect_text(engine.submit(request).unwrap()).await
 }
 
 #[tokio::test]
@@ -105,31 +96,17 @@ async fn cancelling_in_the_middle_of_a_batch_leaves_the_rest_correct() {
     // Three long requests that will be cancelled after a few tokens, mid-batch.
     let mut doomed = Vec::new();
     for i in 0..3 {
-        let r = request(chat(&frontend, "Write a very long story."), 1.0, i, 500);
+        let mut r = request(chat(&frontend, "Write a very long story."), 1.0, i, 500);
+        // They must still be running when cancelled, whatever they sample.
+        r.ignore_eos = true;
         doomed.push(engine.submit(r).unwrap());
     }
-    let probe_task = tokio::spawn({
-        let mut events = engine.submit(probe.clone()).unwrap();
-        async move {
-            let mut text = String::new();
-            while let Some(event) = events.recv().await {
-                match event {
-                    Event::Text(t) => text.push_str(&t),
-                    Event::Done { .. } => return text,
-                    Event::Error(e) => panic!("engine error: {e}"),
-                }
-            }
-            panic!("stream ended without Done")
-        }
-    });
+    let probe_task = tokio::spawn(common::collect_text(engine.submit(probe.clone()).unwrap()));
     for events in doomed.iter_mut() {
         // Wait for each to produce some text, then hang up.
-        loop {
-            match events.recv().await {
-                Some(Event::Text(_)) => break,
-                Some(other) => panic!("unexpected {other:?}"),
-                None => panic!("closed"),
-            }
+        match events.recv().await {
+            Some(Event::Text(_)) => {}
+            other => panic!("expected text first, got {other:?}"),
         }
     }
     let before = engine.health().cancelled;

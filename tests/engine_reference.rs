@@ -16,7 +16,7 @@ use std::sync::Arc;
 use candle_core::Device;
 use serde_json::Value;
 use wick::catalog::Catalog;
-use wick::engine::{Backend, Engine, EngineConfig, Event, GenerateRequest, SamplingParams};
+use wick::engine::{Backend, Engine, EngineConfig, GenerateRequest, SamplingParams};
 use wick::model::{KvPool, KvShape, LoadedModel, ModelFrontend, SeqChunk};
 
 /// Largest logit gap at which a different greedy choice counts as a floating-point tie (a
@@ -144,27 +144,17 @@ fn smollm2_logits_agree_with_llamacpp_greedy_choices() {
 }
 
 async fn greedy(engine: &Engine, prompt: Vec<u32>) -> String {
-    let mut events = engine
-        .submit(GenerateRequest {
-            prompt,
-            sampling: SamplingParams {
-                temperature: 0.0,
-                ..Default::default()
-            },
-            max_tokens: 16,
-            stop: vec![],
-            ignore_eos: false,
-        })
-        .unwrap();
-    let mut text = String::new();
-    while let Some(event) = events.recv().await {
-        match event {
-            Event::Text(t) => text.push_str(&t),
-            Event::Done { .. } => return text,
-            Event::Error(e) => panic!("engine error: {e}"),
-        }
-    }
-    panic!("stream ended without Done")
+    let request = GenerateRequest {
+        prompt,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        max_tokens: 16,
+        stop: vec![],
+        ignore_eos: false,
+    };
+    common::collect_text(engine.submit(request).unwrap()).await
 }
 
 #[tokio::test]

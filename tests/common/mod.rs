@@ -113,3 +113,17 @@ pub fn model_file(file: &str) -> PathBuf {
     .join()
     .expect("model fetch thread")
 }
+
+/// The text of one engine request's event stream, which must end in `Done`.
+pub async fn collect_text(mut events: wick::engine::EventStream) -> String {
+    use wick::engine::Event;
+    let mut text = String::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done { .. } => return text,
+            Event::Error(e) => panic!("engine error: {e}"),
+        }
+    }
+    panic!("stream ended without Done")
+}
