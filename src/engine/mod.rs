@@ -180,8 +180,13 @@ impl Engine {
 impl Backend for Engine {
     fn submit(&self, request: GenerateRequest) -> Result<EventStream, SubmitError> {
         let (events, stream) = unbounded_channel();
-        // Counted before sending so the engine never sees a negative queue.
-        self.stats.waiting.fetch_add(1, Ordering::SeqCst);
+        // The bound is on requests not yet admitted to a slot, wherever they wait (this
+        // channel or the scheduler's queue). Counted before sending so the engine never
+        // sees a negative queue.
+        if self.stats.waiting.fetch_add(1, Ordering::SeqCst) >= self.queue_capacity {
+            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::QueueFull(self.queue_capacity));
+        }
         match self.submit.try_send(Submission { request, events }) {
             Ok(()) => Ok(stream),
             Err(e) => {

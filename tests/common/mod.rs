@@ -23,35 +23,41 @@ pub fn repo_file(name: &str) -> PathBuf {
 /// Address of the shared test server, starting it on first use.
 pub fn server_addr() -> SocketAddr {
     *SERVER.get_or_init(|| {
-        init_threads(None);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            runtime.block_on(async move {
-                let mut args = ServeArgs::local_ephemeral();
-                args.catalog.catalog = Some(repo_file("models.toml"));
-                // Small enough to keep test memory modest, large enough for every test.
-                args.ctx_size = Some(2048);
-                args.body_limit = 256 * 1024;
-                let server = match Server::build(&args, &Silent).await {
-                    Ok(server) => server,
-                    Err(e) => {
-                        let _ = tx.send(Err(format!("{e:#}")));
-                        return;
-                    }
-                };
-                let _ = tx.send(Ok(server.addr));
-                server
-                    .run(std::future::pending())
-                    .await
-                    .expect("test server stopped");
-            });
-        });
-        match rx.recv().expect("test server thread died") {
-            Ok(addr) => addr,
-            Err(e) => panic!("test server failed to start (run `wick pull` first?): {e}"),
-        }
+        let mut args = ServeArgs::local_ephemeral();
+        // Small enough to keep test memory modest, large enough for every test.
+        args.ctx_size = Some(2048);
+        args.body_limit = 256 * 1024;
+        start_server(args)
     })
+}
+
+/// Start a real server with these settings (the repo's catalog, a free loopback port) on a
+/// runtime thread of its own, and return its address.
+pub fn start_server(mut args: ServeArgs) -> SocketAddr {
+    init_threads(None);
+    args.catalog.catalog = Some(repo_file("models.toml"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+        runtime.block_on(async move {
+            let server = match Server::build(&args, &Silent).await {
+                Ok(server) => server,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("{e:#}")));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(server.addr));
+            server
+                .run(std::future::pending())
+                .await
+                .expect("test server stopped");
+        });
+    });
+    match rx.recv().expect("test server thread died") {
+        Ok(addr) => addr,
+        Err(e) => panic!("test server failed to start: {e}"),
+    }
 }
 
 pub fn base_url() -> String {
