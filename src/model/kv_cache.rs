@@ -1,6 +1,8 @@
 //! The KV cache: one slot per running sequence, allocated once at its full capacity and
 //! written in place, so a decode step never copies or regrows the cache.
 
+use std::cell::{RefCell, RefMut};
+
 use candle_core::{DType, Device, Result, Tensor};
 
 /// Shape of one slot's cache, the same for every layer.
@@ -20,28 +22,65 @@ impl KvShape {
     }
 }
 
-/// The keys and values of one sequence: per layer, `[n_kv_heads, capacity, head_dim]`.
-pub struct KvSlot {
-    keys: Vec<Tensor>,
-    values: Vec<Tensor>,
+/// The keys and values of one sequence: per layer, `[n_kv_heads, capacity, head_dim]`. On
+/// the CPU they live in plain host memory that the model's own kernels write in place; on a
+/// GPU they are device tensors written with `slice_set`.
+pub enum KvSlot {
+    Host {
+        keys: Vec<RefCell<Vec<f32>>>,
+        values: Vec<RefCell<Vec<f32>>>,
+    },
+    Device {
+        keys: Vec<Tensor>,
+        values: Vec<Tensor>,
+    },
+}
+
+/// One layer's host cache, borrowed for a step.
+pub struct HostLayer<'a> {
+    pub keys: RefMut<'a, Vec<f32>>,
+    pub values: RefMut<'a, Vec<f32>>,
 }
 
 impl KvSlot {
     fn new(shape: &KvShape, device: &Device) -> Result<Self> {
         let dims = (shape.n_kv_heads, shape.capacity, shape.head_dim);
+        if device.is_cpu() {
+            let len = shape.n_kv_heads * shape.capacity * shape.head_dim;
+            let alloc = || {
+                (0..shape.n_layers)
+                    .map(|_| RefCell::new(vec![0f32; len]))
+                    .collect()
+            };
+            return Ok(Self::Host {
+                keys: alloc(),
+                values: alloc(),
+            });
+        }
         let alloc = || -> Result<Vec<Tensor>> {
             (0..shape.n_layers)
                 .map(|_| Tensor::zeros(dims, DType::F32, device))
                 .collect()
         };
-        Ok(Self {
+        Ok(Self::Device {
             keys: alloc()?,
             values: alloc()?,
         })
     }
 
-    /// Write `k`/`v` (`[n_kv_heads, len, head_dim]`) at `start`, then return views of the
-    /// first `start + len` positions.
+    /// The host cache of one layer (None for a device cache).
+    pub fn host_layer(&self, layer: usize) -> Option<HostLayer<'_>> {
+        match self {
+            Self::Host { keys, values } => Some(HostLayer {
+                keys: keys[layer].borrow_mut(),
+                values: values[layer].borrow_mut(),
+            }),
+            Self::Device { .. } => None,
+        }
+    }
+
+    /// Device caches: write `k`/`v` (`[n_kv_heads, len, head_dim]`) at `start`, then return
+    /// views of the first `start + len` positions.
     pub fn append(
         &self,
         layer: usize,
@@ -49,16 +88,19 @@ impl KvSlot {
         k: &Tensor,
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
+        let Self::Device { keys, values } = self else {
+            candle_core::bail!("append is for device caches; host caches are written in place");
+        };
         let len = k.dim(1)?;
         // Rounded to f16 as llama.cpp's cache stores them, so greedy output follows the
         // reference implementation as closely as summation order allows.
         let k = &k.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
         let v = &v.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
-        self.keys[layer].slice_set(k, 1, start)?;
-        self.values[layer].slice_set(v, 1, start)?;
+        keys[layer].slice_set(k, 1, start)?;
+        values[layer].slice_set(v, 1, start)?;
         Ok((
-            self.keys[layer].narrow(1, 0, start + len)?,
-            self.values[layer].narrow(1, 0, start + len)?,
+            keys[layer].narrow(1, 0, start + len)?,
+            values[layer].narrow(1, 0, start + len)?,
         ))
     }
 }

@@ -150,7 +150,6 @@ impl Llama {
         batch: &[SeqChunk<'_>],
         kv: &KvPool,
     ) -> Result<Tensor> {
-        let c = &self.config;
         let [mut q, mut k, mut v]: [Tensor; 3] =
             layer.qkv.forward(h)?.try_into().expect("three projections");
         if let Some([bq, bk, bv]) = &layer.bias {
@@ -158,6 +157,84 @@ impl Llama {
             k = k.broadcast_add(bk)?;
             v = v.broadcast_add(bv)?;
         }
+        let out = if self.device.is_cpu() {
+            self.attention_host(index, &q, &k, &v, batch, kv)?
+        } else {
+            self.attention_tensors(index, &q, &k, &v, batch, kv)?
+        };
+        layer.wo.forward(&out)
+    }
+
+    /// CPU: rotary, the cache write and attention on plain slices, one token at a time,
+    /// so a step costs no tensor operation per sequence.
+    fn attention_host(
+        &self,
+        index: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        batch: &[SeqChunk<'_>],
+        kv: &KvPool,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (hd, capacity) = (c.head_dim, kv.shape().capacity);
+        let (qw, kw) = (c.n_heads * hd, c.n_kv_heads * hd);
+        let mut q = q.flatten_all()?.to_vec1::<f32>()?;
+        let mut k = k.flatten_all()?.to_vec1::<f32>()?;
+        let v = v.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; q.len()];
+        let mut row = 0;
+        for seq in batch {
+            let len = seq.tokens.len();
+            if seq.start + len > capacity {
+                candle_core::bail!("sequence exceeds its KV slot ({capacity} tokens)");
+            }
+            let mut layer = kv
+                .slot(seq.slot)
+                .host_layer(index)
+                .expect("a CPU model has a host cache");
+            for i in 0..len {
+                let (t, pos) = (row + i, seq.start + i);
+                self.rope.rotate_in_place(&mut q[t * qw..(t + 1) * qw], pos);
+                self.rope.rotate_in_place(&mut k[t * kw..(t + 1) * kw], pos);
+                for h in 0..c.n_kv_heads {
+                    let dst = (h * capacity + pos) * hd;
+                    let src = t * kw + h * hd;
+                    // Rounded to f16 as llama.cpp's cache stores them, so greedy output
+                    // follows the reference as closely as summation order allows.
+                    for j in 0..hd {
+                        layer.keys[dst + j] = half::f16::from_f32(k[src + j]).to_f32();
+                        layer.values[dst + j] = half::f16::from_f32(v[src + j]).to_f32();
+                    }
+                }
+            }
+            ops::attention_host(
+                &q[row * qw..(row + len) * qw],
+                &layer.keys,
+                &layer.values,
+                capacity,
+                c.n_heads,
+                c.n_kv_heads,
+                hd,
+                seq.start,
+                &mut out[row * qw..(row + len) * qw],
+            );
+            row += len;
+        }
+        Tensor::from_vec(out, (row, qw), &self.device)
+    }
+
+    /// GPU: the same with tensor operations on a device cache.
+    fn attention_tensors(
+        &self,
+        index: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        batch: &[SeqChunk<'_>],
+        kv: &KvPool,
+    ) -> Result<Tensor> {
+        let c = &self.config;
         let mut outputs = Vec::with_capacity(batch.len());
         let mut row = 0;
         for seq in batch {
@@ -170,23 +247,22 @@ impl Llama {
             };
             let qs = self
                 .rope
-                .apply(&heads(&q, c.n_heads)?.unsqueeze(0)?, seq.start)?;
+                .apply(&heads(q, c.n_heads)?.unsqueeze(0)?, seq.start)?;
             let ks = self
                 .rope
-                .apply(&heads(&k, c.n_kv_heads)?.unsqueeze(0)?, seq.start)?;
-            let vs = heads(&v, c.n_kv_heads)?;
+                .apply(&heads(k, c.n_kv_heads)?.unsqueeze(0)?, seq.start)?;
+            let vs = heads(v, c.n_kv_heads)?;
             let (keys, values) =
                 kv.slot(seq.slot)
                     .append(index, seq.start, &ks.squeeze(0)?, &vs)?;
             outputs.push(ops::attention(&qs.squeeze(0)?, &keys, &values, seq.start)?);
             row += len;
         }
-        let out = if outputs.len() == 1 {
-            outputs.pop().expect("one output")
+        if outputs.len() == 1 {
+            Ok(outputs.pop().expect("one output"))
         } else {
-            Tensor::cat(&outputs, 0)?
-        };
-        layer.wo.forward(&out)
+            Tensor::cat(&outputs, 0)
+        }
     }
 }
 

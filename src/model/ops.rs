@@ -24,6 +24,10 @@ pub enum RopeStyle {
 pub struct RopeTables {
     cos: Tensor,
     sin: Tensor,
+    /// The same tables in host memory, `[positions, head_dim / 2]`, for the CPU path.
+    host_cos: Vec<f32>,
+    host_sin: Vec<f32>,
+    half: usize,
     style: RopeStyle,
 }
 
@@ -35,17 +39,23 @@ impl RopeTables {
         style: RopeStyle,
         device: &Device,
     ) -> Result<Self> {
-        let inv_freq: Vec<f32> = (0..head_dim / 2)
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / base.powf(2.0 * i as f32 / head_dim as f32))
             .collect();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, head_dim / 2), device)?;
+        let inv_freq_t = Tensor::from_vec(inv_freq, (1, half), device)?;
         let positions = Tensor::arange(0u32, max_positions as u32, device)?
             .to_dtype(DType::F32)?
             .reshape((max_positions, 1))?;
-        let angles = positions.broadcast_mul(&inv_freq)?;
+        let angles = positions.broadcast_mul(&inv_freq_t)?;
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        let host = |t: &Tensor| t.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>();
         Ok(Self {
-            cos: angles.cos()?,
-            sin: angles.sin()?,
+            host_cos: host(&cos)?,
+            host_sin: host(&sin)?,
+            cos,
+            sin,
+            half,
             style,
         })
     }
@@ -58,6 +68,24 @@ impl RopeTables {
         match self.style {
             RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, &cos, &sin),
             RopeStyle::Halves => candle_nn::rotary_emb::rope(x, &cos, &sin),
+        }
+    }
+
+    /// Rotate, in place, every head of one token at position `pos` (`x`: heads × head_dim).
+    pub fn rotate_in_place(&self, x: &mut [f32], pos: usize) {
+        let half = self.half;
+        let cos = &self.host_cos[pos * half..(pos + 1) * half];
+        let sin = &self.host_sin[pos * half..(pos + 1) * half];
+        for head in x.chunks_exact_mut(2 * half) {
+            for i in 0..half {
+                let (a, b) = match self.style {
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    RopeStyle::Halves => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos[i] - x1 * sin[i];
+                head[b] = x0 * sin[i] + x1 * cos[i];
+            }
         }
     }
 }
@@ -123,6 +151,49 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Ten
         })
     })???;
     Tensor::from_vec(out, (len, n_heads * head_dim), q.device())
+}
+
+/// Causal attention of one sequence's new queries over its host KV cache (layout
+/// `[n_kv_heads, capacity, head_dim]`), heads spread over the kernel pool.
+///
+/// `q`: `[len, n_heads * head_dim]` for positions `start..start+len`; `out`: the same shape.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_host(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    capacity: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    start: usize,
+    out: &mut [f32],
+) {
+    let width = n_heads * head_dim;
+    let len = q.len() / width;
+    let group = n_heads / n_kv_heads;
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    Pool::global().run(n_heads, &|h| {
+        let out_ptr = &out_ptr;
+        let kv = h / group;
+        let base = kv * capacity * head_dim;
+        let mut scores = vec![0f32; start + len];
+        for i in 0..len {
+            let qrow = &q[i * width + h * head_dim..][..head_dim];
+            // SAFETY: head h of query i is written by this task alone.
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(out_ptr.0.add(i * width + h * head_dim), head_dim)
+            };
+            attend(
+                qrow,
+                (keys, base, head_dim),
+                (values, base, head_dim),
+                start + i + 1,
+                &mut scores,
+                o,
+            );
+        }
+    });
 }
 
 /// One query row over the first `visible` keys and values (`(data, offset, row stride)`),
@@ -340,6 +411,63 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn rotate_in_place_matches_the_tensor_rope() {
+        let x = rand(&[1, 3, 1, 8]);
+        for style in [RopeStyle::Interleaved, RopeStyle::Halves] {
+            let tables = RopeTables::new(8, 32, 10000.0, style, &Device::Cpu).unwrap();
+            let want = tables
+                .apply(&x, 7)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let mut got = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            tables.rotate_in_place(&mut got, 7);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-5, "{style:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn host_attention_matches_reference() {
+        let (n_heads, n_kv, hd, cap, start, len) = (6, 2, 8, 16, 5, 3);
+        let q = rand(&[n_heads, len, hd]);
+        let k = rand(&[n_kv, cap, hd]);
+        let v = rand(&[n_kv, cap, hd]);
+        let want = attention_reference(
+            &q,
+            &k.narrow(1, 0, start + len).unwrap(),
+            &v.narrow(1, 0, start + len).unwrap(),
+            start,
+        );
+        // Token-major queries, as the model holds them.
+        let q_rows = q
+            .transpose(0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut out = vec![0f32; len * n_heads * hd];
+        attention_host(
+            &q_rows,
+            &flat(&k),
+            &flat(&v),
+            cap,
+            n_heads,
+            n_kv,
+            hd,
+            start,
+            &mut out,
+        );
+        let got = Tensor::from_vec(out, (len, n_heads * hd), &Device::Cpu).unwrap();
+        assert!(max_abs_diff(&got, &want) < 1e-5);
     }
 
     #[test]
