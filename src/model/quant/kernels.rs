@@ -1,6 +1,7 @@
 //! Dot products of quantized weight rows with one int8-quantized activation row, for each
-//! instruction set: AVX-512 VNNI (`vpdpbusd` on 256-bit lanes), AVX2 (`vpmaddubsw` +
-//! `vpmaddwd`), and portable scalar code that also serves as the reference in tests.
+//! instruction set: AVX-512 VNNI (`vpdpbusd` on 512-bit registers, two blocks at a time),
+//! AVX2 (`vpmaddubsw` + `vpmaddwd`), and portable scalar code that also serves as the
+//! reference in tests.
 //!
 //! Rows are taken in tiles of up to [`TILE`]: each activation block is loaded once for the
 //! whole tile, and the tile's independent accumulators keep the core busy instead of waiting
@@ -29,7 +30,8 @@ pub fn isa() -> Isa {
     *ISA.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx512vnni")
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vnni")
                 && is_x86_feature_detected!("avx512vl")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("fma")
@@ -215,26 +217,23 @@ mod x86 {
         _mm256_set_m128i(hi, lo)
     }
 
-    /// Σ over 32 unsigned × signed byte products, in eight 32-bit lanes.
+    /// Σ over 32 unsigned × signed byte products, in eight 32-bit lanes (AVX2: pairs summed
+    /// to i16, at most 2·255·127 for Q8_0's sign trick, then to i32).
     #[inline(always)]
-    unsafe fn dot_u8_i8<const VNNI: bool>(w: __m256i, a: __m256i) -> __m256i {
-        if VNNI {
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
-        } else {
-            // Pairs summed to i16 (at most 2·255·127 for Q8_0's sign trick fits), then i32.
-            _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
-        }
+    unsafe fn dot_u8_i8(w: __m256i, a: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
     }
 
-    // Each kernel body is inlined into one wrapper per instruction set, so the AVX2 wrapper
-    // holds no AVX-512 instruction and is safe on CPUs without it.
-    #[target_feature(enable = "avx512vnni,avx512vl,avx512bw,avx2,fma")]
+    // Each instruction set has its own wrapper around inlined bodies: the AVX-512 ones work
+    // on two blocks per 512-bit register, the AVX2 ones on one block per 256-bit register and
+    // hold no AVX-512 instruction, so they are safe on CPUs without it.
+    #[target_feature(enable = "avx512f,avx512vnni,avx512vl,avx512bw,avx2,fma")]
     pub unsafe fn q4_1_vnni<const R: usize, const PACKED: bool>(
         t: Tile<'_>,
         x: QRow<'_>,
         o: &mut [f32; TILE],
     ) {
-        q4_1::<R, true, PACKED>(t, x, o)
+        q4_1_zmm::<R, PACKED>(t, x, o)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -243,21 +242,130 @@ mod x86 {
         x: QRow<'_>,
         o: &mut [f32; TILE],
     ) {
-        q4_1::<R, false, PACKED>(t, x, o)
+        q4_1::<R, PACKED>(t, x, o)
     }
 
-    #[target_feature(enable = "avx512vnni,avx512vl,avx512bw,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512vnni,avx512vl,avx512bw,avx2,fma")]
     pub unsafe fn q8_0_vnni<const R: usize>(t: Tile<'_>, x: QRow<'_>, o: &mut [f32; TILE]) {
-        q8_0::<R, true>(t, x, o)
+        q8_0_zmm::<R>(t, x, o)
+    }
+
+    /// Per-block scales `d[b] * xd[b]` of two neighbouring blocks, each spread over its
+    /// block's eight lanes of a 512-bit register.
+    #[inline(always)]
+    unsafe fn pair_scale(d: *const f32, xd: *const f32) -> __m512 {
+        let pair = _mm_mul_ps(
+            _mm_castpd_ps(_mm_load_sd(d as *const f64)),
+            _mm_castpd_ps(_mm_load_sd(xd as *const f64)),
+        );
+        let lanes = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(pair))
+    }
+
+    /// The 64 values of two neighbouring Q4_1 blocks (16 packed bytes each), in activation
+    /// order: block b's low then high nibbles, then block b+1's.
+    #[inline(always)]
+    unsafe fn unpack_nibble_pair(ptr: *const u8) -> __m512i {
+        let raw = _mm256_loadu_si256(ptr as *const __m256i);
+        let mask = _mm256_set1_epi8(0x0F);
+        let lo = _mm256_and_si256(raw, mask);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+        _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_permute2x128_si256(lo, hi, 0x20)),
+            _mm256_permute2x128_si256(lo, hi, 0x31),
+            1,
+        )
+    }
+
+    /// Q4_1 on 512-bit registers: two blocks per multiply-add, one scale vector per pair.
+    #[inline(always)]
+    unsafe fn q4_1_zmm<const R: usize, const PACKED: bool>(
+        tile: Tile<'_>,
+        x: QRow<'_>,
+        out: &mut [f32; TILE],
+    ) {
+        let nb = tile.blocks;
+        let pairs = nb / 2;
+        let mut acc = [_mm512_setzero_ps(); R];
+        for p in 0..pairs {
+            let b = 2 * p;
+            let a = _mm512_loadu_si512(x.qs.get_unchecked(b).as_ptr() as *const __m512i);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let i = r * nb + b;
+                let w = if PACKED {
+                    unpack_nibble_pair(tile.qs.as_ptr().add(i * 16))
+                } else {
+                    _mm512_loadu_si512(tile.qs.as_ptr().add(i * BLOCK) as *const __m512i)
+                };
+                let prod = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a);
+                let scale = pair_scale(tile.d.as_ptr().add(i), x.d.as_ptr().add(b));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), scale, *acc);
+            }
+        }
+        for (r, (o, acc)) in out.iter_mut().zip(acc).enumerate() {
+            let mut sum = _mm512_reduce_add_ps(acc);
+            // An odd last block, then the offset term Σ m·s.
+            for b in 2 * pairs..nb {
+                let i = r * nb + b;
+                let w = if PACKED {
+                    unpack_nibbles(tile.qs.as_ptr().add(i * 16))
+                } else {
+                    _mm256_loadu_si256(tile.qs.as_ptr().add(i * BLOCK) as *const __m256i)
+                };
+                let a = _mm256_loadu_si256(x.qs.get_unchecked(b).as_ptr() as *const __m256i);
+                let prod = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a);
+                sum += hsum(_mm256_cvtepi32_ps(prod)) * tile.d[i] * x.d[b];
+            }
+            let m = &tile.m[r * nb..(r + 1) * nb];
+            *o = sum + super::dot_f32(m, x.s);
+        }
+    }
+
+    /// Q8_0 on 512-bit registers, as [`q4_1_zmm`].
+    #[inline(always)]
+    unsafe fn q8_0_zmm<const R: usize>(tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
+        let nb = tile.blocks;
+        let pairs = nb / 2;
+        let mut acc = [_mm512_setzero_ps(); R];
+        for p in 0..pairs {
+            let b = 2 * p;
+            let a = _mm512_loadu_si512(x.qs.get_unchecked(b).as_ptr() as *const __m512i);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let i = r * nb + b;
+                let w = _mm512_loadu_si512(tile.qs.as_ptr().add(i * BLOCK) as *const __m512i);
+                // Unsigned × signed products: the weight's sign moves onto the activation.
+                let neg = _mm512_movepi8_mask(w);
+                let abs_w = _mm512_abs_epi8(w);
+                let signed_a = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);
+                let prod = _mm512_dpbusd_epi32(_mm512_setzero_si512(), abs_w, signed_a);
+                let scale = pair_scale(tile.d.as_ptr().add(i), x.d.as_ptr().add(b));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), scale, *acc);
+            }
+        }
+        for (r, (o, acc)) in out.iter_mut().zip(acc).enumerate() {
+            let mut sum = _mm512_reduce_add_ps(acc);
+            for b in 2 * pairs..nb {
+                let i = r * nb + b;
+                let w = _mm256_loadu_si256(tile.qs.as_ptr().add(i * BLOCK) as *const __m256i);
+                let a = _mm256_loadu_si256(x.qs.get_unchecked(b).as_ptr() as *const __m256i);
+                let prod = _mm256_dpbusd_epi32(
+                    _mm256_setzero_si256(),
+                    _mm256_sign_epi8(w, w),
+                    _mm256_sign_epi8(a, w),
+                );
+                sum += hsum(_mm256_cvtepi32_ps(prod)) * tile.d[i] * x.d[b];
+            }
+            *o = sum;
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn q8_0_avx2<const R: usize>(t: Tile<'_>, x: QRow<'_>, o: &mut [f32; TILE]) {
-        q8_0::<R, false>(t, x, o)
+        q8_0::<R>(t, x, o)
     }
 
     #[inline(always)]
-    unsafe fn q4_1<const R: usize, const VNNI: bool, const PACKED: bool>(
+    unsafe fn q4_1<const R: usize, const PACKED: bool>(
         tile: Tile<'_>,
         x: QRow<'_>,
         out: &mut [f32; TILE],
@@ -274,7 +382,7 @@ mod x86 {
                 } else {
                     _mm256_loadu_si256(tile.qs.as_ptr().add(i * BLOCK) as *const __m256i)
                 };
-                let p = dot_u8_i8::<VNNI>(w, a);
+                let p = dot_u8_i8(w, a);
                 let scale = _mm256_set1_ps(*tile.d.get_unchecked(i) * xd);
                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, *acc);
             }
@@ -296,11 +404,7 @@ mod x86 {
     }
 
     #[inline(always)]
-    unsafe fn q8_0<const R: usize, const VNNI: bool>(
-        tile: Tile<'_>,
-        x: QRow<'_>,
-        out: &mut [f32; TILE],
-    ) {
+    unsafe fn q8_0<const R: usize>(tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
         let nb = tile.blocks;
         let mut acc = [_mm256_setzero_ps(); R];
         for b in 0..nb {
@@ -311,7 +415,7 @@ mod x86 {
                 let w = _mm256_loadu_si256(tile.qs.as_ptr().add(i * BLOCK) as *const __m256i);
                 // The byte products take unsigned × signed: move the weight's sign onto the
                 // activation (activations never hold -128, so negating is exact).
-                let p = dot_u8_i8::<VNNI>(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+                let p = dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
                 let scale = _mm256_set1_ps(*tile.d.get_unchecked(i) * xd);
                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, *acc);
             }

@@ -284,7 +284,12 @@ mod tests {
     /// the activations to int8 blocks, so they agree to float rounding.
     fn check(dtype: GgmlDType) {
         // Not a multiple of the tile: the last rows go one at a time.
-        let (rows, k) = (98, 256);
+        check_shape(dtype, 98, 256);
+        // An odd number of blocks: the 512-bit kernels pair blocks and finish the last alone.
+        check_shape(dtype, 8, 96);
+    }
+
+    fn check_shape(dtype: GgmlDType, rows: usize, k: usize) {
         let w = Tensor::randn(0f32, 1f32, (rows, k), &Device::Cpu).unwrap();
         let qt = QTensor::quantize(&w, dtype).unwrap();
         let own = QMatrix::from_qtensor(&qt)
