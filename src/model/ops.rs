@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 
 use super::quant::kernels::dot_f32;
 use super::quant::pool::Pool;
+use super::quant::SharedOut;
 
 /// RMS normalisation over the last dimension, scaled by `weight`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
@@ -90,71 +91,12 @@ impl RopeTables {
     }
 }
 
-/// Causal attention of one sequence's new queries over its cached keys and values, with
-/// grouped-query heads read straight from the cache (no copy of keys per query head).
-///
-/// `q`: `[n_heads, len, head_dim]` for positions `start..start+len`;
-/// `k`, `v`: `[n_kv_heads, start+len, head_dim]` (views of the cache: rows may be strided).
-/// Returns `[len, n_heads * head_dim]`.
-///
-/// On the CPU each query row is computed on its own, in a fixed order, so a token's result
-/// does not depend on how many other tokens share its step (prefill chunk, batch, or a
-/// prefix taken from the cache): greedy output is the same however a request is scheduled.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
-    if q.device().is_cpu() {
-        attention_cpu(q, k, v, start)
-    } else {
-        attention_tensor_ops(q, k, v, start)
-    }
-}
-
-/// Borrow a CPU tensor's f32 data and its layout.
-fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32], &candle_core::Layout) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        candle_core::Storage::Cpu(cpu) => Ok(f(cpu.as_slice::<f32>()?, layout)),
-        _ => candle_core::bail!("expected a CPU tensor"),
-    }
-}
-
-fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
-    let (n_heads, len, head_dim) = q.dims3()?;
-    let (n_kv_heads, total, _) = k.dims3()?;
-    let group = n_heads / n_kv_heads;
-    let q = q.contiguous()?;
-    let mut out = vec![0f32; len * n_heads * head_dim];
-    let out_ptr = SharedOut(out.as_mut_ptr());
-    with_cpu_f32(&q, |qd, ql| {
-        with_cpu_f32(k, |kd, kl| {
-            with_cpu_f32(v, |vd, vl| {
-                let qd = &qd[ql.start_offset()..];
-                // Heads are independent: one task each on the kernel pool.
-                Pool::global().run(n_heads, &|h| {
-                    let out_ptr = &out_ptr;
-                    let kv = h / group;
-                    let keys = (kd, kl.start_offset() + kv * kl.stride()[0], kl.stride()[1]);
-                    let values = (vd, vl.start_offset() + kv * vl.stride()[0], vl.stride()[1]);
-                    let mut scores = vec![0f32; total];
-                    for i in 0..len {
-                        let qrow = &qd[(h * len + i) * head_dim..][..head_dim];
-                        // SAFETY: head h of query i is written by this task alone.
-                        let o = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                out_ptr.0.add((i * n_heads + h) * head_dim),
-                                head_dim,
-                            )
-                        };
-                        attend(qrow, keys, values, start + i + 1, &mut scores, o);
-                    }
-                });
-            })
-        })
-    })???;
-    Tensor::from_vec(out, (len, n_heads * head_dim), q.device())
-}
-
 /// Causal attention of one sequence's new queries over its host KV cache (layout
 /// `[n_kv_heads, capacity, head_dim]`), heads spread over the kernel pool.
+///
+/// Each query row is computed on its own, in a fixed order, so a token's result does not
+/// depend on how many other tokens share its step (prefill chunk, batch, or a prefix taken
+/// from the cache): greedy output is the same however a request is scheduled.
 ///
 /// `q`: `[len, n_heads * head_dim]` for positions `start..start+len`; `out`: the same shape.
 #[allow(clippy::too_many_arguments)]
@@ -229,13 +171,14 @@ fn attend(
     out.iter_mut().for_each(|x| *x *= inv);
 }
 
-/// The output buffer, shared by tasks that write disjoint heads of it.
-struct SharedOut(*mut f32);
-// SAFETY: every task writes its own heads only.
-unsafe impl Sync for SharedOut {}
-
-/// The same attention with candle tensor operations (GPU devices).
-fn attention_tensor_ops(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
+/// Causal attention of one sequence's new queries over its cached keys and values with
+/// tensor operations (the device path; the CPU uses [`attention_host`]), grouped-query heads
+/// read straight from the cache.
+///
+/// `q`: `[n_heads, len, head_dim]` for positions `start..start+len`;
+/// `k`, `v`: `[n_kv_heads, start+len, head_dim]` (views of the cache: rows may be strided).
+/// Returns `[len, n_heads * head_dim]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
     let (n_heads, len, head_dim) = q.dims3()?;
     let (n_kv_heads, total, _) = k.dims3()?;
     let group = n_heads / n_kv_heads;
@@ -349,41 +292,76 @@ mod tests {
         Tensor::stack(&rows, 0).unwrap()
     }
 
+    /// Token-major rows (`[len, heads * head_dim]`) of a `[heads, len, head_dim]` tensor.
+    fn token_major(t: &Tensor) -> Vec<f32> {
+        t.transpose(0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    }
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
     #[test]
     fn attention_matches_reference_for_prefill_and_decode() {
+        let (n_heads, n_kv, hd, cap) = (6, 2, 8, 32);
         for (start, len) in [(0, 5), (7, 3), (12, 1)] {
-            let q = rand(&[6, len, 8]);
-            // Keys and values as strided views of a larger cache, as the model passes them.
-            let cache_k = rand(&[2, 32, 8]);
-            let cache_v = rand(&[2, 32, 8]);
+            let q = rand(&[n_heads, len, hd]);
+            let cache_k = rand(&[n_kv, cap, hd]);
+            let cache_v = rand(&[n_kv, cap, hd]);
+            // Keys and values as strided views of a larger cache, as the device path has them.
             let k = cache_k.narrow(1, 0, start + len).unwrap();
             let v = cache_v.narrow(1, 0, start + len).unwrap();
             let want = attention_reference(&q, &k, &v, start);
-            for got in [
-                attention_cpu(&q, &k, &v, start).unwrap(),
-                attention_tensor_ops(&q, &k, &v, start).unwrap(),
-            ] {
-                assert_eq!(got.dims(), &[len, 48]);
+            let tensors = attention(&q, &k, &v, start).unwrap();
+            let mut out = vec![0f32; len * n_heads * hd];
+            let (kd, vd) = (flat(&cache_k), flat(&cache_v));
+            attention_host(
+                &token_major(&q),
+                &kd,
+                &vd,
+                cap,
+                n_heads,
+                n_kv,
+                hd,
+                start,
+                &mut out,
+            );
+            let host = Tensor::from_vec(out, (len, n_heads * hd), &Device::Cpu).unwrap();
+            for got in [tensors, host] {
+                assert_eq!(got.dims(), &[len, n_heads * hd]);
                 assert!(max_abs_diff(&got, &want) < 1e-5, "start {start} len {len}");
             }
         }
     }
 
     #[test]
-    fn cpu_attention_of_a_token_does_not_depend_on_its_chunk() {
-        let q = rand(&[6, 4, 8]);
-        let k = rand(&[2, 10, 8]);
-        let v = rand(&[2, 10, 8]);
+    fn host_attention_of_a_token_does_not_depend_on_its_chunk() {
+        let (n_heads, n_kv, hd, cap) = (6, 2, 8, 16);
+        let q = rand(&[n_heads, 4, hd]);
+        let (k, v) = (flat(&rand(&[n_kv, cap, hd])), flat(&rand(&[n_kv, cap, hd])));
+        let width = n_heads * hd;
         // Positions 6..10 as one chunk, and the last one alone.
-        let chunk = attention_cpu(&q, &k, &v, 6).unwrap().get(3).unwrap();
-        let alone = attention_cpu(&q.narrow(1, 3, 1).unwrap(), &k, &v, 9)
-            .unwrap()
-            .get(0)
-            .unwrap();
-        assert_eq!(
-            chunk.to_vec1::<f32>().unwrap(),
-            alone.to_vec1::<f32>().unwrap()
+        let rows = token_major(&q);
+        let mut chunk = vec![0f32; 4 * width];
+        attention_host(&rows, &k, &v, cap, n_heads, n_kv, hd, 6, &mut chunk);
+        let mut alone = vec![0f32; width];
+        attention_host(
+            &rows[3 * width..],
+            &k,
+            &v,
+            cap,
+            n_heads,
+            n_kv,
+            hd,
+            9,
+            &mut alone,
         );
+        assert_eq!(&chunk[3 * width..], &alone[..]);
     }
 
     #[test]
@@ -431,43 +409,6 @@ mod tests {
                 assert!((g - w).abs() < 1e-5, "{style:?}");
             }
         }
-    }
-
-    #[test]
-    fn host_attention_matches_reference() {
-        let (n_heads, n_kv, hd, cap, start, len) = (6, 2, 8, 16, 5, 3);
-        let q = rand(&[n_heads, len, hd]);
-        let k = rand(&[n_kv, cap, hd]);
-        let v = rand(&[n_kv, cap, hd]);
-        let want = attention_reference(
-            &q,
-            &k.narrow(1, 0, start + len).unwrap(),
-            &v.narrow(1, 0, start + len).unwrap(),
-            start,
-        );
-        // Token-major queries, as the model holds them.
-        let q_rows = q
-            .transpose(0, 1)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let mut out = vec![0f32; len * n_heads * hd];
-        attention_host(
-            &q_rows,
-            &flat(&k),
-            &flat(&v),
-            cap,
-            n_heads,
-            n_kv,
-            hd,
-            start,
-            &mut out,
-        );
-        let got = Tensor::from_vec(out, (len, n_heads * hd), &Device::Cpu).unwrap();
-        assert!(max_abs_diff(&got, &want) < 1e-5);
     }
 
     #[test]

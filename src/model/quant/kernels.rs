@@ -57,57 +57,48 @@ pub struct Tile<'a> {
     pub qs: &'a [u8],
 }
 
+/// Run the tile through the wrapper of `isa` (`$wrapper_vnni` / `$wrapper_avx2`, instantiated
+/// for a full tile or a single row, with `$extra` const arguments), or `$scalar` elsewhere.
+macro_rules! by_isa {
+    ($isa:expr, $tile:expr, $x:expr, $out:expr,
+     $wrapper_vnni:ident, $wrapper_avx2:ident, [$($extra:tt)*], $scalar:expr) => {{
+        debug_assert!($tile.rows == TILE || $tile.rows == 1);
+        match ($isa, $tile.rows) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `isa()` returned this variant only after detecting the features.
+            (Isa::Avx512Vnni, TILE) => unsafe { x86::$wrapper_vnni::<TILE $($extra)*>($tile, $x, $out) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Vnni, _) => unsafe { x86::$wrapper_vnni::<1 $($extra)*>($tile, $x, $out) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, TILE) => unsafe { x86::$wrapper_avx2::<TILE $($extra)*>($tile, $x, $out) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, _) => unsafe { x86::$wrapper_avx2::<1 $($extra)*>($tile, $x, $out) },
+            _ => $scalar,
+        }
+    }};
+}
+
 /// `out[r] = row r of the Q4_1 tile · x` for r < tile.rows (a tile holds TILE rows or one).
 pub fn q4_1(isa: Isa, tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
-    debug_assert!(tile.rows == TILE || tile.rows == 1);
     debug_assert_eq!(tile.qs.len(), tile.rows * tile.blocks * 16);
-    match (isa, tile.rows) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa()` returned this variant only after detecting the features.
-        (Isa::Avx512Vnni, TILE) => unsafe { x86::q4_1_vnni::<TILE, true>(tile, x, out) },
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512Vnni, _) => unsafe { x86::q4_1_vnni::<1, true>(tile, x, out) },
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, TILE) => unsafe { x86::q4_1_avx2::<TILE, true>(tile, x, out) },
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, _) => unsafe { x86::q4_1_avx2::<1, true>(tile, x, out) },
-        _ => q4_1_scalar(tile, x, out),
-    }
+    by_isa!(isa, tile, x, out, q4_1_vnni, q4_1_avx2, [, true], q4_1_scalar(tile, x, out))
 }
 
 /// As [`q4_1`], for a tile whose values were unpacked to one byte each by [`unpack_q4_1`]
-/// (done once per tile when several tokens share a step).
+/// (done once per tile when several tokens share a step, on CPUs with SIMD kernels).
 pub fn q4_1_unpacked(isa: Isa, tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
-    debug_assert!(tile.rows == TILE || tile.rows == 1);
     debug_assert_eq!(tile.qs.len(), tile.rows * tile.blocks * BLOCK);
-    match (isa, tile.rows) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa()` returned this variant only after detecting the features.
-        (Isa::Avx512Vnni, TILE) => unsafe { x86::q4_1_vnni::<TILE, false>(tile, x, out) },
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512Vnni, _) => unsafe { x86::q4_1_vnni::<1, false>(tile, x, out) },
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, TILE) => unsafe { x86::q4_1_avx2::<TILE, false>(tile, x, out) },
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, _) => unsafe { x86::q4_1_avx2::<1, false>(tile, x, out) },
-        _ => {
-            // The scalar reference reads packed nibbles: repack.
-            let mut packed = vec![0u8; tile.rows * tile.blocks * 16];
-            for (p, v) in packed.chunks_exact_mut(16).zip(tile.qs.chunks_exact(BLOCK)) {
-                for j in 0..16 {
-                    p[j] = v[j] | (v[j + 16] << 4);
-                }
+    by_isa!(isa, tile, x, out, q4_1_vnni, q4_1_avx2, [, false], {
+        // The scalar reference reads packed nibbles: repack (tests only; the matmul does not
+        // unpack for scalar CPUs).
+        let mut packed = vec![0u8; tile.rows * tile.blocks * 16];
+        for (p, v) in packed.chunks_exact_mut(16).zip(tile.qs.chunks_exact(BLOCK)) {
+            for j in 0..16 {
+                p[j] = v[j] | (v[j + 16] << 4);
             }
-            q4_1_scalar(
-                Tile {
-                    qs: &packed,
-                    ..tile
-                },
-                x,
-                out,
-            )
         }
-    }
+        q4_1_scalar(Tile { qs: &packed, ..tile }, x, out)
+    })
 }
 
 /// Unpack a Q4_1 tile's nibbles to one byte per value, in activation order.
@@ -145,20 +136,17 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 
 /// `out[r] = row r of the Q8_0 tile · x` for r < tile.rows (a tile holds TILE rows or one).
 pub fn q8_0(isa: Isa, tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
-    debug_assert!(tile.rows == TILE || tile.rows == 1);
     debug_assert_eq!(tile.qs.len(), tile.rows * tile.blocks * BLOCK);
-    match (isa, tile.rows) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa()` returned this variant only after detecting the features.
-        (Isa::Avx512Vnni, TILE) => unsafe { x86::q8_0_vnni::<TILE>(tile, x, out) },
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512Vnni, _) => unsafe { x86::q8_0_vnni::<1>(tile, x, out) },
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, TILE) => unsafe { x86::q8_0_avx2::<TILE>(tile, x, out) },
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, _) => unsafe { x86::q8_0_avx2::<1>(tile, x, out) },
-        _ => q8_0_scalar(tile, x, out),
-    }
+    by_isa!(
+        isa,
+        tile,
+        x,
+        out,
+        q8_0_vnni,
+        q8_0_avx2,
+        [],
+        q8_0_scalar(tile, x, out)
+    )
 }
 
 /// Q4_1 row by row, the reference for the SIMD paths.

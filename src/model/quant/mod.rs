@@ -113,7 +113,7 @@ impl QMatrix {
                         unsafe { *out.0.add(t * self.rows + row + r) = *value };
                     }
                 };
-                if tokens > 1 && self.format == Format::Q4_1 {
+                if tokens > 1 && self.format == Format::Q4_1 && isa != Isa::Scalar {
                     // Several tokens share the step: unpack the tile's nibbles once for all.
                     UNPACKED.with(|buf| {
                         let mut buf = buf.borrow_mut();
@@ -190,9 +190,10 @@ thread_local! {
     static UNPACKED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A raw output pointer shared by the tasks that write disjoint parts of it.
-struct SharedOut(*mut f32);
-// SAFETY: the tasks write disjoint elements (see `matmul_quantized`).
+/// A raw output pointer shared by the tasks of one pool loop, each of which writes its own
+/// disjoint part of the buffer.
+pub(crate) struct SharedOut(pub(crate) *mut f32);
+// SAFETY: the tasks write disjoint elements (see its users).
 unsafe impl Sync for SharedOut {}
 unsafe impl Send for SharedOut {}
 
