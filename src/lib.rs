@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod config;
 pub mod engine;
 pub mod model;
+pub mod routing;
 pub mod server;
 pub mod template;
 pub mod tokenizer;
