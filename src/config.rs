@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::catalog::Catalog;
+use crate::routing::TraditionLayers;
 
 /// Where the catalog comes from: `--catalog FILE`, else `./models.toml`, else the compiled-in one.
 #[derive(Debug, Clone, Args)]
@@ -53,7 +54,7 @@ pub struct ServeArgs {
     /// Requests that may wait for a free slot; beyond it requests get 429.
     #[arg(long, env = "WICK_QUEUE", default_value_t = 64)]
     pub queue: usize,
-    /// Context length per sequence. Default: the catalog's context_length for the model.
+    /// Context length per sequence, for every model. Default: each model's catalog context_length.
     #[arg(long, env = "WICK_CTX_SIZE")]
     pub ctx_size: Option<usize>,
     /// Most prompt tokens processed per engine step (chunked prefill).
@@ -65,9 +66,33 @@ pub struct ServeArgs {
     /// Compute threads. Default: the number of cores.
     #[arg(long, env = "WICK_THREADS")]
     pub threads: Option<usize>,
+    /// Most models loaded at once; loading another unloads the least recently used.
+    #[arg(long, env = "WICK_MAX_LOADED_MODELS", default_value_t = 3)]
+    pub max_loaded_models: usize,
+    /// Memory the loaded models may take together (weights, embeddings and full KV slots),
+    /// e.g. `6GiB` or `800MB`. Default: no budget beyond --max-loaded-models.
+    #[arg(long, env = "WICK_MEMORY_BUDGET")]
+    pub memory_budget: Option<bytesize::ByteSize>,
+    /// The `provider` named in /v2 responses.
+    #[arg(long, env = "WICK_PROVIDER_NAME", default_value = "wick")]
+    pub provider_name: String,
+    /// Tradition layers file (TOML). Default: ./traditions.toml if present, else the built-in one.
+    #[arg(long, env = "WICK_TRADITIONS")]
+    pub traditions: Option<PathBuf>,
 }
 
 impl ServeArgs {
+    /// The tradition layers: `--traditions FILE`, else `./traditions.toml`, else built in.
+    pub fn load_traditions(&self) -> anyhow::Result<TraditionLayers> {
+        match &self.traditions {
+            Some(path) => TraditionLayers::load(path),
+            None if Path::new("traditions.toml").is_file() => {
+                TraditionLayers::load(Path::new("traditions.toml"))
+            }
+            None => Ok(TraditionLayers::builtin()),
+        }
+    }
+
     /// Settings for a server on a free loopback port, otherwise the defaults (for tests and
     /// embedding).
     pub fn local_ephemeral() -> Self {
@@ -85,6 +110,10 @@ impl ServeArgs {
             prefill_chunk: 512,
             body_limit: 4 * 1024 * 1024,
             threads: None,
+            max_loaded_models: 3,
+            memory_budget: None,
+            provider_name: "wick".into(),
+            traditions: None,
         }
     }
 }

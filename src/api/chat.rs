@@ -18,21 +18,41 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::Stream;
+use serde::Serialize;
 
 use super::error::ApiError;
 use super::request::{parse_json, ChatRequest};
-use super::{AppState, ServedModel};
-use crate::engine::{Event, EventStream, FinishReason, GenerateRequest, SubmitError, Usage};
+use super::AppState;
+use crate::engine::{
+    Event, EventStream, FinishReason, GenerateRequest, ServedModel, SubmitError, Usage,
+};
+use crate::routing::{self, tradition, Family, Mechanism, RoutingFields, Tradition};
 use crate::template::TemplateError;
 
-pub async fn completions(
+pub async fn completions_v1(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handle(&state, body).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
-    }
+    respond(handle(&state, body, Version::V1).await)
+}
+
+/// The V2 contract (shared/ROUTING.md): routing by tier or family, tradition layers, and
+/// routing metadata on the response.
+pub async fn completions_v2(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    respond(handle(&state, body, Version::V2).await)
+}
+
+fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    V1,
+    V2,
 }
 
 /// Everything a response needs besides the generated text.
@@ -40,11 +60,38 @@ struct Answer {
     id: String,
     created: u32,
     model: String,
+    /// /v2 only.
+    meta: Option<RoutingMeta>,
+}
+
+/// The fields a /v2 response carries beside OpenAI's, on the body and on every chunk.
+#[derive(Debug, Clone, Serialize)]
+struct RoutingMeta {
+    provider: String,
+    model_family: &'static str,
+    auto_routing: bool,
+    routing_mechanism: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    routing_tier: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    routing_confidence: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tradition: Option<&'static str>,
+}
+
+/// An OpenAI response or chunk with the /v2 fields beside it.
+#[derive(Serialize)]
+struct WithMeta<'a, T> {
+    #[serde(flatten)]
+    base: T,
+    #[serde(flatten)]
+    meta: Option<&'a RoutingMeta>,
 }
 
 async fn handle(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
+    version: Version,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -55,8 +102,49 @@ async fn handle(
     })?;
     let request: ChatRequest = parse_json(&body)?;
     let settings = request.settings()?;
-    let messages = request.template_messages()?;
-    let served = state.resolve(request.model.as_deref())?;
+    let mut messages = request.template_messages()?;
+    let tradition = request
+        .tradition
+        .as_deref()
+        .map(Tradition::parse)
+        .transpose()
+        .map_err(|message| {
+            ApiError::invalid(message, Some("tradition")).with_code("invalid_value")
+        })?;
+
+    let (served, meta) = match version {
+        Version::V1 => (state.resolve(request.model.as_deref()).await?, None),
+        Version::V2 => {
+            let fields = RoutingFields {
+                auto_routing: request.auto_routing,
+                model: request.model.as_deref(),
+                model_family: request.model_family.as_deref(),
+            };
+            let route = routing::route(
+                &state.models.catalog,
+                &fields,
+                &messages,
+                request.has_tools(),
+            )
+            .map_err(|e| ApiError::invalid(e.message, Some(&e.param)))?;
+            let served = state.resolve(Some(&route.model)).await?;
+            let meta = RoutingMeta {
+                provider: state.provider.clone(),
+                model_family: Family::OpenSource.display_name(),
+                auto_routing: route.mechanism == Mechanism::Auto,
+                routing_mechanism: route.mechanism.name(),
+                routing_tier: route.tier,
+                routing_confidence: route
+                    .confidence
+                    .map(|c| (f64::from(c) * 1000.0).round() / 1000.0),
+                tradition: tradition.map(Tradition::name),
+            };
+            (served, Some(meta))
+        }
+    };
+    // /v2 speaks from the general perspective unless told otherwise; /v1 only when asked.
+    let layer = state.traditions.layer(tradition, version == Version::V2);
+    tradition::apply_layer(&mut messages, layer);
 
     let prompt = served
         .frontend
@@ -74,7 +162,7 @@ async fn handle(
         .tokenizer
         .encode(&prompt)
         .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e}")))?;
-    let max_tokens = fit_context(served, prompt.len(), settings.max_tokens)?;
+    let max_tokens = fit_context(&served, prompt.len(), settings.max_tokens)?;
 
     let events = served
         .backend
@@ -96,6 +184,7 @@ async fn handle(
             .map(|d| d.as_secs() as u32)
             .unwrap_or(0),
         model: served.entry.id.clone(),
+        meta,
     };
     if settings.stream {
         Ok(
@@ -179,7 +268,7 @@ async fn collect(answer: Answer, mut events: EventStream) -> Result<Response, Ap
                         logprobs: None,
                     }],
                     created: answer.created,
-                    model: answer.model,
+                    model: answer.model.clone(),
                     service_tier: None,
                     system_fingerprint: None,
                     object: "chat.completion".into(),
@@ -187,7 +276,11 @@ async fn collect(answer: Answer, mut events: EventStream) -> Result<Response, Ap
                     metadata: None,
                     moderation: None,
                 };
-                return Ok(Json(response).into_response());
+                return Ok(Json(WithMeta {
+                    base: response,
+                    meta: answer.meta.as_ref(),
+                })
+                .into_response());
             }
         }
     }
@@ -237,18 +330,29 @@ fn sse_json<T: serde::Serialize>(value: &T) -> SseEvent {
     SseEvent::default().data(serde_json::to_string(value).unwrap_or_default())
 }
 
+/// A chunk as sent: with the /v2 fields on every chunk.
+fn chunk_event(answer: &Answer, chunk: CreateChatCompletionStreamResponse) -> SseEvent {
+    sse_json(&WithMeta {
+        base: chunk,
+        meta: answer.meta.as_ref(),
+    })
+}
+
 /// The chunk sent when generation fails after the stream has started: the status line is
 /// gone, so the failure travels as a last chunk with `finish_reason: "error"`.
 fn error_chunk(answer: &Answer, message: String) -> SseEvent {
     let error = ApiError::internal(message);
-    sse_json(&serde_json::json!({
+    sse_json(&WithMeta {
+        base: serde_json::json!({
         "id": answer.id,
         "object": "chat.completion.chunk",
         "created": answer.created,
         "model": answer.model,
         "choices": [{ "index": 0, "delta": {}, "finish_reason": "error" }],
         "error": error.body(),
-    }))
+        }),
+        meta: answer.meta.as_ref(),
+    })
 }
 
 /// OpenAI's chunk sequence: the role first, then content deltas, then the finish reason,
@@ -260,20 +364,20 @@ fn stream_chunks(
     include_usage: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
-        yield Ok(sse_json(&chunk(&answer, delta(Some(Role::Assistant), Some(String::new())), None)));
+        yield Ok(chunk_event(&answer, chunk(&answer, delta(Some(Role::Assistant), Some(String::new())), None)));
         let mut ended = false;
         while let Some(event) = events.recv().await {
             match event {
                 Event::Text(text) => {
-                    yield Ok(sse_json(&chunk(&answer, delta(None, Some(text)), None)));
+                    yield Ok(chunk_event(&answer, chunk(&answer, delta(None, Some(text)), None)));
                 }
                 Event::Done { finish, usage: u } => {
-                    yield Ok(sse_json(&chunk(&answer, delta(None, None), Some(finish_reason(finish)))));
+                    yield Ok(chunk_event(&answer, chunk(&answer, delta(None, None), Some(finish_reason(finish)))));
                     if include_usage {
                         let mut last = chunk(&answer, delta(None, None), None);
                         last.choices.clear();
                         last.usage = Some(usage(u));
-                        yield Ok(sse_json(&last));
+                        yield Ok(chunk_event(&answer, last));
                     }
                     ended = true;
                     break;

@@ -83,6 +83,18 @@ impl ApiError {
         }
     }
 
+    /// A model that exists in the catalog but cannot be served now (its files could not be
+    /// fetched, or it failed to load).
+    pub fn unavailable(message: String) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message,
+            kind: "server_error",
+            param: Some("model".into()),
+            code: Some("model_unavailable"),
+        }
+    }
+
     pub fn not_found_route(path: &str) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,

@@ -10,15 +10,17 @@ use serde_json::{json, Value};
 use super::AppState;
 
 pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
-    let models: Vec<Value> = state
-        .served
+    let loaded = state.models.loaded();
+    let models: Vec<Value> = loaded
         .iter()
         .map(|m| {
             let h = m.backend.health();
             json!({ "id": m.entry.id, "state": if h.alive { "ok" } else { "stopped" }, "engine": h })
         })
         .collect();
-    let ok = state.served.iter().all(|m| m.backend.health().alive);
+    // A model whose engine stopped is reloaded on its next request, but until then the
+    // server is not healthy.
+    let ok = loaded.iter().all(|m| m.backend.health().alive);
     let status = if ok {
         StatusCode::OK
     } else {

@@ -16,56 +16,49 @@ use axum::routing::{get, post};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
-use crate::catalog::{Catalog, ModelEntry};
-use crate::engine::Backend;
-use crate::model::ModelFrontend;
+use crate::engine::{LoadError, ModelRegistry, ServedModel};
+use crate::routing::TraditionLayers;
 use error::ApiError;
 
-/// A model this server has loaded: what the request path needs, and its engine.
-pub struct ServedModel {
-    pub entry: ModelEntry,
-    pub frontend: Arc<ModelFrontend>,
-    pub backend: Arc<dyn Backend>,
-}
-
 pub struct AppState {
-    pub catalog: Catalog,
-    pub served: Vec<ServedModel>,
-    /// Answers requests that name no model.
+    /// The catalog's models, loaded on first use.
+    pub models: Arc<ModelRegistry>,
+    /// Answers /v1 requests that name no model.
     pub default_model: String,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
     /// Unix time the server started (reported as the models' `created`).
     pub started: u64,
+    /// The `provider` of /v2 responses.
+    pub provider: String,
+    pub traditions: TraditionLayers,
 }
 
 impl AppState {
-    /// The served model a request names, or the default one.
-    pub fn resolve(&self, requested: Option<&str>) -> Result<&ServedModel, ApiError> {
+    /// The model a request names (the default one when it names none), loaded if need be.
+    pub async fn resolve(&self, requested: Option<&str>) -> Result<Arc<ServedModel>, ApiError> {
         let id = match requested {
             Some(id) if !id.is_empty() => id,
             _ => self.default_model.as_str(),
         };
-        if let Some(served) = self.served.iter().find(|m| m.entry.id == id) {
-            return Ok(served);
-        }
-        let detail = if self.catalog.get(id).is_some() {
-            let loaded: Vec<&str> = self.served.iter().map(|m| m.entry.id.as_str()).collect();
-            format!(
-                " on this server: it is in the catalog but not loaded (loaded: {})",
-                loaded.join(", ")
-            )
-        } else {
-            " or you do not have access to it (see GET /v1/models)".to_string()
-        };
-        Err(ApiError::model_not_found(id, &detail))
+        self.models.get(id).await.map_err(|e| match e {
+            LoadError::Unknown(_) => ApiError::model_not_found(
+                id,
+                " or you do not have access to it (see GET /v1/models)",
+            ),
+            LoadError::Failed { .. } => ApiError::unavailable(e.to_string()),
+        })
     }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.body_limit;
     Router::new()
-        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/chat/completions", post(chat::completions_v1))
+        .route("/v2/chat/completions", post(chat::completions_v2))
+        // The prefixes of the Gloo AI API, so its clients move by changing the host alone.
+        .route("/ai/v1/chat/completions", post(chat::completions_v1))
+        .route("/ai/v2/chat/completions", post(chat::completions_v2))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::one))
         .route("/health", get(health::health))

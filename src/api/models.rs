@@ -29,7 +29,6 @@ pub struct ModelList {
 }
 
 fn card(state: &AppState, entry: &ModelEntry) -> ModelCard {
-    let served = state.served.iter().find(|m| m.entry.id == entry.id);
     ModelCard {
         base: Model {
             id: entry.id.clone(),
@@ -40,15 +39,14 @@ fn card(state: &AppState, entry: &ModelEntry) -> ModelCard {
         },
         family: entry.family.clone(),
         tier: entry.tier.clone(),
-        context_length: served
-            .map(|m| m.frontend.context_length)
-            .unwrap_or(entry.context_length),
-        loaded: served.is_some(),
+        context_length: state.models.context_length(entry),
+        loaded: state.models.is_loaded(&entry.id),
     }
 }
 
 pub async fn list(State(state): State<Arc<AppState>>) -> Json<ModelList> {
     let data = state
+        .models
         .catalog
         .models
         .iter()
@@ -65,6 +63,7 @@ pub async fn one(
     Path(id): Path<String>,
 ) -> Result<Json<ModelCard>, ApiError> {
     let entry = state
+        .models
         .catalog
         .get(&id)
         .ok_or_else(|| ApiError::model_not_found(&id, ""))?;

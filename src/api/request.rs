@@ -48,6 +48,13 @@ pub struct ChatRequest {
     #[serde(default)]
     pub ignore_eos: bool,
     pub stream_options: Option<StreamOptions>,
+    /// Tool definitions (read for routing; tool calling itself is not served yet).
+    pub tools: Option<serde_json::Value>,
+    /// /v2 routing: exactly one of `auto_routing: true`, `model`, `model_family`.
+    pub auto_routing: Option<bool>,
+    pub model_family: Option<String>,
+    /// The theological perspective of the answer (shared/ROUTING.md).
+    pub tradition: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,6 +192,14 @@ impl ChatRequest {
                 .as_ref()
                 .is_some_and(|o| o.include_usage),
         })
+    }
+
+    /// Whether the request offers the model any tools.
+    pub fn has_tools(&self) -> bool {
+        self.tools
+            .as_ref()
+            .and_then(|t| t.as_array())
+            .is_some_and(|t| !t.is_empty())
     }
 
     /// The conversation in the shape chat templates expect.

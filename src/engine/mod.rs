@@ -3,6 +3,7 @@
 //! cancel by dropping the stream) and never touch the model.
 
 mod prefix_cache;
+pub mod registry;
 mod sampler;
 mod scheduler;
 mod sequence;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::model::{KvPool, KvShape, LoadedModel};
+pub use registry::{LoadError, ModelRegistry, RegistryLimits, ServedModel};
 pub use sampler::SamplingParams;
 
 /// One generation job, already tokenized.

@@ -3,3 +3,75 @@
 //! added to its system prompt. Plain functions: no HTTP, no model.
 
 pub mod analyser;
+pub mod mechanism;
+pub mod select;
+pub mod tradition;
+
+use std::time::Instant;
+
+use crate::catalog::Catalog;
+use crate::template::ChatMessage;
+pub use mechanism::{Family, Mechanism, RoutingError, RoutingFields};
+pub use tradition::{Tradition, TraditionLayers};
+
+/// Where a /v2 request goes, and what its response says about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// The catalog id to serve (for direct selection, as the caller wrote it: it may not exist).
+    pub model: String,
+    pub mechanism: Mechanism,
+    /// The tier of the model chosen by analysis (`None` for direct selection).
+    pub tier: Option<String>,
+    /// The analyser's confidence (`None` for direct selection).
+    pub confidence: Option<f32>,
+}
+
+/// Choose the model for a /v2 request.
+pub fn route(
+    catalog: &Catalog,
+    fields: &RoutingFields,
+    messages: &[ChatMessage],
+    has_tools: bool,
+) -> Result<Route, RoutingError> {
+    let mechanism = mechanism::mechanism(fields)?;
+    let family = match &mechanism {
+        Mechanism::Direct(model) => {
+            return Ok(Route {
+                model: model.clone(),
+                mechanism,
+                tier: None,
+                confidence: None,
+            })
+        }
+        Mechanism::Auto => None,
+        Mechanism::Family(f) => Some(*f),
+    };
+    let candidates: Vec<_> = catalog
+        .models
+        .iter()
+        .filter(|m| family.is_none_or(|f| f.matches(&m.family)))
+        .collect();
+    let started = Instant::now();
+    let decision = analyser::analyse(&analyser::Query {
+        messages,
+        has_tools,
+    });
+    let chosen = select::select(&candidates, decision.tier).ok_or_else(|| RoutingError {
+        message: "This server's catalog holds no model of the requested family".into(),
+        param: "model_family".into(),
+    })?;
+    tracing::debug!(
+        needed = decision.tier,
+        confidence = decision.confidence,
+        reasons = %decision.reasons.join("; "),
+        model = %chosen.id,
+        micros = started.elapsed().as_micros() as u64,
+        "routed"
+    );
+    Ok(Route {
+        model: chosen.id.clone(),
+        mechanism,
+        tier: Some(chosen.tier.clone()),
+        confidence: Some(decision.confidence),
+    })
+}

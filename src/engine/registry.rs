@@ -1,0 +1,226 @@
+//! The models a server holds: loaded on first use, one engine each, and unloaded
+//! least-recently-used when a new one would pass `max_loaded` or the memory budget.
+//!
+//! Loading one model never blocks requests to a model already loaded: the map of loaded
+//! models is only locked for lookups, and each model has its own load lock, so concurrent
+//! first requests for the same model wait for one load instead of starting two.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use candle_core::Device;
+
+use super::{Backend, Engine, EngineConfig};
+use crate::catalog::{BarProgress, Catalog, ModelEntry, ModelStore, Progress, Silent};
+use crate::model::{KvShape, ModelFrontend};
+
+/// A model this server has loaded: what the request path needs, and its engine.
+pub struct ServedModel {
+    pub entry: ModelEntry,
+    pub frontend: Arc<ModelFrontend>,
+    pub backend: Arc<dyn Backend>,
+    /// Memory it may use at most: weights, dequantized embeddings, and every KV slot full.
+    pub bytes: u64,
+}
+
+/// How many models may stay loaded, and how much memory they may take together.
+#[derive(Debug, Clone)]
+pub struct RegistryLimits {
+    pub max_loaded: usize,
+    /// Bytes; `None` is no budget beyond `max_loaded`.
+    pub memory_budget: Option<u64>,
+    /// Caps every model's context length (`--ctx-size`).
+    pub context_cap: Option<usize>,
+    /// Draw a progress bar while fetching (a terminal server), or stay quiet (tests).
+    pub show_progress: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("model '{0}' is not in the catalog")]
+    Unknown(String),
+    #[error("model '{id}' could not be loaded: {reason}")]
+    Failed { id: String, reason: String },
+}
+
+struct Loaded {
+    model: Arc<ServedModel>,
+    last_used: Instant,
+}
+
+pub struct ModelRegistry {
+    pub catalog: Catalog,
+    store: ModelStore,
+    engine: EngineConfig,
+    limits: RegistryLimits,
+    device: Device,
+    loaded: Mutex<HashMap<String, Loaded>>,
+    /// One lock per model id, held while that model loads.
+    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl ModelRegistry {
+    pub fn new(
+        catalog: Catalog,
+        store: ModelStore,
+        engine: EngineConfig,
+        limits: RegistryLimits,
+        device: Device,
+    ) -> Self {
+        Self {
+            catalog,
+            store,
+            engine,
+            limits,
+            device,
+            loaded: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A loaded model, if it is loaded now (marks it used).
+    fn touch(&self, id: &str) -> Option<Arc<ServedModel>> {
+        let mut loaded = lock(&self.loaded);
+        let slot = loaded.get_mut(id)?;
+        if !slot.model.backend.health().alive {
+            // Its engine died (a panic it could not contain): load it afresh.
+            loaded.remove(id);
+            return None;
+        }
+        slot.last_used = Instant::now();
+        Some(slot.model.clone())
+    }
+
+    /// The model with this id, loading it (and unloading others) if needed.
+    pub async fn get(&self, id: &str) -> Result<Arc<ServedModel>, LoadError> {
+        if let Some(model) = self.touch(id) {
+            return Ok(model);
+        }
+        let entry = self
+            .catalog
+            .get(id)
+            .ok_or_else(|| LoadError::Unknown(id.to_string()))?
+            .clone();
+        let gate = lock(&self.loading)
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        let _loading = gate.lock().await;
+        if let Some(model) = self.touch(id) {
+            return Ok(model); // another request loaded it while we waited
+        }
+        // Before loading, make room for a rough estimate; after, for the real figure.
+        self.make_room(id, entry.size.unwrap_or(0).saturating_mul(2));
+        let model = self.load(entry).await.map_err(|e| LoadError::Failed {
+            id: id.to_string(),
+            reason: format!("{e:#}"),
+        })?;
+        self.make_room(id, model.bytes);
+        lock(&self.loaded).insert(
+            id.to_string(),
+            Loaded {
+                model: model.clone(),
+                last_used: Instant::now(),
+            },
+        );
+        Ok(model)
+    }
+
+    async fn load(&self, mut entry: ModelEntry) -> anyhow::Result<Arc<ServedModel>> {
+        if let Some(cap) = self.limits.context_cap {
+            entry.context_length = entry.context_length.min(cap);
+        }
+        let progress: Box<dyn Progress> = if self.limits.show_progress {
+            Box::new(BarProgress::new())
+        } else {
+            Box::new(Silent)
+        };
+        let path = self
+            .store
+            .fetch(&self.catalog, &entry, progress.as_ref())
+            .await?;
+        let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let (device, load_entry) = (self.device.clone(), entry.clone());
+        let loaded =
+            tokio::task::spawn_blocking(move || crate::model::load(&path, &load_entry, &device))
+                .await??;
+        let config = loaded.weights.config();
+        let kv = KvShape {
+            n_layers: config.n_layers,
+            n_kv_heads: config.n_kv_heads,
+            head_dim: config.head_dim,
+            capacity: loaded.frontend.context_length,
+        };
+        let embeddings = (config.vocab_size * config.hidden * 4) as u64;
+        let bytes =
+            file_bytes + embeddings + (kv.slot_bytes() * self.engine.max_sequences.max(1)) as u64;
+        let frontend = loaded.frontend.clone();
+        let engine = Engine::start(loaded, self.engine.clone())?;
+        tracing::info!(model = %entry.id, mib = bytes >> 20, "model ready");
+        Ok(Arc::new(ServedModel {
+            entry,
+            frontend,
+            backend: Arc::new(engine),
+            bytes,
+        }))
+    }
+
+    /// Unload least-recently-used models (never `keep`) until one more model of `incoming`
+    /// bytes fits both limits. A model still answering requests stays alive until they end:
+    /// the registry only drops its own reference.
+    fn make_room(&self, keep: &str, incoming: u64) {
+        let mut loaded = lock(&self.loaded);
+        loop {
+            let others: Vec<(&String, &Loaded)> = loaded
+                .iter()
+                .filter(|(id, _)| id.as_str() != keep)
+                .collect();
+            let used: u64 = others.iter().map(|(_, l)| l.model.bytes).sum();
+            let over_count = others.len() + 1 > self.limits.max_loaded.max(1);
+            let over_memory = self
+                .limits
+                .memory_budget
+                .is_some_and(|budget| used + incoming > budget);
+            if !(over_count || over_memory) {
+                return;
+            }
+            let Some(victim) = others
+                .iter()
+                .min_by_key(|(_, l)| l.last_used)
+                .map(|(id, _)| (*id).clone())
+            else {
+                return; // nothing left to unload: the new model alone may exceed the budget
+            };
+            tracing::info!(model = %victim, "unloading least recently used model");
+            loaded.remove(&victim);
+        }
+    }
+
+    /// The models loaded now.
+    pub fn loaded(&self) -> Vec<Arc<ServedModel>> {
+        lock(&self.loaded)
+            .values()
+            .map(|l| l.model.clone())
+            .collect()
+    }
+
+    /// The context length a model is (or will be) served with.
+    pub fn context_length(&self, entry: &ModelEntry) -> usize {
+        if let Some(model) = lock(&self.loaded).get(&entry.id) {
+            return model.model.frontend.context_length;
+        }
+        self.limits
+            .context_cap
+            .map_or(entry.context_length, |cap| entry.context_length.min(cap))
+    }
+
+    pub fn is_loaded(&self, id: &str) -> bool {
+        lock(&self.loaded).contains_key(id)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps stay consistent even if a holder panicked: every update is one insert/remove.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

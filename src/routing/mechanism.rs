@@ -1,0 +1,192 @@
+//! Which routing mechanism a /v2 request uses: exactly one of `auto_routing: true`,
+//! `model_family` and `model`.
+
+/// The routing fields of a request, as sent.
+#[derive(Debug, Default, Clone)]
+pub struct RoutingFields<'a> {
+    pub auto_routing: Option<bool>,
+    pub model: Option<&'a str>,
+    pub model_family: Option<&'a str>,
+}
+
+/// The families this server holds. Only one today: every catalog model is open source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    OpenSource,
+}
+
+impl Family {
+    /// The name responses carry in `model_family`.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Family::OpenSource => "Open Source",
+        }
+    }
+
+    /// Whether a catalog entry's `family` field names this family.
+    pub fn matches(self, catalog_family: &str) -> bool {
+        parse_family(catalog_family) == Some(self)
+    }
+}
+
+/// How a request chose its model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mechanism {
+    Auto,
+    Family(Family),
+    Direct(String),
+}
+
+impl Mechanism {
+    /// The `routing_mechanism` value of the response metadata.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mechanism::Auto => "auto_routing",
+            Mechanism::Family(_) => "model_family",
+            Mechanism::Direct(_) => "direct_model_selection",
+        }
+    }
+}
+
+/// A request that breaks the contract: a 400 with this message and `param`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingError {
+    pub message: String,
+    pub param: String,
+}
+
+/// Families the V2 API knows that live with other providers, not on a local server.
+const REMOTE_FAMILIES: [&str; 3] = ["openai", "anthropic", "google"];
+
+/// "open source", "open_source", "Open-Source" … → the open-source family.
+fn parse_family(name: &str) -> Option<Family> {
+    let normal: String = name
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '_' | '-' => ' ',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect();
+    (normal.split_whitespace().collect::<Vec<_>>() == ["open", "source"])
+        .then_some(Family::OpenSource)
+}
+
+/// Exactly one mechanism, or the contract's 400.
+pub fn mechanism(fields: &RoutingFields) -> Result<Mechanism, RoutingError> {
+    let auto = fields.auto_routing == Some(true);
+    let model = fields.model.filter(|m| !m.is_empty());
+    let family = fields.model_family;
+    let mut named = Vec::new();
+    if auto {
+        named.push("auto_routing");
+    }
+    if model.is_some() {
+        named.push("model");
+    }
+    if family.is_some() {
+        named.push("model_family");
+    }
+    if named.len() != 1 {
+        let (what, param) = if named.is_empty() {
+            (
+                "none was given".to_string(),
+                "auto_routing, model, model_family".to_string(),
+            )
+        } else {
+            (format!("got {}", named.join(" and ")), named.join(", "))
+        };
+        return Err(RoutingError {
+            message: format!(
+                "Specify exactly one of auto_routing, model, model_family: {what}. \
+                 (auto_routing: false alone does not choose a model.)"
+            ),
+            param,
+        });
+    }
+    if auto {
+        return Ok(Mechanism::Auto);
+    }
+    if let Some(model) = model {
+        return Ok(Mechanism::Direct(model.to_string()));
+    }
+    let family = family.unwrap_or_default();
+    match parse_family(family) {
+        Some(f) => Ok(Mechanism::Family(f)),
+        None => {
+            let known = REMOTE_FAMILIES.contains(&family.trim().to_ascii_lowercase().as_str());
+            let why = if known {
+                format!("model_family '{family}' is not served by this server")
+            } else {
+                format!("Unknown model_family '{family}'")
+            };
+            Err(RoutingError {
+                message: format!(
+                    "{why}: this server serves the 'open source' family only \
+                     (also written open_source or open-source)."
+                ),
+                param: "model_family".into(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields<'a>(
+        auto: Option<bool>,
+        model: Option<&'a str>,
+        family: Option<&'a str>,
+    ) -> RoutingFields<'a> {
+        RoutingFields {
+            auto_routing: auto,
+            model,
+            model_family: family,
+        }
+    }
+
+    #[test]
+    fn each_mechanism_alone_is_accepted() {
+        assert_eq!(
+            mechanism(&fields(Some(true), None, None)),
+            Ok(Mechanism::Auto)
+        );
+        assert_eq!(
+            mechanism(&fields(Some(false), Some("m"), None)),
+            Ok(Mechanism::Direct("m".into()))
+        );
+        for name in ["open source", "open_source", "Open-Source", "OPEN SOURCE"] {
+            assert_eq!(
+                mechanism(&fields(None, None, Some(name))),
+                Ok(Mechanism::Family(Family::OpenSource)),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn none_or_several_is_an_error_naming_the_fields() {
+        let none = mechanism(&fields(None, None, None)).unwrap_err();
+        assert!(none
+            .message
+            .contains("exactly one of auto_routing, model, model_family"));
+        let off = mechanism(&fields(Some(false), None, None)).unwrap_err();
+        assert_eq!(off.param, "auto_routing, model, model_family");
+        let two = mechanism(&fields(Some(true), Some("m"), None)).unwrap_err();
+        assert_eq!(two.param, "auto_routing, model");
+        let three = mechanism(&fields(Some(true), Some("m"), Some("open source"))).unwrap_err();
+        assert_eq!(three.param, "auto_routing, model, model_family");
+    }
+
+    #[test]
+    fn remote_and_unknown_families_say_what_is_served() {
+        for name in ["openai", "Anthropic", "google", "mistral"] {
+            let e = mechanism(&fields(None, None, Some(name))).unwrap_err();
+            assert_eq!(e.param, "model_family");
+            assert!(e.message.contains("'open source'"), "{}", e.message);
+            assert!(e.message.contains(name), "{}", e.message);
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Models load on first use and are unloaded least-recently-used under `--max-loaded-models`
+//! and `--memory-budget`; a model being loaded does not hold up requests to a loaded one.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use serde_json::{json, Value};
+use wick::config::ServeArgs;
+
+const TIER_1: &str = "smollm2-135m-instruct";
+const TIER_2: &str = "qwen2.5-coder-0.5b-instruct";
+const TIER_3: &str = "qwen2.5-coder-1.5b-instruct";
+
+fn server(configure: impl FnOnce(&mut ServeArgs)) -> SocketAddr {
+    let mut args = ServeArgs::local_ephemeral();
+    args.ctx_size = Some(1024);
+    args.parallel = 2;
+    configure(&mut args);
+    common::start_server(args)
+}
+
+async fn chat(addr: SocketAddr, model: &str) -> Value {
+    let body = json!({
+        "model": model, "max_tokens": 2, "temperature": 0,
+        "messages": [{ "role": "user", "content": "Hi" }]
+    });
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(r.status(), 200);
+    r.json().await.expect("JSON")
+}
+
+/// The ids /v1/models reports as loaded, in catalog order.
+async fn loaded(addr: SocketAddr) -> Vec<String> {
+    let list: Value = reqwest::get(format!("http://{addr}/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["loaded"] == true)
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn least_recently_used_model_is_unloaded_and_loading_does_not_block_others() {
+    let addr = server(|a| a.max_loaded_models = 2);
+    assert_eq!(
+        loaded(addr).await,
+        [TIER_1],
+        "the default model loads at start"
+    );
+
+    // The 1.5B model takes seconds to load and prefill; the loaded model answers meanwhile.
+    let big = tokio::spawn(chat(addr, TIER_3));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let small = chat(addr, TIER_1).await;
+    assert_eq!(small["model"], TIER_1);
+    assert!(
+        !big.is_finished(),
+        "the small model's answer waited for the large model to load"
+    );
+    assert_eq!(big.await.unwrap()["model"], TIER_3);
+    assert_eq!(loaded(addr).await, [TIER_1, TIER_3]);
+
+    // A third model: the least recently used (tier 1, used before tier 3 finished) goes.
+    chat(addr, TIER_2).await;
+    assert_eq!(loaded(addr).await, [TIER_2, TIER_3]);
+    chat(addr, TIER_2).await;
+    chat(addr, TIER_1).await;
+    assert_eq!(loaded(addr).await, [TIER_1, TIER_2]);
+}
+
+#[tokio::test]
+async fn a_memory_budget_unloads_what_does_not_fit() {
+    // 400 MiB holds SmolLM2 (98 MB file, 113 MB of f32 embeddings, 94 MB of KV) alone: the
+    // 0.5B model (491 MB file) never fits beside it.
+    let addr = server(|a| a.memory_budget = Some(bytesize::ByteSize::mib(400)));
+    assert_eq!(loaded(addr).await, [TIER_1]);
+    assert_eq!(chat(addr, TIER_2).await["model"], TIER_2);
+    assert_eq!(loaded(addr).await, [TIER_2]);
+    assert_eq!(chat(addr, TIER_1).await["model"], TIER_1);
+    assert_eq!(loaded(addr).await, [TIER_1]);
+}
+
+#[tokio::test]
+async fn models_list_shows_family_tier_and_state() {
+    let addr = server(|_| {});
+    let list: Value = reqwest::get(format!("http://{addr}/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let data = list["data"].as_array().unwrap();
+    let ids: Vec<&str> = data.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [TIER_1, TIER_2, TIER_3]);
+    for (m, tier) in data.iter().zip(["tier_1", "tier_2", "tier_3"]) {
+        assert_eq!(m["tier"], tier, "{m}");
+        assert_eq!(m["family"], "open source", "{m}");
+        assert_eq!(m["loaded"], m["id"] == TIER_1, "{m}");
+        assert_eq!(m["context_length"], 1024, "capped by --ctx-size: {m}");
+    }
+}
