@@ -7,6 +7,9 @@
 //! feeds llama.cpp's own tokens back (teacher forcing) and requires, at each of its
 //! positions, that llama.cpp's token is wick's top choice or a near-tie with it; the engine
 //! test requires llama.cpp's exact tokens up to the first such tie.
+//!
+//! Both models of the fixture are checked: SmolLM2 (llama) and Qwen2.5-Coder-0.5B (qwen2);
+//! the tier_3 Qwen2.5-Coder-1.5B, which the fixture lacks, only answers a tiny question.
 
 mod common;
 
@@ -18,10 +21,21 @@ use serde_json::Value;
 use wick::catalog::Catalog;
 use wick::engine::{Backend, Engine, EngineConfig, GenerateRequest, SamplingParams};
 use wick::model::{KvPool, KvShape, LoadedModel, ModelFrontend, SeqChunk};
+use wick::template::ChatMessage;
 
 /// Largest logit gap at which a different greedy choice counts as a floating-point tie (a
 /// real defect, such as a wrong rotary layout, costs several logits).
 const TIE: f32 = 0.25;
+
+const SMOLLM2: (&str, &str) = ("smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf");
+const QWEN_CODER: (&str, &str) = (
+    "qwen2.5-coder-0.5b-instruct",
+    "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+);
+const QWEN_CODER_1_5B: (&str, &str) = (
+    "qwen2.5-coder-1.5b-instruct",
+    "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+);
 
 struct Case {
     prompt: String,
@@ -30,13 +44,14 @@ struct Case {
     output_text: String,
 }
 
-fn cases() -> Vec<Case> {
+/// llama.cpp's greedy runs for one model file.
+fn cases(file: &str) -> Vec<Case> {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llamacpp_reference.json");
     let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    fixture["models"]["SmolLM2-135M-Instruct.Q4_1.gguf"]["greedy"]
+    fixture["models"][file]["greedy"]
         .as_array()
-        .unwrap()
+        .unwrap_or_else(|| panic!("{file} is not in the fixture"))
         .iter()
         .map(|c| Case {
             prompt: c["prompt"].as_str().unwrap().into(),
@@ -47,22 +62,13 @@ fn cases() -> Vec<Case> {
         .collect()
 }
 
-fn load() -> LoadedModel {
+/// A catalog model (`(id, file)`), fetched into the cache through the catalog on first use.
+/// Its context is capped so an engine's KV slots stay small (Qwen's catalog context is 32768).
+fn load((id, file): (&str, &str)) -> LoadedModel {
     wick::config::init_threads(None);
-    let root = std::env::var_os("WICK_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| dirs::cache_dir().map(|d| d.join("wick")))
-        .expect("no cache directory: set WICK_CACHE");
-    let path = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "{} not found: run `wick pull` first",
-        path.display()
-    );
-    let entry = Catalog::builtin()
-        .get("smollm2-135m-instruct")
-        .unwrap()
-        .clone();
+    let path = common::model_file(file);
+    let mut entry = Catalog::builtin().get(id).unwrap().clone();
+    entry.context_length = entry.context_length.min(2048);
     wick::model::load(&path, &entry, &Device::Cpu).expect("model loads")
 }
 
@@ -115,10 +121,11 @@ fn teacher_forced(loaded: &LoadedModel, cases: &[Case]) -> Vec<Vec<(usize, f32)>
         .collect()
 }
 
-#[test]
-fn smollm2_logits_agree_with_llamacpp_greedy_choices() {
-    let loaded = load();
-    let cases = cases();
+/// Teacher-forced agreement with llama.cpp on every greedy run of the fixture: every
+/// disagreement must be a near-tie, and at most `max_differing` positions may disagree.
+fn logits_agree_with_llamacpp(model: (&str, &str), max_differing: usize) {
+    let loaded = load(model);
+    let cases = cases(model.1);
     for case in &cases {
         let tok = &loaded.frontend.tokenizer;
         assert_eq!(tok.encode(&case.prompt).unwrap(), case.prompt_ids);
@@ -136,11 +143,23 @@ fn smollm2_logits_agree_with_llamacpp_greedy_choices() {
             );
         }
     }
-    // Ties are rare: at most 3 of the 45 positions may go the other way.
+    // Ties are rare.
     assert!(
-        differing <= 3,
+        differing <= max_differing,
         "{differing} of {total} positions differ: {differences:?}"
     );
+}
+
+#[test]
+fn smollm2_logits_agree_with_llamacpp_greedy_choices() {
+    // At most 3 of the 45 positions may go the other way.
+    logits_agree_with_llamacpp(SMOLLM2, 3);
+}
+
+#[test]
+fn qwen_coder_logits_agree_with_llamacpp_greedy_choices() {
+    // qwen2: rotary on halves, q/k/v biases, K-quants through candle. At most 3 of 40.
+    logits_agree_with_llamacpp(QWEN_CODER, 3);
 }
 
 async fn greedy(engine: &Engine, prompt: Vec<u32>) -> String {
@@ -157,12 +176,16 @@ async fn greedy(engine: &Engine, prompt: Vec<u32>) -> String {
     common::collect_text(engine.submit(request).unwrap()).await
 }
 
-#[tokio::test]
-async fn engine_greedy_is_the_same_alone_and_batched_and_follows_llamacpp() {
-    let loaded = load();
+/// Free-running, the engine must produce llama.cpp's tokens exactly up to the first position
+/// where the two disagree on the top choice (a near-tie, checked by the teacher-forced
+/// tests); after it the answers part ways. Run all at once, the engine batches them in shared
+/// steps and must give the same text as alone.
+async fn engine_greedy_follows_llamacpp(model: (&str, &str)) {
+    let loaded = load(model);
+    let cases = cases(model.1);
+    let ties = teacher_forced(&loaded, &cases);
     let frontend: Arc<ModelFrontend> = loaded.frontend.clone();
     let engine = Engine::start(loaded, EngineConfig::default()).unwrap();
-    let cases = cases();
     let prompts: Vec<Vec<u32>> = cases
         .iter()
         .map(|c| frontend.tokenizer.encode(&c.prompt).unwrap())
@@ -171,10 +194,6 @@ async fn engine_greedy_is_the_same_alone_and_batched_and_follows_llamacpp() {
     for prompt in &prompts {
         alone.push(greedy(&engine, prompt.clone()).await);
     }
-    // Free-running, wick must produce llama.cpp's tokens exactly up to the first position
-    // where the two disagree on the top choice (a near-tie, checked by the test above);
-    // after it the answers part ways.
-    let ties = teacher_forced(&load(), &cases);
     for ((case, text), diffs) in cases.iter().zip(&alone).zip(&ties) {
         let agreed = diffs.first().map_or(case.output_ids.len(), |&(i, _)| i);
         let expected = frontend
@@ -186,15 +205,60 @@ async fn engine_greedy_is_the_same_alone_and_batched_and_follows_llamacpp() {
             "{text:?} should start with llama.cpp's {expected:?}"
         );
     }
-    // All at once: the engine runs them in shared steps and must give the same text.
     let batched =
         futures::future::join_all(prompts.iter().map(|p| greedy(&engine, p.clone()))).await;
     assert_eq!(alone, batched);
 }
 
 #[tokio::test]
+async fn engine_greedy_is_the_same_alone_and_batched_and_follows_llamacpp() {
+    engine_greedy_follows_llamacpp(SMOLLM2).await;
+}
+
+#[tokio::test]
+async fn qwen_coder_engine_greedy_is_the_same_alone_and_batched_and_follows_llamacpp() {
+    engine_greedy_follows_llamacpp(QWEN_CODER).await;
+}
+
+/// The tier_3 model (qwen2, 12 heads of 128) loads and answers a tiny question sensibly.
+#[tokio::test]
+async fn qwen_coder_1_5b_answers_a_tiny_question() {
+    let loaded = load(QWEN_CODER_1_5B);
+    let c = loaded.weights.config();
+    assert_eq!(
+        (
+            c.architecture.as_str(),
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim
+        ),
+        ("qwen2", 28, 12, 2, 128)
+    );
+    let frontend = loaded.frontend.clone();
+    let engine = Engine::start(loaded, EngineConfig::default()).unwrap();
+    let messages = [ChatMessage::new(
+        "user",
+        "What is 2+2? Answer with a number.",
+    )];
+    let prompt = frontend.template.render(&messages, None, true).unwrap();
+    let request = GenerateRequest {
+        prompt: frontend.tokenizer.encode(&prompt).unwrap(),
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        max_tokens: 8,
+        stop: vec![],
+        ignore_eos: false,
+    };
+    let text = common::collect_text(engine.submit(request).unwrap()).await;
+    assert!(text.contains('4'), "{text:?}");
+}
+
+#[tokio::test]
 async fn a_cached_prefix_gives_the_same_output_as_an_uncached_one() {
-    let loaded = load();
+    let loaded = load(SMOLLM2);
     let frontend: Arc<ModelFrontend> = loaded.frontend.clone();
     // One slot, so every request after the first finds the previous one's cache.
     let engine = Engine::start(
@@ -229,7 +293,7 @@ async fn a_cached_prefix_gives_the_same_output_as_an_uncached_one() {
     let b_warm = greedy(&engine, b.clone()).await;
     let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     assert_eq!(engine.health().prefix_cache_hits - hits_before, shared);
-    let fresh = Engine::start(load(), EngineConfig::default()).unwrap();
+    let fresh = Engine::start(load(SMOLLM2), EngineConfig::default()).unwrap();
     assert_eq!(
         b_warm,
         greedy(&fresh, b).await,

@@ -42,7 +42,6 @@ fn smollm2_gguf_template_gives_the_reference_prompt() {
 }
 
 #[test]
-#[ignore = "downloads Qwen2.5-Coder-0.5B (~490 MB) on first run; run with --ignored"]
 fn qwen_coder_gguf_template_renders_chat_and_tools() {
     let (_tok, template) = load(QWEN_CODER);
     let messages = [

@@ -105,7 +105,6 @@ fn smollm2_matches_llamacpp_ids() {
 }
 
 #[test]
-#[ignore = "downloads Qwen2.5-Coder-0.5B (~490 MB) on first run; run with --ignored"]
 fn qwen_coder_matches_llamacpp_ids() {
     check_against_reference(QWEN_CODER);
 }
@@ -166,7 +165,6 @@ fn smollm2_stream_gives_no_text_for_special_tokens() {
 }
 
 #[test]
-#[ignore = "downloads Qwen2.5-Coder-0.5B (~490 MB) on first run; run with --ignored"]
 fn qwen_coder_special_ids_and_visible_tool_markers() {
     let tok = load(QWEN_CODER);
     assert_eq!(tok.eos_token(), Some("<|im_end|>"));

@@ -1,6 +1,13 @@
-//! The llama family of decoders (llama, SmolLM2, and close relatives such as qwen2, which
-//! differ only in the options of [`Variant`]): pre-norm attention with grouped-query heads and
-//! rotary positions, then a SwiGLU feed-forward layer.
+//! The llama family of decoders: pre-norm attention with grouped-query heads and rotary
+//! positions, then a SwiGLU feed-forward layer. Members differ only in the options of
+//! [`Variant`]:
+//!
+//! - `llama` (SmolLM2 among others): rotary on adjacent pairs, no biases.
+//! - `qwen2` (Qwen2.5, Qwen2.5-Coder): rotary on halves (GPT-NeoX style, as llama.cpp's
+//!   `LLAMA_ROPE_TYPE_NEOX`), and biases on the q, k and v projections.
+//!
+//! Both tie the output projection to the token embeddings when the GGUF has no
+//! `output.weight` (SmolLM2, small Qwen exports).
 
 use std::io::{Read, Seek};
 
@@ -24,6 +31,10 @@ impl Variant {
     pub const LLAMA: Variant = Variant {
         rope: RopeStyle::Interleaved,
         qkv_bias: false,
+    };
+    pub const QWEN2: Variant = Variant {
+        rope: RopeStyle::Halves,
+        qkv_bias: true,
     };
 }
 

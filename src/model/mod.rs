@@ -1,6 +1,10 @@
 //! wick's own model code on candle tensors: one file per architecture family, all shaped for
 //! batching. A step takes a batch of sequences, each with its new tokens, its start position
 //! and its KV slot, and returns logits only for the sequences that will sample.
+//!
+//! Architectures (`general.architecture` in the GGUF): `llama` and `qwen2`, both run by
+//! [`llama::Llama`] with their own [`llama::Variant`]. Hyper-parameters are read from the
+//! keys under the architecture's own prefix (`llama.block_count`, `qwen2.rope.freq_base`, ...).
 
 pub mod kv_cache;
 pub mod llama;
@@ -155,7 +159,14 @@ pub fn load(path: &Path, entry: &ModelEntry, device: &Device) -> anyhow::Result<
             llama::Variant::LLAMA,
             device,
         )?),
-        other => bail!("architecture '{other}' is not supported yet (supported: llama)"),
+        "qwen2" => Box::new(llama::Llama::load(
+            &content,
+            &mut file,
+            config.clone(),
+            llama::Variant::QWEN2,
+            device,
+        )?),
+        other => bail!("architecture '{other}' is not supported yet (supported: llama, qwen2)"),
     };
     let context_length = entry.context_length.min(config.context_length);
     tracing::info!(

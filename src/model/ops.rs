@@ -306,9 +306,19 @@ mod tests {
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
 
+    /// Head layouts: a small one, Qwen2.5-Coder-0.5B's (14 heads of 64 over 2 kv heads) and
+    /// 1.5B's (12 heads of 128 over 2).
+    const HEAD_SHAPES: [(usize, usize, usize); 3] = [(6, 2, 8), (14, 2, 64), (12, 2, 128)];
+
     #[test]
     fn attention_matches_reference_for_prefill_and_decode() {
-        let (n_heads, n_kv, hd, cap) = (6, 2, 8, 32);
+        for (n_heads, n_kv, hd) in HEAD_SHAPES {
+            attention_matches_reference(n_heads, n_kv, hd);
+        }
+    }
+
+    fn attention_matches_reference(n_heads: usize, n_kv: usize, hd: usize) {
+        let cap = 32;
         for (start, len) in [(0, 5), (7, 3), (12, 1)] {
             let q = rand(&[n_heads, len, hd]);
             let cache_k = rand(&[n_kv, cap, hd]);
@@ -334,7 +344,10 @@ mod tests {
             let host = Tensor::from_vec(out, (len, n_heads * hd), &Device::Cpu).unwrap();
             for got in [tensors, host] {
                 assert_eq!(got.dims(), &[len, n_heads * hd]);
-                assert!(max_abs_diff(&got, &want) < 1e-5, "start {start} len {len}");
+                assert!(
+                    max_abs_diff(&got, &want) < 1e-5,
+                    "heads {n_heads}/{n_kv} of {hd}: start {start} len {len}"
+                );
             }
         }
     }
@@ -393,9 +406,16 @@ mod tests {
 
     #[test]
     fn rotate_in_place_matches_the_tensor_rope() {
-        let x = rand(&[1, 3, 1, 8]);
+        // llama's base with a small head, and qwen2's (base 1e6, heads of 64 and 128).
+        for (heads, hd, base) in [(3, 8, 10000.0), (14, 64, 1e6), (12, 128, 1e6)] {
+            rotate_in_place_matches(heads, hd, base);
+        }
+    }
+
+    fn rotate_in_place_matches(heads: usize, hd: usize, base: f32) {
+        let x = rand(&[1, heads, 1, hd]);
         for style in [RopeStyle::Interleaved, RopeStyle::Halves] {
-            let tables = RopeTables::new(8, 32, 10000.0, style, &Device::Cpu).unwrap();
+            let tables = RopeTables::new(hd, 32, base, style, &Device::Cpu).unwrap();
             let want = tables
                 .apply(&x, 7)
                 .unwrap()
@@ -406,7 +426,7 @@ mod tests {
             let mut got = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             tables.rotate_in_place(&mut got, 7);
             for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() < 1e-5, "{style:?}");
+                assert!((g - w).abs() < 1e-5, "{style:?} head_dim {hd}");
             }
         }
     }
