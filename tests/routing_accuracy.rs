@@ -137,8 +137,16 @@ fn routing_accuracy() {
     let within_rate = within_one as f64 / n;
 
     println!("\nrouting accuracy on {} labelled queries", cases.len());
-    println!("  exact      {exact:>4} / {}  {:.1} %", cases.len(), 100.0 * exact_rate);
-    println!("  within one {within_one:>4} / {}  {:.1} %", cases.len(), 100.0 * within_rate);
+    println!(
+        "  exact      {exact:>4} / {}  {:.1} %",
+        cases.len(),
+        100.0 * exact_rate
+    );
+    println!(
+        "  within one {within_one:>4} / {}  {:.1} %",
+        cases.len(),
+        100.0 * within_rate
+    );
     println!("\nconfusion (rows: labelled tier, columns: predicted tier)");
     println!("           pred 1  pred 2  pred 3  pred 4   total");
     for (i, row) in confusion.iter().enumerate() {
@@ -200,6 +208,9 @@ fn routing_accuracy() {
         .filter(|&&c| c > 0)
         .count();
     assert!(distinct > 1, "every query got the same tier");
-    assert!(within_rate >= 0.85, "within-one accuracy {within_rate:.3} < 0.85");
+    assert!(
+        within_rate >= 0.85,
+        "within-one accuracy {within_rate:.3} < 0.85"
+    );
     assert!(exact_rate >= 0.75, "exact accuracy {exact_rate:.3} < 0.75");
 }

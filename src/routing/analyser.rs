@@ -75,28 +75,87 @@ macro_rules! plain {
 
 /// Greetings and social niceties, recognised at the start of a short message.
 const SOCIAL: &[&str] = &[
-    "hi", "hello", "hey", "thanks", "thank you", "thx", "bye", "goodbye", "good morning",
-    "good evening", "good afternoon", "good night", "nice to meet", "how are you", "ok", "okay",
-    "lol", "haha", "great", "cool", "awesome", "sure", "yes", "no",
+    "hi",
+    "hello",
+    "hey",
+    "thanks",
+    "thank you",
+    "thx",
+    "bye",
+    "goodbye",
+    "good morning",
+    "good evening",
+    "good afternoon",
+    "good night",
+    "nice to meet",
+    "how are you",
+    "ok",
+    "okay",
+    "lol",
+    "haha",
+    "great",
+    "cool",
+    "awesome",
+    "sure",
+    "yes",
+    "no",
 ];
 
 /// Openings of a short factual question.
 const FACTUAL: &[&str] = &[
-    "who", "when", "where", "which", "what year", "what time", "what's the", "what is the",
-    "how many", "how fast", "how far", "how old", "is", "what does", "capital of",
+    "who",
+    "when",
+    "where",
+    "which",
+    "what year",
+    "what time",
+    "what's the",
+    "what is the",
+    "how many",
+    "how fast",
+    "how far",
+    "how old",
+    "is",
+    "what does",
+    "capital of",
 ];
 
 /// Rewording: a small-model task however long the quoted text.
 const REWORD: &[Cue] = plain![
-    "rephrase", "reword", "translate", "synonym", "spelling", "capitalize", "capitalise",
-    "make this", "more polite*", "more professional", "plural", "opposite of", "shorter",
-    "fix the grammar", "proofread", "stand for",
+    "rephrase",
+    "reword",
+    "translate",
+    "synonym",
+    "spelling",
+    "capitalize",
+    "capitalise",
+    "make this",
+    "more polite*",
+    "more professional",
+    "plural",
+    "opposite of",
+    "shorter",
+    "fix the grammar",
+    "proofread",
+    "stand for",
 ];
 
 /// Cues that stop escalation past tier 2.
 const BRIEF: &[Cue] = plain![
-    "short", "brief*", "quick*", "simple", "one-liner", "one line", "one-line", "a few sentences",
-    "two sentences", "two-sentence", "in a paragraph", "10-year-old", "tweet", "haiku",
+    "short",
+    "brief*",
+    "quick*",
+    "simple",
+    "one-liner",
+    "one line",
+    "one-line",
+    "a few sentences",
+    "two sentences",
+    "two-sentence",
+    "in a paragraph",
+    "10-year-old",
+    "tweet",
+    "haiku",
 ];
 
 /// Everyday moderate tasks (tier 2).
@@ -198,7 +257,13 @@ const REASONING: &[Cue] = &[
 
 /// Writing verbs, for long-form products.
 const WRITE_VERBS: &[Cue] = plain![
-    "write", "draft", "compose", "create", "prepare", "produce", "help me write",
+    "write",
+    "draft",
+    "compose",
+    "create",
+    "prepare",
+    "produce",
+    "help me write",
 ];
 
 /// Long-form products.
@@ -230,15 +295,87 @@ const LONG_FORMS: &[Cue] = &[
 
 /// Programming languages, tools and vocabulary.
 const CODE_TOPIC: &[Cue] = plain![
-    "python", "javascript", "typescript", "rust", "java", "kotlin", "swift", "golang", "in go",
-    "c++", "c#", "in c", "sql", "bash", "shell", "powershell", "css", "html", "regex", "git",
-    "curl", "node.js", "nodejs", "node", "react", "django", "flask", "json", "yaml", "docker",
-    "postgres*", "mysql", "sqlite", "api", "jsx", "npm", "pip", "function", "method", "class",
-    "variable", "array", "dictionary", "list comprehension", "integer", "pointer*", "struct",
-    "compile*", "code", "script", "program", "algorithm", "recursion", "loop", "database",
-    "schema", "endpoint", "server", "frontend", "backend", "debug*", "stack trace", "exception",
-    "big o", "closure", "interface", "cache", "lru", "thread*", "mutex", "async*", "callback*",
-    "refactor*", "dao", "data class", "substring", "query", "tcp", "udp", "dns", "http*",
+    "python",
+    "javascript",
+    "typescript",
+    "rust",
+    "java",
+    "kotlin",
+    "swift",
+    "golang",
+    "in go",
+    "c++",
+    "c#",
+    "in c",
+    "sql",
+    "bash",
+    "shell",
+    "powershell",
+    "css",
+    "html",
+    "regex",
+    "git",
+    "curl",
+    "node.js",
+    "nodejs",
+    "node",
+    "react",
+    "django",
+    "flask",
+    "json",
+    "yaml",
+    "docker",
+    "postgres*",
+    "mysql",
+    "sqlite",
+    "api",
+    "jsx",
+    "npm",
+    "pip",
+    "function",
+    "method",
+    "class",
+    "variable",
+    "array",
+    "dictionary",
+    "list comprehension",
+    "integer",
+    "pointer*",
+    "struct",
+    "compile*",
+    "code",
+    "script",
+    "program",
+    "algorithm",
+    "recursion",
+    "loop",
+    "database",
+    "schema",
+    "endpoint",
+    "server",
+    "frontend",
+    "backend",
+    "debug*",
+    "stack trace",
+    "exception",
+    "big o",
+    "closure",
+    "interface",
+    "cache",
+    "lru",
+    "thread*",
+    "mutex",
+    "async*",
+    "callback*",
+    "refactor*",
+    "dao",
+    "data class",
+    "substring",
+    "query",
+    "tcp",
+    "udp",
+    "dns",
+    "http*",
 ];
 
 /// With a code topic, asks for code (rather than about it).
@@ -246,9 +383,25 @@ const CODE_TASK: &[Cue] = plain!["write", "how do i", "implement", "fix"];
 
 /// Something is broken.
 const DEBUG: &[Cue] = plain![
-    "bug", "error", "crash*", "fix", "wrong", "doesn't work", "not working", "fails", "freez*",
-    "re-render*", "slow", "keyerror", "exception", "undefined", "race condition", "twice",
-    "speed it up", "optimi*", "lost",
+    "bug",
+    "error",
+    "crash*",
+    "fix",
+    "wrong",
+    "doesn't work",
+    "not working",
+    "fails",
+    "freez*",
+    "re-render*",
+    "slow",
+    "keyerror",
+    "exception",
+    "undefined",
+    "race condition",
+    "twice",
+    "speed it up",
+    "optimi*",
+    "lost",
 ];
 
 /// Engineering requirements of a piece of code.
@@ -364,33 +517,87 @@ const MATHS: &[Cue] = &[
 
 /// A quantity asked for: with numbers in the text, a word problem.
 const QUANTITY: &[Cue] = plain![
-    "how many", "how much", "how long", "what time", "which is better", "calculate", "compute",
-    "work it out", "work out", "what amount", "probability",
+    "how many",
+    "how much",
+    "how long",
+    "what time",
+    "which is better",
+    "calculate",
+    "compute",
+    "work it out",
+    "work out",
+    "what amount",
+    "probability",
 ];
 
 /// Pastoral situations that need care.
 const PASTORAL: &[Cue] = plain![
-    "abuse*", "abusive", "suicide", "self-harm", "dementia", "divorce", "separation",
-    "addiction", "trauma", "depress*", "counsel*", "angry at god", "believe anymore",
+    "abuse*",
+    "abusive",
+    "suicide",
+    "self-harm",
+    "dementia",
+    "divorce",
+    "separation",
+    "addiction",
+    "trauma",
+    "depress*",
+    "counsel*",
+    "angry at god",
+    "believe anymore",
 ];
 
 /// Theological depth.
 const THEOLOGY: &[Cue] = plain![
-    "doctrine*", "atonement", "predestination", "exegesis", "canon", "hermeneutic*",
-    "eschatolog*", "soteriolog*", "christolog*", "council of", "joint declaration", "free will",
-    "problem of evil", "synoptic problem", "theolog*",
+    "doctrine*",
+    "atonement",
+    "predestination",
+    "exegesis",
+    "canon",
+    "hermeneutic*",
+    "eschatolog*",
+    "soteriolog*",
+    "christolog*",
+    "council of",
+    "joint declaration",
+    "free will",
+    "problem of evil",
+    "synoptic problem",
+    "theolog*",
 ];
 
 /// Several steps asked for in one message.
-const SEQUENCE: &[Cue] = plain!["and then", "then prove", "then show", "then rewrite", "then use"];
+const SEQUENCE: &[Cue] = plain![
+    "and then",
+    "then prove",
+    "then show",
+    "then rewrite",
+    "then use"
+];
 
 /// A page of output.
 const ONE_PAGE: &[Cue] = plain!["one page", "one-page"];
 
 /// The cue groups, indexed by [`G`].
 const GROUPS: [&[Cue]; G::COUNT] = [
-    REWORD, BRIEF, MODERATE, REASONING, WRITE_VERBS, LONG_FORMS, CODE_TOPIC, CODE_TASK, DEBUG,
-    ENGINEERING, SYSTEM, PROOF, HARD_MATH, MATHS, QUANTITY, PASTORAL, THEOLOGY, SEQUENCE,
+    REWORD,
+    BRIEF,
+    MODERATE,
+    REASONING,
+    WRITE_VERBS,
+    LONG_FORMS,
+    CODE_TOPIC,
+    CODE_TASK,
+    DEBUG,
+    ENGINEERING,
+    SYSTEM,
+    PROOF,
+    HARD_MATH,
+    MATHS,
+    QUANTITY,
+    PASTORAL,
+    THEOLOGY,
+    SEQUENCE,
     ONE_PAGE,
 ];
 
@@ -422,10 +629,13 @@ impl G {
     const COUNT: usize = 19;
 }
 
+/// Cues (group, position in the group) by the first (up to) four bytes of their first word.
+type CueIndex = HashMap<&'static [u8], Vec<(u8, u8)>>;
+
 /// Every cue by the first (up to) four bytes of its first word: a cue can only match where
 /// a word of the text starts with those bytes. Built once.
-static INDEX: LazyLock<HashMap<&'static [u8], Vec<(u8, u8)>>> = LazyLock::new(|| {
-    let mut index: HashMap<&'static [u8], Vec<(u8, u8)>> = HashMap::new();
+static INDEX: LazyLock<CueIndex> = LazyLock::new(|| {
+    let mut index = CueIndex::new();
     for (g, cues) in GROUPS.iter().enumerate() {
         for (k, &(cue, _)) in cues.iter().enumerate() {
             let needle = cue.trim_end_matches('*').as_bytes();
@@ -580,7 +790,9 @@ pub fn analyse(query: &Query) -> Decision {
     let words = count_words(text);
     let code = scan_code(text);
     let prose_words = words.saturating_sub(code.words);
-    let prose_size = prose_words.max(text.len().saturating_sub(code.bytes) / 6).max(1);
+    let prose_size = prose_words
+        .max(text.len().saturating_sub(code.bytes) / 6)
+        .max(1);
     let length = (0.42 * ((prose_size as f32).log2() - 3.3)).clamp(0.0, 2.8);
     if prose_size >= 40 {
         s.lift(Lift::Length, length, &format!("{prose_words} words"));
@@ -602,7 +814,11 @@ pub fn analyse(query: &Query) -> Decision {
 
     // Everyday tasks.
     if hits.any(G::Moderate) {
-        s.lift(Lift::Moderate, hits.sum(G::Moderate, 1.1), hits.first(G::Moderate));
+        s.lift(
+            Lift::Moderate,
+            hits.sum(G::Moderate, 1.1),
+            hits.first(G::Moderate),
+        );
     }
 
     // Code.
@@ -780,7 +996,11 @@ pub fn analyse(query: &Query) -> Decision {
         s.lift(Lift::System, points, "long system prompt");
     }
     if query.has_tools || tool_use {
-        let why = if query.has_tools { "tools offered" } else { "tools in use" };
+        let why = if query.has_tools {
+            "tools offered"
+        } else {
+            "tools in use"
+        };
         s.lift(Lift::Tools, 0.4, why);
         s.floor(3.0);
     }
@@ -838,8 +1058,16 @@ impl Scorer {
         }
         let score = score.max(self.floor);
         let tier = 1 + BOUNDARIES.iter().filter(|&&b| score >= b).count() as u8;
-        let below = if tier > 1 { score - BOUNDARIES[tier as usize - 2] } else { f32::INFINITY };
-        let above = if tier < 4 { BOUNDARIES[tier as usize - 1] - score } else { f32::INFINITY };
+        let below = if tier > 1 {
+            score - BOUNDARIES[tier as usize - 2]
+        } else {
+            f32::INFINITY
+        };
+        let above = if tier < 4 {
+            BOUNDARIES[tier as usize - 1] - score
+        } else {
+            f32::INFINITY
+        };
         let margin = (below.min(above) / 0.5).clamp(0.0, 1.0);
         let evidence = self.evidence as f32 / (self.evidence as f32 + 2.0);
         let confidence = (0.3 + 0.5 * margin + 0.2 * evidence).clamp(0.0, 1.0);
@@ -900,7 +1128,11 @@ fn count_words(text: &str) -> usize {
 }
 
 fn starts_with_cue(hay: &str, cue: &str) -> bool {
-    hay.starts_with(cue) && hay.as_bytes().get(cue.len()).is_none_or(|&b| !is_word_byte(b))
+    hay.starts_with(cue)
+        && hay
+            .as_bytes()
+            .get(cue.len())
+            .is_none_or(|&b| !is_word_byte(b))
 }
 
 struct CodeScan {
@@ -915,10 +1147,35 @@ struct CodeScan {
 /// Code fences and code-looking lines.
 fn scan_code(text: &str) -> CodeScan {
     const STARTS: &[&str] = &[
-        "def ", "class ", "fn ", "pub ", "let ", "const ", "var ", "function ", "func ",
-        "import ", "from ", "#include", "return", "if (", "for (", "while ", "select ", "SELECT ",
-        "async ", "await ", "public ", "private ", "package ", "use ", "print(", "console.", "//",
-        "</", "@",
+        "def ",
+        "class ",
+        "fn ",
+        "pub ",
+        "let ",
+        "const ",
+        "var ",
+        "function ",
+        "func ",
+        "import ",
+        "from ",
+        "#include",
+        "return",
+        "if (",
+        "for (",
+        "while ",
+        "select ",
+        "SELECT ",
+        "async ",
+        "await ",
+        "public ",
+        "private ",
+        "package ",
+        "use ",
+        "print(",
+        "console.",
+        "//",
+        "</",
+        "@",
     ];
     const CONTAINS: &[&str] = &["=>", "->", "::", "==", "!=", "();", "+=", "){"];
     let mut scan = CodeScan {
@@ -984,7 +1241,8 @@ fn scan_numbers(w: &str) -> Numbers {
             count += 1;
         }
         // A digit immediately followed by a variable letter: 3x, 2y.
-        if b.get(i).is_some_and(|&c| matches!(c, b'x' | b'y' | b'z' | b'n'))
+        if b.get(i)
+            .is_some_and(|&c| matches!(c, b'x' | b'y' | b'z' | b'n'))
             && b.get(i + 1).is_none_or(|&c| !c.is_ascii_alphabetic())
         {
             variable = true;
@@ -994,8 +1252,8 @@ fn scan_numbers(w: &str) -> Numbers {
             j += 1;
         }
         // "-" only with a space before it: 2024-01-01 is a date, 555-1234 a number.
-        let op = j < b.len()
-            && (matches!(b[j], b'+' | b'*' | b'/' | b'^') || (b[j] == b'-' && j > i));
+        let op =
+            j < b.len() && (matches!(b[j], b'+' | b'*' | b'/' | b'^') || (b[j] == b'-' && j > i));
         if op {
             let mut k = j + 1;
             while k < b.len() && b[k] == b' ' {
@@ -1035,7 +1293,9 @@ fn number_before(w: &str, units: &[&str]) -> Option<usize> {
                 j -= 1;
             }
             let digits = w[j..at].bytes().filter(u8::is_ascii_digit);
-            let n = digits.fold(0usize, |n, d| n.saturating_mul(10).saturating_add((d - b'0') as usize));
+            let n = digits.fold(0usize, |n, d| {
+                n.saturating_mul(10).saturating_add((d - b'0') as usize)
+            });
             if j < at && n > 0 {
                 return Some(n);
             }
@@ -1054,8 +1314,15 @@ mod tests {
             messages.push(ChatMessage::new("system", s));
         }
         for i in 0..earlier {
-            let role = if (earlier - i) % 2 == 0 { "user" } else { "assistant" };
-            messages.push(ChatMessage::new(role, "Here is some earlier discussion of the plan."));
+            let role = if (earlier - i).is_multiple_of(2) {
+                "user"
+            } else {
+                "assistant"
+            };
+            messages.push(ChatMessage::new(
+                role,
+                "Here is some earlier discussion of the plan.",
+            ));
         }
         messages.push(ChatMessage::new("user", user));
         let d = analyse(&Query {
@@ -1122,7 +1389,10 @@ mod tests {
         assert!(long.tier > short.tier, "{short:?} {long:?}");
         let system = "You are a support agent. ".repeat(80);
         let with_system = run(Some(&system), "And what about the second option?", 0, false);
-        assert!(with_system.reasons.iter().any(|r| r == "long system prompt"));
+        assert!(with_system
+            .reasons
+            .iter()
+            .any(|r| r == "long system prompt"));
     }
 
     #[test]
