@@ -193,7 +193,9 @@ impl Llama {
         let mut q = q.flatten_all()?.to_vec1::<f32>()?;
         let mut k = k.flatten_all()?.to_vec1::<f32>()?;
         let v = v.flatten_all()?.to_vec1::<f32>()?;
-        let mut out = vec![0f32; q.len()];
+        // Rotary and the cache writes, sequence by sequence; the borrowed layers stay held
+        // for the one attention loop over the whole batch.
+        let mut layers = Vec::with_capacity(batch.len());
         let mut row = 0;
         for seq in batch {
             let len = seq.tokens.len();
@@ -219,19 +221,26 @@ impl Llama {
                     }
                 }
             }
-            ops::attention_host(
-                &q[row * qw..(row + len) * qw],
-                &layer.keys,
-                &layer.values,
-                capacity,
-                c.n_heads,
-                c.n_kv_heads,
-                hd,
-                seq.start,
-                &mut out[row * qw..(row + len) * qw],
-            );
+            layers.push((layer, seq.start, row..row + len));
             row += len;
         }
+        let seqs: Vec<ops::HostSeq<'_>> = layers
+            .iter()
+            .map(|(layer, start, rows)| ops::HostSeq {
+                keys: &layer.keys,
+                values: &layer.values,
+                start: *start,
+                rows: rows.clone(),
+            })
+            .collect();
+        let heads = ops::Heads {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: hd,
+            capacity,
+        };
+        let mut out = vec![0f32; q.len()];
+        ops::attention_batch(&q, &seqs, heads, &mut out);
         Tensor::from_vec(out, (row, qw), &self.device)
     }
 

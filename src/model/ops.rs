@@ -91,12 +91,28 @@ impl RopeTables {
     }
 }
 
-/// Causal attention of one sequence's new queries over its host KV cache (layout
-/// `[n_kv_heads, capacity, head_dim]`), heads spread over the kernel pool.
-///
-/// Each query row is computed on its own, in a fixed order, so a token's result does not
-/// depend on how many other tokens share its step (prefill chunk, batch, or a prefix taken
-/// from the cache): greedy output is the same however a request is scheduled.
+/// One sequence's part of a batched attention call: its cache (layout
+/// `[n_kv_heads, capacity, head_dim]`), the position of its first new token, and the rows
+/// its new tokens take in the batch's query and output matrices.
+pub struct HostSeq<'a> {
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub start: usize,
+    pub rows: std::ops::Range<usize>,
+}
+
+/// Grouped-query head shapes of a batched attention call.
+#[derive(Clone, Copy)]
+pub struct Heads {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Positions each cache holds per kv head.
+    pub capacity: usize,
+}
+
+/// Causal attention of one sequence's new queries over its host KV cache, heads spread
+/// over the kernel pool: [`attention_batch`] for a single sequence.
 ///
 /// `q`: `[len, n_heads * head_dim]` for positions `start..start+len`; `out`: the same shape.
 #[allow(clippy::too_many_arguments)]
@@ -111,26 +127,58 @@ pub fn attention_host(
     start: usize,
     out: &mut [f32],
 ) {
+    let heads = Heads {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        capacity,
+    };
+    let rows = 0..q.len() / (n_heads * head_dim);
+    let seq = HostSeq {
+        keys,
+        values,
+        start,
+        rows,
+    };
+    attention_batch(q, &[seq], heads, out);
+}
+
+/// Causal attention of every sequence of a step over its own host cache, in one parallel
+/// loop over (sequence, head) pairs: a decode step of eight sequences is one handoff with
+/// enough tasks to keep every thread busy, not eight loops of a few heads each.
+///
+/// Each query row is computed on its own, in a fixed order, so a token's result does not
+/// depend on how many other tokens share its step (prefill chunk, batch, or a prefix taken
+/// from the cache): greedy output is the same however a request is scheduled.
+///
+/// `q` and `out`: `[rows, n_heads * head_dim]`, each sequence's rows as its `rows` say.
+pub fn attention_batch(q: &[f32], seqs: &[HostSeq<'_>], heads: Heads, out: &mut [f32]) {
+    let Heads {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        capacity,
+    } = heads;
     let width = n_heads * head_dim;
-    let len = q.len() / width;
     let group = n_heads / n_kv_heads;
+    debug_assert!(seqs.iter().all(|s| s.rows.end * width <= out.len()));
     let out_ptr = SharedOut(out.as_mut_ptr());
-    Pool::global().run(n_heads, &|h| {
+    Pool::global().run(seqs.len() * n_heads, &|task| {
         let out_ptr = &out_ptr;
-        let kv = h / group;
-        let base = kv * capacity * head_dim;
-        let mut scores = vec![0f32; start + len];
-        for i in 0..len {
-            let qrow = &q[i * width + h * head_dim..][..head_dim];
-            // SAFETY: head h of query i is written by this task alone.
+        let (seq, h) = (&seqs[task / n_heads], task % n_heads);
+        let base = (h / group) * capacity * head_dim;
+        let mut scores = vec![0f32; seq.start + seq.rows.len()];
+        for (i, row) in seq.rows.clone().enumerate() {
+            let qrow = &q[row * width + h * head_dim..][..head_dim];
+            // SAFETY: head h of row `row` belongs to this task alone, and rows lie in `out`.
             let o = unsafe {
-                std::slice::from_raw_parts_mut(out_ptr.0.add(i * width + h * head_dim), head_dim)
+                std::slice::from_raw_parts_mut(out_ptr.0.add(row * width + h * head_dim), head_dim)
             };
             attend(
                 qrow,
-                (keys, base, head_dim),
-                (values, base, head_dim),
-                start + i + 1,
+                (seq.keys, base, head_dim),
+                (seq.values, base, head_dim),
+                seq.start + i + 1,
                 &mut scores,
                 o,
             );
