@@ -13,6 +13,7 @@
 //!   Q4_1: `d * dx * Σ q*qx + m * sx`;  Q8_0: `d * dx * Σ q*qx`.
 
 use super::activation::{QRow, BLOCK};
+use super::Format;
 
 /// Rows per tile.
 pub const TILE: usize = 4;
@@ -149,6 +150,51 @@ pub fn q8_0(isa: Isa, tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
     )
 }
 
+/// Tokens per token tile of [`token_tile`].
+pub const TOKENS: usize = 4;
+
+/// `out[t][r] = row r of the tile · xs[t]` for every token `t < xs.len()` (1..=[`TOKENS`])
+/// and row `r < tile.rows`: a tile of rows against a tile of tokens, so each weight block is
+/// loaded (and, for Q4_1, unpacked) once for several tokens and each activation block once
+/// for several rows. On AVX-512 VNNI it is one register-tiled kernel; elsewhere token by
+/// token. Every path gives the single-token kernels' results exactly.
+pub fn token_tile(
+    isa: Isa,
+    format: Format,
+    tile: Tile<'_>,
+    xs: &[QRow<'_>],
+    out: &mut [[f32; TILE]; TOKENS],
+) {
+    debug_assert!((1..=TOKENS).contains(&xs.len()));
+    debug_assert!(tile.rows == TILE || tile.rows == 1);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        macro_rules! tokens {
+            ($r:literal) => {
+                match xs.len() {
+                    // SAFETY: `isa()` returned this variant only after detecting the features.
+                    1 => unsafe { x86::tokens_vnni::<$r, 1>(format, tile, xs, out) },
+                    2 => unsafe { x86::tokens_vnni::<$r, 2>(format, tile, xs, out) },
+                    3 => unsafe { x86::tokens_vnni::<$r, 3>(format, tile, xs, out) },
+                    _ => unsafe { x86::tokens_vnni::<$r, TOKENS>(format, tile, xs, out) },
+                }
+            };
+        }
+        if tile.rows == TILE {
+            tokens!(4)
+        } else {
+            tokens!(1)
+        }
+        return;
+    }
+    for (x, o) in xs.iter().zip(out.iter_mut()) {
+        match format {
+            Format::Q4_1 => q4_1(isa, tile, *x, o),
+            Format::Q8_0 => q8_0(isa, tile, *x, o),
+        }
+    }
+}
+
 /// Q4_1 row by row, the reference for the SIMD paths.
 pub fn q4_1_scalar(tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
     for (r, o) in out.iter_mut().enumerate().take(tile.rows) {
@@ -185,7 +231,7 @@ pub fn q8_0_scalar(tile: Tile<'_>, x: QRow<'_>, out: &mut [f32; TILE]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{QRow, Tile, BLOCK, TILE};
+    use super::{Format, QRow, Tile, BLOCK, TILE, TOKENS};
 
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -344,6 +390,103 @@ mod x86 {
                 sum += hsum(_mm256_cvtepi32_ps(prod)) * tile.d[i] * x.d[b];
             }
             *o = sum;
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512vnni,avx512vl,avx512bw,avx2,fma")]
+    pub unsafe fn tokens_vnni<const R: usize, const T: usize>(
+        format: Format,
+        t: Tile<'_>,
+        xs: &[QRow<'_>],
+        o: &mut [[f32; TILE]; TOKENS],
+    ) {
+        let xs: &[QRow<'_>; T] = xs.try_into().expect("T tokens");
+        match format {
+            Format::Q4_1 => tokens_zmm::<R, T, true>(t, xs, o),
+            Format::Q8_0 => tokens_zmm::<R, T, false>(t, xs, o),
+        }
+    }
+
+    /// The eight lanes of each of two neighbouring blocks: lane `l` reads element `l / 8`.
+    #[inline(always)]
+    unsafe fn spread_pair(ptr: *const f32) -> __m512 {
+        let lanes = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        let pair = _mm_castpd_ps(_mm_load_sd(ptr as *const f64));
+        _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(pair))
+    }
+
+    /// R rows × T tokens on 512-bit registers (two blocks per register), for Q4_1
+    /// (`Q4 = true`: nibbles unpacked in registers, once per row for all T tokens) or Q8_0.
+    /// The per-block scale products and the order of every addition are those of
+    /// [`q4_1_zmm`] and [`q8_0_zmm`], so the results are the same to the bit.
+    #[inline(always)]
+    unsafe fn tokens_zmm<const R: usize, const T: usize, const Q4: bool>(
+        tile: Tile<'_>,
+        xs: &[QRow<'_>; T],
+        out: &mut [[f32; TILE]; TOKENS],
+    ) {
+        let nb = tile.blocks;
+        let pairs = nb / 2;
+        let zero = _mm512_setzero_si512();
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        for p in 0..pairs {
+            let b = 2 * p;
+            let mut a = [zero; T];
+            let mut xd = [_mm512_setzero_ps(); T];
+            for t in 0..T {
+                a[t] = _mm512_loadu_si512(xs[t].qs.get_unchecked(b).as_ptr() as *const __m512i);
+                xd[t] = spread_pair(xs[t].d.as_ptr().add(b));
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let i = r * nb + b;
+                let wd = spread_pair(tile.d.as_ptr().add(i));
+                if Q4 {
+                    let w = unpack_nibble_pair(tile.qs.as_ptr().add(i * 16));
+                    for t in 0..T {
+                        let prod = _mm512_dpbusd_epi32(zero, w, a[t]);
+                        let scale = _mm512_mul_ps(wd, xd[t]);
+                        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), scale, acc[t]);
+                    }
+                } else {
+                    let w = _mm512_loadu_si512(tile.qs.as_ptr().add(i * BLOCK) as *const __m512i);
+                    // Unsigned × signed products: the weight's sign moves onto the activation.
+                    let neg = _mm512_movepi8_mask(w);
+                    let abs_w = _mm512_abs_epi8(w);
+                    for t in 0..T {
+                        let signed_a = _mm512_mask_sub_epi8(a[t], neg, zero, a[t]);
+                        let prod = _mm512_dpbusd_epi32(zero, abs_w, signed_a);
+                        let scale = _mm512_mul_ps(wd, xd[t]);
+                        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), scale, acc[t]);
+                    }
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (t, x) in xs.iter().enumerate() {
+                let mut sum = _mm512_reduce_add_ps(acc[t]);
+                // An odd last block, then (Q4_1) the offset term Σ m·s.
+                for b in 2 * pairs..nb {
+                    let i = r * nb + b;
+                    let a = _mm256_loadu_si256(x.qs.get_unchecked(b).as_ptr() as *const __m256i);
+                    let prod = if Q4 {
+                        let w = unpack_nibbles(tile.qs.as_ptr().add(i * 16));
+                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a)
+                    } else {
+                        let w =
+                            _mm256_loadu_si256(tile.qs.as_ptr().add(i * BLOCK) as *const __m256i);
+                        _mm256_dpbusd_epi32(
+                            _mm256_setzero_si256(),
+                            _mm256_sign_epi8(w, w),
+                            _mm256_sign_epi8(a, w),
+                        )
+                    };
+                    sum += hsum(_mm256_cvtepi32_ps(prod)) * tile.d[i] * x.d[b];
+                }
+                if Q4 {
+                    sum += super::dot_f32(&tile.m[r * nb..(r + 1) * nb], x.s);
+                }
+                out[t][r] = sum;
+            }
         }
     }
 

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use half::f16;
 
 use activation::{QRow, QRows, BLOCK};
-use kernels::{Isa, Tile, TILE};
+use kernels::{Isa, Tile, TILE, TOKENS};
 
 /// A weight matrix `[rows, k]` in wick's own layout: per-block scales as f32, quantized
 /// values packed per row.
@@ -28,7 +28,7 @@ pub struct QMatrix {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub enum Format {
     Q4_1,
     Q8_0,
 }
@@ -113,7 +113,20 @@ impl QMatrix {
                         unsafe { *out.0.add(t * self.rows + row + r) = *value };
                     }
                 };
-                if tokens > 1 && self.format == Format::Q4_1 && isa != Isa::Scalar {
+                if tokens > 1 && isa == Isa::Avx512Vnni {
+                    // Register tiles of rows × tokens: each weight block is read (and
+                    // unpacked) once per TOKENS tokens.
+                    for first in (0..tokens).step_by(TOKENS) {
+                        let n = (tokens - first).min(TOKENS);
+                        let xs: [QRow<'_>; TOKENS] =
+                            std::array::from_fn(|j| x.row((first + j).min(tokens - 1)));
+                        let mut v = [[0f32; TILE]; TOKENS];
+                        kernels::token_tile(isa, self.format, tile, &xs[..n], &mut v);
+                        for (j, v) in v.iter().take(n).enumerate() {
+                            write(first + j, v);
+                        }
+                    }
+                } else if tokens > 1 && self.format == Format::Q4_1 && isa != Isa::Scalar {
                     // Several tokens share the step: unpack the tile's nibbles once for all.
                     UNPACKED.with(|buf| {
                         let mut buf = buf.borrow_mut();
@@ -371,6 +384,50 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Token tiles (1..=TOKENS tokens against a tile of rows) give each token exactly what
+    /// the single-token kernel gives it, on every instruction set.
+    fn check_token_tiles(dtype: GgmlDType, rows: usize, k: usize) {
+        let w = Tensor::randn(0f32, 1f32, (rows, k), &Device::Cpu).unwrap();
+        let own = QMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap())
+            .unwrap()
+            .expect("supported format");
+        let x: Vec<f32> = Tensor::randn(0f32, 1f32, (TOKENS, k), &Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let q = QRows::quantize(&x, k);
+        let xs: Vec<QRow<'_>> = (0..TOKENS).map(|t| q.row(t)).collect();
+        for isa in [kernels::isa(), Isa::Avx2, Isa::Scalar] {
+            if isa == Isa::Avx2 && !avx2() {
+                continue;
+            }
+            for row in (0..rows).step_by(TILE) {
+                for n in [TILE, 1].into_iter().filter(|n| row + n <= rows) {
+                    let tile = own.tile(row, n);
+                    for tokens in 1..=TOKENS {
+                        let mut got = [[0f32; TILE]; TOKENS];
+                        kernels::token_tile(isa, own.format, tile, &xs[..tokens], &mut got);
+                        for (t, got) in got.iter().take(tokens).enumerate() {
+                            let mut want = [0f32; TILE];
+                            own.dot_tile(isa, tile, xs[t], &mut want);
+                            assert_eq!(got[..n], want[..n], "{dtype:?} {isa:?} {tokens} tokens");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn token_tiles_match_single_tokens() {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            check_token_tiles(dtype, 10, 256);
+            check_token_tiles(dtype, 5, 96);
         }
     }
 
