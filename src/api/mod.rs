@@ -3,6 +3,8 @@
 
 mod chat;
 pub mod error;
+mod fields;
+mod generation;
 mod health;
 mod models;
 pub mod request;

@@ -128,6 +128,7 @@ pub async fn collect_text(mut events: wick::engine::EventStream) -> String {
         match event {
             Event::Text(t) => text.push_str(&t),
             Event::Done { .. } => return text,
+            Event::Logprob(_) => {}
             Event::Error(e) => panic!("engine error: {e}"),
         }
     }
