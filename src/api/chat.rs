@@ -13,7 +13,6 @@ use async_openai::types::chat::{
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -94,13 +93,7 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
     version: Version,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::payload_too_large(state.body_limit)
-        } else {
-            ApiError::invalid(rejection.body_text(), None)
-        }
-    })?;
+    let body = generation::checked_body(state, body)?;
     let request: ChatRequest = parse_json(&body)?;
     let fields: GenerationFields = parse_json(&body)?;
     let started = start(state, &request, &fields, version).await?;

@@ -4,16 +4,34 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
 use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::error::ApiError;
 use super::fields::GenerationSettings;
+use super::AppState;
 use crate::engine::{
     Event, EventStream, FinishReason, GenerateRequest, ServedModel, SubmitError, TokenLogprob,
     Usage,
 };
 use crate::tokenizer::Tokenizer;
+
+/// The request body, or the error for one too large or unreadable.
+pub fn checked_body(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::payload_too_large(state.body_limit)
+        } else {
+            ApiError::invalid(rejection.body_text(), None)
+        }
+    })
+}
 
 /// The completion budget: what the caller asked for, or all the context the prompt leaves.
 /// `param` names the field holding the prompt (`messages`, `prompt`, `input`).
