@@ -220,7 +220,7 @@ async fn v2_routing_fields_and_bad_input() {
         (json!({ "input": "hi", "temperature": 3 }), "temperature"),
         (
             json!({ "input": "hi", "auto_routing": true, "model": MODEL }),
-            "model",
+            "auto_routing, model",
         ),
     ] {
         let (status, answer) = post_raw("/v1/responses", &body.to_string()).await;
