@@ -11,16 +11,10 @@ use serde_json::{json, Value};
 
 const MODEL: &str = "smollm2-135m-instruct";
 
-fn request(body: Value) -> CreateCompletionRequest {
-    let mut body = body;
-    body["model"] = json!(body.get("model").cloned().unwrap_or(json!(MODEL)));
-    serde_json::from_value(body).expect("a valid completions request")
-}
-
 async fn create(body: Value) -> CreateCompletionResponse {
     client()
         .completions()
-        .create(request(body))
+        .create(common::sdk_request(body))
         .await
         .expect("completion answers")
 }
@@ -100,7 +94,7 @@ async fn streaming_and_legacy_logprobs() {
         }
     }
 
-    let mut req = request(body);
+    let mut req: CreateCompletionRequest = common::sdk_request(body);
     req.stream = Some(true);
     let mut stream = client()
         .completions()

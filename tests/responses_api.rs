@@ -14,16 +14,10 @@ use serde_json::{json, Value};
 
 const MODEL: &str = "smollm2-135m-instruct";
 
-fn request(body: Value) -> CreateResponse {
-    let mut body = body;
-    body["model"] = json!(MODEL);
-    serde_json::from_value(body).expect("a valid responses request")
-}
-
 async fn create(body: Value) -> Response {
     client()
         .responses()
-        .create(request(body))
+        .create(common::sdk_request(body))
         .await
         .expect("response answers")
 }
@@ -65,7 +59,7 @@ async fn string_input_with_instructions_and_usage() {
 
 #[tokio::test]
 async fn streaming_follows_the_documented_event_sequence() {
-    let mut req = request(json!({
+    let mut req = common::sdk_request::<CreateResponse>(json!({
         "input": [{ "role": "user", "content": [{ "type": "input_text", "text": "Say hello." }] }],
         "max_output_tokens": 8, "temperature": 0, "store": false
     }));

@@ -15,13 +15,11 @@ const MODEL: &str = "smollm2-135m-instruct";
 
 /// A chat request from JSON, sent by the typed client (so the SDK's types are what is
 /// checked on both ways).
-fn chat(body: Value) -> CreateChatCompletionRequest {
-    let mut body = body;
-    body["model"] = json!(MODEL);
+fn chat(mut body: Value) -> CreateChatCompletionRequest {
     if body.get("messages").is_none() {
         body["messages"] = json!([{ "role": "user", "content": "Name three colours." }]);
     }
-    serde_json::from_value(body).expect("a valid chat request")
+    common::sdk_request(body)
 }
 
 async fn create(body: Value) -> CreateChatCompletionResponse {

@@ -134,3 +134,12 @@ pub async fn collect_text(mut events: wick::engine::EventStream) -> String {
     }
     panic!("stream ended without Done")
 }
+
+/// An SDK request type built from JSON (so the SDK's own types check it), for the default
+/// model unless the JSON names one.
+pub fn sdk_request<T: serde::de::DeserializeOwned>(mut body: serde_json::Value) -> T {
+    if body.get("model").is_none() {
+        body["model"] = serde_json::json!("smollm2-135m-instruct");
+    }
+    serde_json::from_value(body).expect("a valid SDK request")
+}
