@@ -356,7 +356,7 @@ mod tests {
         assert_eq!(lp.top[1].0, 3);
         let total: f32 = logits
             .iter()
-            .map(|&l| (l - 2.0 - lp.logprob).exp())
+            .map(|&l| (l - 2.0 + lp.logprob).exp())
             .sum::<f32>();
         assert!((total - 1.0).abs() < 1e-5, "probabilities sum to {total}");
     }
