@@ -75,6 +75,10 @@ impl Server {
                 .unwrap_or(0),
             provider: args.provider_name.clone(),
             traditions,
+            responses: crate::api::response_store::ResponseStore::new(
+                crate::api::response_store::CAPACITY,
+                crate::api::response_store::MAX_AGE,
+            ),
         });
         Ok(Self {
             addr,

@@ -39,6 +39,7 @@ fn request(prompt: Vec<u32>, temperature: f32, seed: u64, max_tokens: usize) -> 
             top_p: 0.9,
             top_k: 40,
             seed: Some(seed),
+            ..Default::default()
         },
         max_tokens,
         stop: vec![],

@@ -3,31 +3,31 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_openai::types::chat::{
-    ChatChoice, ChatChoiceStream, ChatCompletionResponseMessage, ChatCompletionStreamResponseDelta,
-    CompletionUsage, CreateChatCompletionResponse, CreateChatCompletionStreamResponse,
-    FinishReason as OpenAiFinish, Role,
+    ChatChoice, ChatChoiceLogprobs, ChatChoiceStream, ChatCompletionResponseMessage,
+    ChatCompletionStreamResponseDelta, ChatCompletionTokenLogprob, CompletionUsage,
+    CreateChatCompletionResponse, CreateChatCompletionStreamResponse, FinishReason as OpenAiFinish,
+    Role, TopLogprobs,
 };
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::Serialize;
 
 use super::error::ApiError;
-use super::request::{parse_json, ChatRequest};
+use super::fields::GenerationFields;
+use super::generation::{self, fit_context, submit_choices, token_text, ChoiceOutput};
+use super::request::{parse_json, ChatRequest, ChatSettings};
 use super::AppState;
-use crate::engine::{
-    Event, EventStream, FinishReason, GenerateRequest, ServedModel, SubmitError, Usage,
-};
+use crate::engine::{Event, EventStream, FinishReason, ServedModel, TokenLogprob, Usage};
 use crate::routing::{self, tradition, Family, Mechanism, RoutingFields, Tradition};
 use crate::template::TemplateError;
+use crate::tokenizer::Tokenizer;
 
 pub async fn completions_v1(
     State(state): State<Arc<AppState>>,
@@ -50,23 +50,23 @@ fn respond(result: Result<Response, ApiError>) -> Response {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Version {
+pub(super) enum Version {
     V1,
     V2,
 }
 
 /// Everything a response needs besides the generated text.
-struct Answer {
-    id: String,
-    created: u32,
-    model: String,
+pub(super) struct Answer {
+    pub id: String,
+    pub created: u32,
+    pub model: String,
     /// /v2 only.
-    meta: Option<RoutingMeta>,
+    pub meta: Option<RoutingMeta>,
 }
 
 /// The fields a /v2 response carries beside OpenAI's, on the body and on every chunk.
 #[derive(Debug, Clone, Serialize)]
-struct RoutingMeta {
+pub(super) struct RoutingMeta {
     provider: String,
     model_family: &'static str,
     auto_routing: bool,
@@ -93,15 +93,54 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
     version: Version,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::payload_too_large(state.body_limit)
-        } else {
-            ApiError::invalid(rejection.body_text(), None)
-        }
-    })?;
+    let body = generation::checked_body(state, body)?;
     let request: ChatRequest = parse_json(&body)?;
-    let settings = request.settings()?;
+    let fields: GenerationFields = parse_json(&body)?;
+    let started = start(state, &request, &fields, version).await?;
+    let tokenizer = &started.served.frontend.tokenizer;
+    if started.settings.stream {
+        let include_usage = started.settings.include_usage;
+        let n = started.streams.len();
+        let events = generation::merge(started.streams);
+        Ok(Sse::new(stream_chunks(
+            started.answer,
+            started.served.clone(),
+            events,
+            n,
+            include_usage,
+        ))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+    } else {
+        let outputs = generation::collect_all(started.streams).await?;
+        let asked_logprobs = started.settings.generation.sampling.logprobs.is_some();
+        Ok(Json(completion(
+            &started.answer,
+            tokenizer,
+            asked_logprobs,
+            outputs,
+        ))
+        .into_response())
+    }
+}
+
+/// A chat request submitted to the engine, one stream per choice. The Responses API builds
+/// on this too (it translates its requests into chat requests).
+pub(super) struct Started {
+    pub answer: Answer,
+    pub settings: ChatSettings,
+    pub served: Arc<ServedModel>,
+    pub streams: Vec<EventStream>,
+}
+
+/// Check a chat request, route it, render and tokenize its prompt, and submit its choices.
+pub(super) async fn start(
+    state: &AppState,
+    request: &ChatRequest,
+    fields: &GenerationFields,
+    version: Version,
+) -> Result<Started, ApiError> {
+    let settings = request.settings(fields)?;
     let mut messages = request.template_messages()?;
     let tradition = request
         .tradition
@@ -162,67 +201,31 @@ async fn handle(
         .tokenizer
         .encode(&prompt)
         .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e}")))?;
-    let max_tokens = fit_context(&served, prompt.len(), settings.max_tokens)?;
-
-    let events = served
-        .backend
-        .submit(GenerateRequest {
-            prompt,
-            sampling: settings.sampling,
-            max_tokens,
-            stop: settings.stop,
-            ignore_eos: settings.ignore_eos,
-        })
-        .map_err(|e| match e {
-            SubmitError::QueueFull(_) => ApiError::busy(e.to_string()),
-            SubmitError::Stopped => ApiError::internal(e.to_string()),
-        })?;
+    let max_tokens = fit_context(
+        &served,
+        prompt.len(),
+        settings.generation.max_tokens,
+        "messages",
+    )?;
+    let streams = submit_choices(
+        &served,
+        &prompt,
+        &settings.generation,
+        max_tokens,
+        settings.ignore_eos,
+    )?;
     let answer = Answer {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-        created: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32)
-            .unwrap_or(0),
+        created: generation::unix_now(),
         model: served.entry.id.clone(),
         meta,
     };
-    if settings.stream {
-        Ok(
-            Sse::new(stream_chunks(answer, events, settings.include_usage))
-                .keep_alive(KeepAlive::default())
-                .into_response(),
-        )
-    } else {
-        collect(answer, events).await
-    }
-}
-
-/// The completion budget: what the caller asked for, or all the context the prompt leaves.
-fn fit_context(
-    served: &ServedModel,
-    prompt_tokens: usize,
-    requested: Option<usize>,
-) -> Result<usize, ApiError> {
-    let context = served.frontend.context_length;
-    let exceeded = |message: String| {
-        ApiError::invalid(message, Some("messages")).with_code("context_length_exceeded")
-    };
-    if prompt_tokens >= context {
-        return Err(exceeded(format!(
-            "This model's maximum context length is {context} tokens. However, your messages \
-             resulted in {prompt_tokens} tokens. Please reduce the length of the messages."
-        )));
-    }
-    match requested {
-        Some(n) if prompt_tokens + n > context => Err(exceeded(format!(
-            "This model's maximum context length is {context} tokens. However, you requested \
-             {} tokens ({prompt_tokens} in the messages, {n} in the completion). Please reduce \
-             the length of the messages or completion.",
-            prompt_tokens + n
-        ))),
-        Some(n) => Ok(n),
-        None => Ok(context - prompt_tokens),
-    }
+    Ok(Started {
+        answer,
+        settings,
+        served,
+        streams,
+    })
 }
 
 fn finish_reason(f: FinishReason) -> OpenAiFinish {
@@ -242,66 +245,103 @@ fn usage(u: Usage) -> CompletionUsage {
     }
 }
 
-#[allow(deprecated)] // function_call and system_fingerprint are deprecated but part of the types
-async fn collect(answer: Answer, mut events: EventStream) -> Result<Response, ApiError> {
-    let mut text = String::new();
-    while let Some(event) = events.recv().await {
-        match event {
-            Event::Text(t) => text.push_str(&t),
-            Event::Error(message) => return Err(ApiError::internal(message)),
-            Event::Done { finish, usage: u } => {
-                let message = ChatCompletionResponseMessage {
-                    content: Some(text),
-                    refusal: None,
-                    tool_calls: None,
-                    annotations: None,
-                    role: Role::Assistant,
-                    function_call: None,
-                    audio: None,
-                };
-                let response = CreateChatCompletionResponse {
-                    id: answer.id,
-                    choices: vec![ChatChoice {
-                        index: 0,
-                        message,
-                        finish_reason: Some(finish_reason(finish)),
-                        logprobs: None,
-                    }],
-                    created: answer.created,
-                    model: answer.model.clone(),
-                    service_tier: None,
-                    system_fingerprint: None,
-                    object: "chat.completion".into(),
-                    usage: Some(usage(u)),
-                    metadata: None,
-                    moderation: None,
-                };
-                return Ok(Json(WithMeta {
-                    base: response,
-                    meta: answer.meta.as_ref(),
-                })
-                .into_response());
+/// Chat's logprobs shape: `content[]` with each token's text, bytes and alternatives.
+pub(super) fn chat_logprobs(
+    tokenizer: &Tokenizer,
+    logprobs: &[TokenLogprob],
+) -> ChatChoiceLogprobs {
+    let entry = |id: u32, logprob: f32| {
+        let token = token_text(tokenizer, id);
+        (token.as_bytes().to_vec(), token, logprob)
+    };
+    let content = logprobs
+        .iter()
+        .map(|l| {
+            let (bytes, token, logprob) = entry(l.token, l.logprob);
+            ChatCompletionTokenLogprob {
+                token,
+                logprob,
+                bytes: Some(bytes),
+                top_logprobs: l
+                    .top
+                    .iter()
+                    .map(|&(id, logprob)| {
+                        let (bytes, token, logprob) = entry(id, logprob);
+                        TopLogprobs {
+                            token,
+                            logprob,
+                            bytes: Some(bytes),
+                        }
+                    })
+                    .collect(),
             }
-        }
+        })
+        .collect();
+    ChatChoiceLogprobs {
+        content: Some(content),
+        refusal: None,
     }
-    Err(ApiError::internal(
-        "the engine ended the request without an answer",
-    ))
+}
+
+/// The whole `chat.completion` once every choice has finished.
+#[allow(deprecated)] // function_call and system_fingerprint are deprecated but part of the types
+fn completion<'a>(
+    answer: &'a Answer,
+    tokenizer: &Tokenizer,
+    asked_logprobs: bool,
+    outputs: Vec<ChoiceOutput>,
+) -> WithMeta<'a, CreateChatCompletionResponse> {
+    let total = generation::total_usage(outputs.iter().map(|o| o.usage), outputs.len());
+    let choices = outputs
+        .into_iter()
+        .enumerate()
+        .map(|(index, output)| ChatChoice {
+            index: index as u32,
+            logprobs: asked_logprobs.then(|| chat_logprobs(tokenizer, &output.logprobs)),
+            message: ChatCompletionResponseMessage {
+                content: Some(output.text),
+                refusal: None,
+                tool_calls: None,
+                annotations: None,
+                role: Role::Assistant,
+                function_call: None,
+                audio: None,
+            },
+            finish_reason: Some(finish_reason(output.finish)),
+        })
+        .collect();
+    WithMeta {
+        base: CreateChatCompletionResponse {
+            id: answer.id.clone(),
+            choices,
+            created: answer.created,
+            model: answer.model.clone(),
+            service_tier: None,
+            system_fingerprint: None,
+            object: "chat.completion".into(),
+            usage: Some(usage(total)),
+            metadata: None,
+            moderation: None,
+        },
+        meta: answer.meta.as_ref(),
+    }
 }
 
 #[allow(deprecated)] // system_fingerprint is deprecated but part of the type
 fn chunk(
     answer: &Answer,
+    index: usize,
     delta: ChatCompletionStreamResponseDelta,
     finish: Option<OpenAiFinish>,
+    logprobs: Option<ChatChoiceLogprobs>,
 ) -> CreateChatCompletionStreamResponse {
     CreateChatCompletionStreamResponse {
         id: answer.id.clone(),
         choices: vec![ChatChoiceStream {
-            index: 0,
+            index: index as u32,
             delta,
             finish_reason: finish,
-            logprobs: None,
+            logprobs,
         }],
         created: answer.created,
         model: answer.model.clone(),
@@ -326,7 +366,7 @@ fn delta(role: Option<Role>, content: Option<String>) -> ChatCompletionStreamRes
     }
 }
 
-fn sse_json<T: serde::Serialize>(value: &T) -> SseEvent {
+pub(super) fn sse_json<T: serde::Serialize>(value: &T) -> SseEvent {
     SseEvent::default().data(serde_json::to_string(value).unwrap_or_default())
 }
 
@@ -340,7 +380,7 @@ fn chunk_event(answer: &Answer, chunk: CreateChatCompletionStreamResponse) -> Ss
 
 /// The chunk sent when generation fails after the stream has started: the status line is
 /// gone, so the failure travels as a last chunk with `finish_reason: "error"`.
-fn error_chunk(answer: &Answer, message: String) -> SseEvent {
+fn error_chunk(answer: &Answer, index: usize, message: String) -> SseEvent {
     let error = ApiError::internal(message);
     sse_json(&WithMeta {
         base: serde_json::json!({
@@ -348,50 +388,75 @@ fn error_chunk(answer: &Answer, message: String) -> SseEvent {
         "object": "chat.completion.chunk",
         "created": answer.created,
         "model": answer.model,
-        "choices": [{ "index": 0, "delta": {}, "finish_reason": "error" }],
+        "choices": [{ "index": index, "delta": {}, "finish_reason": "error" }],
         "error": error.body(),
         }),
         meta: answer.meta.as_ref(),
     })
 }
 
-/// OpenAI's chunk sequence: the role first, then content deltas, then the finish reason,
-/// then (when asked) a usage chunk with no choices, then `[DONE]`. Dropping this stream
-/// (a client that disconnects) drops `events`, which cancels the request in the engine.
+/// OpenAI's chunk sequence: the role first (for each choice), then content deltas, then each
+/// choice's finish reason, then (when asked) a usage chunk with no choices, then `[DONE]`.
+/// Log-probabilities ride on the chunk of the text their tokens produced. Dropping this
+/// stream (a client that disconnects) drops `events`, which cancels the request in the engine.
 fn stream_chunks(
     answer: Answer,
-    mut events: EventStream,
+    served: Arc<ServedModel>,
+    mut events: impl Stream<Item = (usize, Event)> + Send + Unpin + 'static,
+    n: usize,
     include_usage: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
-        yield Ok(chunk_event(&answer, chunk(&answer, delta(Some(Role::Assistant), Some(String::new())), None)));
-        let mut ended = false;
-        while let Some(event) = events.recv().await {
+        let tokenizer = &served.frontend.tokenizer;
+        for index in 0..n {
+            yield Ok(chunk_event(&answer, chunk(&answer, index, delta(Some(Role::Assistant), Some(String::new())), None, None)));
+        }
+        // Tokens whose text has not come out yet, per choice.
+        let mut pending: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
+        let mut usages = vec![Usage::default(); n];
+        let mut finished = 0;
+        let mut failed = false;
+        while let Some((index, event)) = events.next().await {
             match event {
+                Event::Logprob(l) => pending[index].push(l),
                 Event::Text(text) => {
-                    yield Ok(chunk_event(&answer, chunk(&answer, delta(None, Some(text)), None)));
+                    let logprobs = take_logprobs(tokenizer, &mut pending[index]);
+                    yield Ok(chunk_event(&answer, chunk(&answer, index, delta(None, Some(text)), None, logprobs)));
                 }
                 Event::Done { finish, usage: u } => {
-                    yield Ok(chunk_event(&answer, chunk(&answer, delta(None, None), Some(finish_reason(finish)))));
-                    if include_usage {
-                        let mut last = chunk(&answer, delta(None, None), None);
-                        last.choices.clear();
-                        last.usage = Some(usage(u));
-                        yield Ok(chunk_event(&answer, last));
-                    }
-                    ended = true;
-                    break;
+                    let logprobs = take_logprobs(tokenizer, &mut pending[index]);
+                    yield Ok(chunk_event(&answer, chunk(&answer, index, delta(None, None), Some(finish_reason(finish)), logprobs)));
+                    usages[index] = u;
+                    finished += 1;
                 }
                 Event::Error(message) => {
-                    yield Ok(error_chunk(&answer, message));
-                    ended = true;
+                    yield Ok(error_chunk(&answer, index, message));
+                    failed = true;
                     break;
                 }
             }
         }
-        if !ended {
-            yield Ok(error_chunk(&answer, "the engine ended the request without an answer".into()));
+        if !failed && finished < n {
+            yield Ok(error_chunk(&answer, 0, "the engine ended the request without an answer".into()));
+        } else if !failed && include_usage {
+            let mut last = chunk(&answer, 0, delta(None, None), None, None);
+            last.choices.clear();
+            last.usage = Some(usage(generation::total_usage(usages, n)));
+            yield Ok(chunk_event(&answer, last));
         }
         yield Ok(SseEvent::default().data("[DONE]"));
     }
+}
+
+/// The buffered log-probabilities of one choice in chat's shape (None when there are none).
+fn take_logprobs(
+    tokenizer: &Tokenizer,
+    pending: &mut Vec<TokenLogprob>,
+) -> Option<ChatChoiceLogprobs> {
+    if pending.is_empty() {
+        return None;
+    }
+    let logprobs = chat_logprobs(tokenizer, pending);
+    pending.clear();
+    Some(logprobs)
 }

@@ -2,10 +2,15 @@
 //! HTTP and JSON, not candle: generation goes through [`crate::engine::Backend`].
 
 mod chat;
+mod completions;
 pub mod error;
+mod fields;
+mod generation;
 mod health;
 mod models;
 pub mod request;
+pub mod response_store;
+mod responses;
 
 use std::sync::Arc;
 
@@ -32,6 +37,8 @@ pub struct AppState {
     /// The `provider` of /v2 responses.
     pub provider: String,
     pub traditions: TraditionLayers,
+    /// Responses kept for `GET /v1/responses/{id}` and `previous_response_id`.
+    pub responses: response_store::ResponseStore,
 }
 
 impl AppState {
@@ -56,6 +63,12 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::completions_v1))
         .route("/v2/chat/completions", post(chat::completions_v2))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve).delete(responses::delete),
+        )
         // The prefixes of the Gloo AI API, so its clients move by changing the host alone.
         .route("/ai/v1/chat/completions", post(chat::completions_v1))
         .route("/ai/v2/chat/completions", post(chat::completions_v2))

@@ -7,7 +7,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::engine::SamplingParams;
+pub use super::fields::StopField;
+use super::fields::{chat_logprobs, GenerationFields, GenerationSettings};
 use crate::template::ChatMessage;
 
 /// Parse a JSON body, reporting the path of a field with the wrong type as `param`.
@@ -33,15 +34,9 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 pub struct ChatRequest {
     pub model: Option<String>,
     pub messages: Vec<RequestMessage>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    /// Not in OpenAI's API; common among local servers.
-    pub top_k: Option<i64>,
-    pub seed: Option<i64>,
-    pub max_tokens: Option<i64>,
-    pub max_completion_tokens: Option<i64>,
-    pub n: Option<i64>,
-    pub stop: Option<StopField>,
+    /// Return each output token's log-probability (and `top_logprobs` alternatives).
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<i64>,
     #[serde(default)]
     pub stream: bool,
     /// Not in OpenAI's API; llama.cpp's server has it: generate exactly `max_tokens`.
@@ -55,13 +50,6 @@ pub struct ChatRequest {
     pub model_family: Option<String>,
     /// The theological perspective of the answer (shared/ROUTING.md).
     pub tradition: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum StopField {
-    One(String),
-    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,95 +84,19 @@ pub struct ContentPart {
 /// A chat request's settings, checked and with defaults filled in.
 #[derive(Debug)]
 pub struct ChatSettings {
-    pub sampling: SamplingParams,
-    pub max_tokens: Option<usize>,
-    pub stop: Vec<String>,
+    /// Sampling, penalties, `n`, `stop` and the token budget, shared with the other endpoints.
+    pub generation: GenerationSettings,
     pub stream: bool,
     pub include_usage: bool,
     pub ignore_eos: bool,
 }
 
-/// OpenAI accepts at most four stop sequences.
-const MAX_STOPS: usize = 4;
-
 impl ChatRequest {
-    pub fn settings(&self) -> Result<ChatSettings, ApiError> {
-        let temperature = self.temperature.unwrap_or(1.0);
-        if !(0.0..=2.0).contains(&temperature) {
-            return Err(ApiError::invalid(
-                format!("temperature must be between 0 and 2, got {temperature}"),
-                Some("temperature"),
-            )
-            .with_code("invalid_value"));
-        }
-        let top_p = self.top_p.unwrap_or(1.0);
-        if !(0.0..=1.0).contains(&top_p) {
-            return Err(ApiError::invalid(
-                format!("top_p must be between 0 and 1, got {top_p}"),
-                Some("top_p"),
-            )
-            .with_code("invalid_value"));
-        }
-        let top_k = match self.top_k {
-            Some(k) if k < 0 => {
-                return Err(ApiError::invalid("top_k must be 0 or more", Some("top_k"))
-                    .with_code("invalid_value"))
-            }
-            Some(k) => k as usize,
-            None => 0,
-        };
-        let (max_field, max_tokens) = match (self.max_completion_tokens, self.max_tokens) {
-            (Some(v), _) => ("max_completion_tokens", Some(v)),
-            (None, v) => ("max_tokens", v),
-        };
-        if let Some(v) = max_tokens {
-            if v < 1 {
-                return Err(ApiError::invalid(
-                    format!("{max_field} must be at least 1, got {v}"),
-                    Some(max_field),
-                )
-                .with_code("invalid_value"));
-            }
-        }
-        match self.n {
-            Some(n) if n < 1 => {
-                return Err(
-                    ApiError::invalid(format!("n must be at least 1, got {n}"), Some("n"))
-                        .with_code("invalid_value"),
-                )
-            }
-            Some(n) if n > 1 => {
-                return Err(ApiError::invalid(
-                    "n > 1 is not supported by this server yet; send n = 1",
-                    Some("n"),
-                )
-                .with_code("unsupported_value"))
-            }
-            _ => {}
-        }
-        let stop = match &self.stop {
-            None => Vec::new(),
-            Some(StopField::One(s)) => vec![s.clone()],
-            Some(StopField::Many(v)) => v.clone(),
-        };
-        if stop.len() > MAX_STOPS {
-            return Err(ApiError::invalid(
-                format!(
-                    "at most {MAX_STOPS} stop sequences are allowed, got {}",
-                    stop.len()
-                ),
-                Some("stop"),
-            ));
-        }
+    /// Check the request's settings; `fields` are the shared generation fields of the same body.
+    pub fn settings(&self, fields: &GenerationFields) -> Result<ChatSettings, ApiError> {
+        let logprobs = chat_logprobs(self.logprobs, self.top_logprobs)?;
         Ok(ChatSettings {
-            sampling: SamplingParams {
-                temperature,
-                top_p,
-                top_k,
-                seed: self.seed.map(|s| s as u64),
-            },
-            max_tokens: max_tokens.map(|v| v as usize),
-            stop,
+            generation: fields.settings(logprobs)?,
             stream: self.stream,
             ignore_eos: self.ignore_eos,
             include_usage: self

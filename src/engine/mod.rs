@@ -17,7 +17,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::model::{KvPool, KvShape, LoadedModel};
 pub use registry::{LoadError, ModelRegistry, RegistryLimits, ServedModel};
-pub use sampler::SamplingParams;
+pub use sampler::{SamplingParams, TokenLogprob};
 
 /// One generation job, already tokenized.
 #[derive(Debug, Clone)]
@@ -47,11 +47,16 @@ pub struct Usage {
     pub completion_tokens: usize,
 }
 
-/// What a request's stream carries, in order: text deltas, then exactly one `Done` or `Error`.
+/// What a request's stream carries, in order: text deltas (each sampled token's
+/// log-probabilities before the text it adds, when the request asked for them), then exactly
+/// one `Done` or `Error`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Newly generated text; never splits a UTF-8 character, never contains a stop string.
     Text(String),
+    /// A sampled token and its log-probabilities (only when `SamplingParams::logprobs` is set;
+    /// not sent for the end-of-turn token).
+    Logprob(TokenLogprob),
     Done {
         finish: FinishReason,
         usage: Usage,

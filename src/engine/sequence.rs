@@ -38,6 +38,7 @@ impl Sequence {
         reused: usize,
     ) -> Self {
         let prompt_len = request.prompt.len();
+        let sampler = Sampler::new(request.sampling, &request.prompt);
         Self {
             tokens: request.prompt,
             prompt_len,
@@ -45,7 +46,7 @@ impl Sequence {
             slot,
             max_tokens: request.max_tokens,
             ignore_eos: request.ignore_eos,
-            sampler: Sampler::new(request.sampling),
+            sampler,
             decoder: StreamDecoder::new(),
             stop: StopMatcher::new(request.stop),
             events,
@@ -89,11 +90,15 @@ impl Sequence {
         tokenizer: &Tokenizer,
         context_length: usize,
     ) -> Progress {
-        let token = self.sampler.sample(logits);
+        let sampled = self.sampler.sample(logits);
+        let token = sampled.token;
         if !self.ignore_eos && tokenizer.stop_ids().contains(&token) {
             return self.finish(FinishReason::Stop);
         }
         self.tokens.push(token);
+        if let Some(logprob) = sampled.logprob {
+            let _ = self.events.send(Event::Logprob(logprob));
+        }
         let text = match self.decoder.push(tokenizer, token) {
             Ok(text) => text,
             Err(e) => return self.fail(format!("detokenizing failed: {e}")),

@@ -128,8 +128,18 @@ pub async fn collect_text(mut events: wick::engine::EventStream) -> String {
         match event {
             Event::Text(t) => text.push_str(&t),
             Event::Done { .. } => return text,
+            Event::Logprob(_) => {}
             Event::Error(e) => panic!("engine error: {e}"),
         }
     }
     panic!("stream ended without Done")
+}
+
+/// An SDK request type built from JSON (so the SDK's own types check it), for the default
+/// model unless the JSON names one.
+pub fn sdk_request<T: serde::de::DeserializeOwned>(mut body: serde_json::Value) -> T {
+    if body.get("model").is_none() {
+        body["model"] = serde_json::json!("smollm2-135m-instruct");
+    }
+    serde_json::from_value(body).expect("a valid SDK request")
 }

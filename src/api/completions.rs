@@ -1,0 +1,366 @@
+//! POST /v1/completions: the legacy text API. The prompt is raw text (or token ids), given to
+//! the model with no chat template; one choice per prompt and `n`, in order. `suffix` is
+//! served by fill-in-the-middle on models whose vocabulary has FIM tokens.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use async_openai::types::chat::{
+    Choice, CompletionFinishReason, CompletionUsage, Logprobs, Prompt,
+};
+use async_openai::types::completions::CreateCompletionResponse;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+
+use super::chat::sse_json;
+use super::error::ApiError;
+use super::fields::GenerationFields;
+use super::generation::{self, fit_context, submit_choices, token_text};
+use super::request::{parse_json, StreamOptions};
+use super::AppState;
+use crate::engine::{Event, FinishReason, ServedModel, TokenLogprob, Usage};
+use crate::tokenizer::Tokenizer;
+
+/// OpenAI's default budget for this endpoint (chat's default is "what the context leaves").
+const DEFAULT_MAX_TOKENS: usize = 16;
+/// OpenAI allows 5 alternatives here; we allow chat's 20.
+const MAX_LOGPROBS: i64 = 20;
+/// The fill-in-the-middle tokens of Qwen2.5-Coder, StarCoder2 and others.
+const FIM_TOKENS: [&str; 3] = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"];
+
+#[derive(Debug, Deserialize)]
+struct CompletionRequest {
+    model: Option<String>,
+    prompt: Prompt,
+    suffix: Option<String>,
+    #[serde(default)]
+    echo: bool,
+    /// How many alternatives per token to report (0 still reports the chosen token's).
+    logprobs: Option<i64>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    /// llama.cpp's extension, as in chat.
+    #[serde(default)]
+    ignore_eos: bool,
+}
+
+/// One prompt: the ids the model sees and the text `echo` returns.
+struct PromptInput {
+    ids: Vec<u32>,
+    text: String,
+}
+
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle(&state, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn handle(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = generation::checked_body(state, body)?;
+    let request: CompletionRequest = parse_json(&body)?;
+    let fields: GenerationFields = parse_json(&body)?;
+    let logprobs = match request.logprobs {
+        Some(l) if !(0..=MAX_LOGPROBS).contains(&l) => {
+            return Err(ApiError::invalid(
+                format!("logprobs must be between 0 and {MAX_LOGPROBS}, got {l}"),
+                Some("logprobs"),
+            )
+            .with_code("invalid_value"))
+        }
+        l => l.map(|l| l as usize),
+    };
+    let settings = fields.settings(logprobs)?;
+    let served = state.resolve(request.model.as_deref()).await?;
+    let tokenizer = &served.frontend.tokenizer;
+    let prompts = prompt_inputs(&request, tokenizer)?;
+
+    let mut streams = Vec::with_capacity(prompts.len() * settings.n);
+    for prompt in &prompts {
+        let max_tokens = fit_context(
+            &served,
+            prompt.ids.len(),
+            Some(settings.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
+            "prompt",
+        )?;
+        streams.extend(submit_choices(
+            &served,
+            &prompt.ids,
+            &settings,
+            max_tokens,
+            request.ignore_eos,
+        )?);
+    }
+    // What each choice's text starts with: its prompt when echoing.
+    let echoes: Vec<String> = prompts
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p.text.clone(), settings.n))
+        .map(|t| if request.echo { t } else { String::new() })
+        .collect();
+    let meta = Meta {
+        id: format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
+        created: generation::unix_now(),
+        model: served.entry.id.clone(),
+        per_prompt: settings.n,
+        logprobs: logprobs.is_some(),
+    };
+    if request.stream {
+        let include_usage = request
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        let events = generation::merge(streams);
+        return Ok(Sse::new(stream_chunks(
+            meta,
+            served.clone(),
+            events,
+            echoes,
+            include_usage,
+        ))
+        .keep_alive(KeepAlive::default())
+        .into_response());
+    }
+    let outputs = generation::collect_all(streams).await?;
+    let total = generation::total_usage(outputs.iter().map(|o| o.usage), meta.per_prompt);
+    let choices = outputs
+        .into_iter()
+        .zip(echoes)
+        .enumerate()
+        .map(|(index, (output, echo))| {
+            let logprobs = meta
+                .logprobs
+                .then(|| legacy_logprobs(tokenizer, &output.logprobs, echo.len()));
+            Choice {
+                text: echo + &output.text,
+                index: index as u32,
+                logprobs,
+                finish_reason: Some(finish_reason(output.finish)),
+            }
+        })
+        .collect();
+    Ok(Json(meta.response(choices, Some(total))).into_response())
+}
+
+/// The prompts of a request, tokenized, with the FIM wrapping when a suffix is given.
+fn prompt_inputs(
+    request: &CompletionRequest,
+    tokenizer: &Tokenizer,
+) -> Result<Vec<PromptInput>, ApiError> {
+    let encode = |text: &str| {
+        tokenizer
+            .encode(text)
+            .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e}")))
+    };
+    let from_ids = |ids: &Vec<u32>| -> Result<PromptInput, ApiError> {
+        let vocab = tokenizer.vocab_size();
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ApiError::invalid(
+                format!("prompt token {bad} is outside this model's vocabulary of {vocab}"),
+                Some("prompt"),
+            )
+            .with_code("invalid_value"));
+        }
+        Ok(PromptInput {
+            ids: ids.clone(),
+            text: tokenizer.decode(ids).unwrap_or_default(),
+        })
+    };
+    let from_text = |text: &String| -> Result<PromptInput, ApiError> {
+        Ok(PromptInput {
+            ids: encode(text)?,
+            text: text.clone(),
+        })
+    };
+    let mut prompts = match &request.prompt {
+        Prompt::String(t) => vec![from_text(t)?],
+        Prompt::StringArray(ts) => ts.iter().map(from_text).collect::<Result<_, _>>()?,
+        Prompt::IntegerArray(ids) => vec![from_ids(ids)?],
+        Prompt::ArrayOfIntegerArray(lists) => {
+            lists.iter().map(from_ids).collect::<Result<_, _>>()?
+        }
+    };
+    if prompts.is_empty() || prompts.iter().any(|p| p.ids.is_empty()) {
+        return Err(
+            ApiError::invalid("prompt must not be empty", Some("prompt")).with_code("empty_array"),
+        );
+    }
+    if let Some(suffix) = request.suffix.as_deref().filter(|s| !s.is_empty()) {
+        let Some([prefix_id, suffix_id, middle_id]) = fim_ids(tokenizer) else {
+            return Err(ApiError::invalid(
+                "suffix needs a fill-in-the-middle model; this model's vocabulary has no FIM \
+                 tokens (Qwen2.5-Coder models have them)",
+                Some("suffix"),
+            )
+            .with_code("unsupported_value"));
+        };
+        let suffix_ids = encode(suffix)?;
+        for p in &mut prompts {
+            let mut ids = vec![prefix_id];
+            ids.extend_from_slice(&p.ids);
+            ids.push(suffix_id);
+            ids.extend_from_slice(&suffix_ids);
+            ids.push(middle_id);
+            p.ids = ids;
+        }
+    }
+    Ok(prompts)
+}
+
+fn fim_ids(tokenizer: &Tokenizer) -> Option<[u32; 3]> {
+    let [p, s, m] = FIM_TOKENS.map(|t| tokenizer.token_to_id(t));
+    Some([p?, s?, m?])
+}
+
+/// What every response and chunk of one request shares.
+struct Meta {
+    id: String,
+    created: u32,
+    model: String,
+    /// Choices per prompt (`n`).
+    per_prompt: usize,
+    logprobs: bool,
+}
+
+impl Meta {
+    #[allow(deprecated)] // system_fingerprint is deprecated but part of the type
+    fn response(&self, choices: Vec<Choice>, usage: Option<Usage>) -> CreateCompletionResponse {
+        CreateCompletionResponse {
+            id: self.id.clone(),
+            choices,
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: None,
+            object: "text_completion".into(),
+            usage: usage.map(|u| CompletionUsage {
+                prompt_tokens: u.prompt_tokens as u32,
+                completion_tokens: u.completion_tokens as u32,
+                total_tokens: (u.prompt_tokens + u.completion_tokens) as u32,
+                prompt_tokens_details: None,
+                completion_tokens_details: None,
+            }),
+        }
+    }
+
+    fn chunk(
+        &self,
+        index: usize,
+        text: String,
+        logprobs: Option<Logprobs>,
+        finish: Option<FinishReason>,
+    ) -> SseEvent {
+        sse_json(&self.response(
+            vec![Choice {
+                text,
+                index: index as u32,
+                logprobs,
+                finish_reason: finish.map(finish_reason),
+            }],
+            None,
+        ))
+    }
+}
+
+fn finish_reason(f: FinishReason) -> CompletionFinishReason {
+    match f {
+        FinishReason::Stop => CompletionFinishReason::Stop,
+        FinishReason::Length => CompletionFinishReason::Length,
+    }
+}
+
+/// The legacy logprobs shape: parallel lists of tokens, their log-probabilities, maps of the
+/// alternatives, and each token's offset in the choice's text (which starts at `offset`).
+fn legacy_logprobs(tokenizer: &Tokenizer, logprobs: &[TokenLogprob], offset: usize) -> Logprobs {
+    let mut out = Logprobs {
+        tokens: Vec::with_capacity(logprobs.len()),
+        token_logprobs: Vec::with_capacity(logprobs.len()),
+        top_logprobs: Vec::with_capacity(logprobs.len()),
+        text_offset: Vec::with_capacity(logprobs.len()),
+    };
+    let mut at = offset;
+    for l in logprobs {
+        let token = token_text(tokenizer, l.token);
+        out.text_offset.push(at as u32);
+        at += token.len();
+        let top: HashMap<String, f32> = l
+            .top
+            .iter()
+            .map(|&(id, lp)| (token_text(tokenizer, id), lp))
+            .collect();
+        out.top_logprobs
+            .push(serde_json::to_value(top).unwrap_or_default());
+        out.token_logprobs.push(Some(l.logprob));
+        out.tokens.push(token);
+    }
+    out
+}
+
+/// `text_completion` chunks: the echoed prompt first (when asked), then text deltas with the
+/// log-probabilities of the tokens that made them, each choice's finish reason, the usage
+/// chunk when asked, then `[DONE]`.
+fn stream_chunks(
+    meta: Meta,
+    served: Arc<ServedModel>,
+    mut events: impl Stream<Item = (usize, Event)> + Send + Unpin + 'static,
+    echoes: Vec<String>,
+    include_usage: bool,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    async_stream::stream! {
+        let tokenizer = &served.frontend.tokenizer;
+        let n = echoes.len();
+        // Bytes of text sent so far per choice, for text_offset.
+        let mut sent: Vec<usize> = echoes.iter().map(String::len).collect();
+        for (index, echo) in echoes.into_iter().enumerate() {
+            if !echo.is_empty() {
+                yield Ok(meta.chunk(index, echo, None, None));
+            }
+        }
+        let mut pending: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
+        let mut usages = vec![Usage::default(); n];
+        let mut finished = 0;
+        let take = |index: usize, pending: &mut Vec<Vec<TokenLogprob>>, sent: &[usize]| {
+            let l = meta.logprobs.then(|| legacy_logprobs(tokenizer, &pending[index], sent[index]));
+            pending[index].clear();
+            l
+        };
+        while let Some((index, event)) = events.next().await {
+            match event {
+                Event::Logprob(l) => pending[index].push(l),
+                Event::Text(text) => {
+                    let logprobs = take(index, &mut pending, &sent);
+                    sent[index] += text.len();
+                    yield Ok(meta.chunk(index, text, logprobs, None));
+                }
+                Event::Done { finish, usage } => {
+                    let logprobs = take(index, &mut pending, &sent);
+                    yield Ok(meta.chunk(index, String::new(), logprobs, Some(finish)));
+                    usages[index] = usage;
+                    finished += 1;
+                }
+                Event::Error(message) => {
+                    let error = ApiError::internal(message);
+                    yield Ok(sse_json(&serde_json::json!({ "error": error.body() })));
+                    break;
+                }
+            }
+        }
+        if finished == n && include_usage {
+            let total = generation::total_usage(usages, meta.per_prompt);
+            yield Ok(sse_json(&meta.response(Vec::new(), Some(total))));
+        }
+        yield Ok(SseEvent::default().data("[DONE]"));
+    }
+}

@@ -1,0 +1,172 @@
+//! What every endpoint does once it has a prompt: fit the budget to the context, submit one
+//! engine request per choice, and gather each choice's text, log-probabilities and usage
+//! (whole, or as one stream of events tagged with the choice's index).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::error::ApiError;
+use super::fields::GenerationSettings;
+use super::AppState;
+use crate::engine::{
+    Event, EventStream, FinishReason, GenerateRequest, ServedModel, SubmitError, TokenLogprob,
+    Usage,
+};
+use crate::tokenizer::Tokenizer;
+
+/// The request body, or the error for one too large or unreadable.
+pub fn checked_body(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::payload_too_large(state.body_limit)
+        } else {
+            ApiError::invalid(rejection.body_text(), None)
+        }
+    })
+}
+
+/// The completion budget: what the caller asked for, or all the context the prompt leaves.
+/// `param` names the field holding the prompt (`messages`, `prompt`, `input`).
+pub fn fit_context(
+    served: &ServedModel,
+    prompt_tokens: usize,
+    requested: Option<usize>,
+    param: &str,
+) -> Result<usize, ApiError> {
+    let context = served.frontend.context_length;
+    let exceeded = |message: String| {
+        ApiError::invalid(message, Some(param)).with_code("context_length_exceeded")
+    };
+    if prompt_tokens >= context {
+        return Err(exceeded(format!(
+            "This model's maximum context length is {context} tokens. However, your {param} \
+             resulted in {prompt_tokens} tokens. Please reduce the length of the {param}."
+        )));
+    }
+    match requested {
+        Some(n) if prompt_tokens + n > context => Err(exceeded(format!(
+            "This model's maximum context length is {context} tokens. However, you requested \
+             {} tokens ({prompt_tokens} in the {param}, {n} in the completion). Please reduce \
+             the length of the {param} or completion.",
+            prompt_tokens + n
+        ))),
+        Some(n) => Ok(n),
+        None => Ok(context - prompt_tokens),
+    }
+}
+
+/// Submit `settings.n` engine requests for one prompt; choice i samples with seed + i, so
+/// the choices differ and stay reproducible. They batch together in the engine.
+pub fn submit_choices(
+    served: &ServedModel,
+    prompt: &[u32],
+    settings: &GenerationSettings,
+    max_tokens: usize,
+    ignore_eos: bool,
+) -> Result<Vec<EventStream>, ApiError> {
+    settings.check_vocab(served.frontend.tokenizer.vocab_size())?;
+    (0..settings.n)
+        .map(|i| {
+            let mut sampling = settings.sampling.clone();
+            sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
+            served
+                .backend
+                .submit(GenerateRequest {
+                    prompt: prompt.to_vec(),
+                    sampling,
+                    max_tokens,
+                    stop: settings.stop.clone(),
+                    ignore_eos,
+                })
+                .map_err(|e| match e {
+                    SubmitError::QueueFull(_) => ApiError::busy(e.to_string()),
+                    SubmitError::Stopped => ApiError::internal(e.to_string()),
+                })
+        })
+        .collect()
+}
+
+/// One finished choice.
+#[derive(Debug, Clone)]
+pub struct ChoiceOutput {
+    pub text: String,
+    /// One per generated token, when the request asked for log-probabilities.
+    pub logprobs: Vec<TokenLogprob>,
+    pub finish: FinishReason,
+    pub usage: Usage,
+}
+
+/// Wait for one choice to finish.
+pub async fn collect(mut events: EventStream) -> Result<ChoiceOutput, ApiError> {
+    let (mut text, mut logprobs) = (String::new(), Vec::new());
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Text(t) => text.push_str(&t),
+            Event::Logprob(l) => logprobs.push(l),
+            Event::Error(message) => return Err(ApiError::internal(message)),
+            Event::Done { finish, usage } => {
+                return Ok(ChoiceOutput {
+                    text,
+                    logprobs,
+                    finish,
+                    usage,
+                })
+            }
+        }
+    }
+    Err(ApiError::internal(
+        "the engine ended the request without an answer",
+    ))
+}
+
+/// Wait for every choice (they run concurrently), in order.
+pub async fn collect_all(streams: Vec<EventStream>) -> Result<Vec<ChoiceOutput>, ApiError> {
+    futures::future::join_all(streams.into_iter().map(collect))
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// The usage of a request whose choices are grouped `per_prompt` to a prompt: each prompt
+/// counts once, every choice's completion counts.
+pub fn total_usage(usages: impl IntoIterator<Item = Usage>, per_prompt: usize) -> Usage {
+    let mut total = Usage::default();
+    for (i, u) in usages.into_iter().enumerate() {
+        if i % per_prompt.max(1) == 0 {
+            total.prompt_tokens += u.prompt_tokens;
+        }
+        total.completion_tokens += u.completion_tokens;
+    }
+    total
+}
+
+/// Every choice's events as one stream, each tagged with its choice's index. Dropping it
+/// drops every choice's stream, which cancels them in the engine.
+pub fn merge(streams: Vec<EventStream>) -> impl Stream<Item = (usize, Event)> + Send + Unpin {
+    futures::stream::select_all(
+        streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| UnboundedReceiverStream::new(s).map(move |e| (i, e))),
+    )
+}
+
+/// The text of one token as the log-probability fields show it (special tokens as empty).
+pub fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
+    tokenizer.decode(&[id]).unwrap_or_default()
+}
+
+pub fn unix_now() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}

@@ -1,0 +1,616 @@
+//! The Responses API (`POST /v1/responses`, `GET` and `DELETE /v1/responses/{id}`) as a
+//! translation layer over chat: the request's input items, instructions, tools and
+//! `text.format` become a chat request that runs through the chat endpoint's own path
+//! ([`super::chat::start`]), and the chat result becomes Responses output items and, when
+//! streaming, Responses events. `store` keeps the result for retrieval and for
+//! `previous_response_id`, which continues the stored conversation.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::chat::{self, chat_logprobs, Answer, Started, Version};
+use super::error::ApiError;
+use super::fields::GenerationFields;
+use super::generation::{self, ChoiceOutput};
+use super::request::{parse_json, ChatRequest};
+use super::response_store::StoredResponse;
+use super::AppState;
+use crate::engine::{Event, FinishReason, TokenLogprob, Usage};
+use crate::tokenizer::Tokenizer;
+
+/// The fields read here; sampling fields are read by [`GenerationFields`], and anything else
+/// is ignored as OpenAI's newer fields are.
+#[derive(Debug, Deserialize)]
+struct ResponsesRequest {
+    input: Input,
+    instructions: Option<String>,
+    max_output_tokens: Option<i64>,
+    tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
+    text: Option<TextParam>,
+    #[serde(default)]
+    stream: bool,
+    store: Option<bool>,
+    previous_response_id: Option<String>,
+    top_logprobs: Option<i64>,
+    #[serde(default)]
+    include: Vec<String>,
+    metadata: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Input {
+    Text(String),
+    Items(Vec<InputItem>),
+}
+
+/// A message (`type` "message" or absent), a `function_call` the model made earlier, or a
+/// `function_call_output` answering one.
+#[derive(Debug, Deserialize)]
+struct InputItem {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    role: Option<String>,
+    content: Option<ItemContent>,
+    call_id: Option<String>,
+    name: Option<String>,
+    arguments: Option<String>,
+    output: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ItemContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TextParam {
+    format: Option<Value>,
+}
+
+/// Fields copied from a Responses body into the chat request unchanged: sampling and the
+/// /v2 routing fields.
+const PASSED_THROUGH: [&str; 13] = [
+    "model",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "auto_routing",
+    "model_family",
+    "tradition",
+];
+
+/// What the include list names to ask for output log-probabilities.
+const INCLUDE_LOGPROBS: &str = "message.output_text.logprobs";
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle(state, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn retrieve(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match state.responses.get(&id) {
+        Some(stored) => Json(stored.object).into_response(),
+        None => not_found(&id).into_response(),
+    }
+}
+
+pub async fn delete(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    if state.responses.remove(&id) {
+        Json(json!({ "id": id, "object": "response", "deleted": true })).into_response()
+    } else {
+        not_found(&id).into_response()
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    let mut e = ApiError::invalid(format!("No response found with id '{id}'."), Some("id"));
+    e.status = StatusCode::NOT_FOUND;
+    e.code = Some("not_found");
+    e
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = generation::checked_body(&state, body)?;
+    let request: ResponsesRequest = parse_json(&body)?;
+    // Type errors in the sampling fields are reported against the caller's own body.
+    let _: GenerationFields = parse_json(&body)?;
+    let raw: Map<String, Value> = parse_json(&body)?;
+
+    let earlier = match &request.previous_response_id {
+        Some(id) => {
+            state
+                .responses
+                .get(id)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        format!("Previous response with id '{id}' not found."),
+                        Some("previous_response_id"),
+                    )
+                    .with_code("previous_response_not_found")
+                })?
+                .conversation
+        }
+        None => Vec::new(),
+    };
+    let mut conversation = earlier;
+    conversation.extend(input_messages(&request.input)?);
+
+    let chat_body = chat_request(&request, &raw, &conversation);
+    let chat_request: ChatRequest = from_chat_body(&chat_body)?;
+    let fields: GenerationFields = from_chat_body(&chat_body)?;
+    // /v2 routing when the body asks for it; plain model selection otherwise.
+    let version = if raw.contains_key("auto_routing") || raw.contains_key("model_family") {
+        Version::V2
+    } else {
+        Version::V1
+    };
+    let started = chat::start(&state, &chat_request, &fields, version).await?;
+    let echo = Echo::of(&request, &raw);
+    let reply = Reply {
+        id: format!("resp_{}", uuid::Uuid::new_v4().simple()),
+        message_id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+        store: request.store.unwrap_or(true),
+        conversation,
+        echo,
+    };
+    if request.stream {
+        Ok(Sse::new(stream_events(state, reply, started))
+            .keep_alive(KeepAlive::default())
+            .into_response())
+    } else {
+        let served = started.served.clone();
+        let output = generation::collect_all(started.streams)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::internal("the engine returned no choice"))?;
+        let object = reply.finish(&started.answer, &served.frontend.tokenizer, &output, &state);
+        Ok(Json(object).into_response())
+    }
+}
+
+fn from_chat_body<T: serde::de::DeserializeOwned>(body: &Value) -> Result<T, ApiError> {
+    serde_json::from_value(body.clone())
+        .map_err(|e| ApiError::invalid(format!("Invalid request: {e}"), Some("input")))
+}
+
+/// The chat messages of the input (a bare string is one user message).
+fn input_messages(input: &Input) -> Result<Vec<Value>, ApiError> {
+    let items = match input {
+        Input::Text(text) => return Ok(vec![json!({ "role": "user", "content": text })]),
+        Input::Items(items) => items,
+    };
+    let mut messages: Vec<Value> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let param = |field: &str| format!("input[{i}]{field}");
+        let missing = |field: &str| {
+            ApiError::invalid(
+                format!("input[{i}] needs '{field}'"),
+                Some(&param(&format!(".{field}"))),
+            )
+        };
+        match item.kind.as_deref() {
+            None | Some("message") => {
+                let role = item.role.as_deref().ok_or_else(|| missing("role"))?;
+                let content = match &item.content {
+                    Some(ItemContent::Text(t)) => t.clone(),
+                    Some(ItemContent::Parts(parts)) => parts_text(parts, i)?,
+                    None => return Err(missing("content")),
+                };
+                messages.push(json!({ "role": role, "content": content }));
+            }
+            Some("function_call") => {
+                let call = json!({
+                    "id": item.call_id.as_deref().ok_or_else(|| missing("call_id"))?,
+                    "type": "function",
+                    "function": {
+                        "name": item.name.as_deref().ok_or_else(|| missing("name"))?,
+                        "arguments": item.arguments.as_deref().unwrap_or("{}"),
+                    }
+                });
+                // Calls made in one turn belong to one assistant message.
+                match messages.last_mut() {
+                    Some(last) if last["role"] == "assistant" && last["tool_calls"].is_array() => {
+                        if let Some(calls) = last["tool_calls"].as_array_mut() {
+                            calls.push(call);
+                        }
+                    }
+                    _ => messages.push(
+                        json!({ "role": "assistant", "content": null, "tool_calls": [call] }),
+                    ),
+                }
+            }
+            Some("function_call_output") => {
+                let output = match &item.output {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => return Err(missing("output")),
+                };
+                messages.push(json!({
+                    "role": "tool",
+                    "tool_call_id": item.call_id.as_deref().ok_or_else(|| missing("call_id"))?,
+                    "content": output,
+                }));
+            }
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    format!(
+                        "input items of type '{other}' are not supported; send message, \
+                         function_call or function_call_output items"
+                    ),
+                    Some(&param(".type")),
+                )
+                .with_code("unsupported_value"))
+            }
+        }
+    }
+    if messages.is_empty() {
+        return Err(
+            ApiError::invalid("input must not be empty", Some("input")).with_code("empty_array")
+        );
+    }
+    Ok(messages)
+}
+
+fn parts_text(parts: &[ContentPart], item: usize) -> Result<String, ApiError> {
+    let mut text = String::new();
+    for (j, part) in parts.iter().enumerate() {
+        match (part.kind.as_str(), &part.text) {
+            ("input_text" | "output_text" | "text", Some(t)) => text.push_str(t),
+            (kind, _) => {
+                return Err(ApiError::invalid(
+                    format!("content parts of type '{kind}' are not supported; send input_text"),
+                    Some(&format!("input[{item}].content[{j}]")),
+                ))
+            }
+        }
+    }
+    Ok(text)
+}
+
+/// The chat request body this Responses request stands for.
+fn chat_request(
+    request: &ResponsesRequest,
+    raw: &Map<String, Value>,
+    conversation: &[Value],
+) -> Value {
+    let mut messages = Vec::with_capacity(conversation.len() + 1);
+    if let Some(instructions) = &request.instructions {
+        messages.push(json!({ "role": "system", "content": instructions }));
+    }
+    messages.extend_from_slice(conversation);
+    let mut chat = Map::new();
+    chat.insert("messages".into(), Value::Array(messages));
+    for key in PASSED_THROUGH {
+        if let Some(v) = raw.get(key) {
+            chat.insert(key.into(), v.clone());
+        }
+    }
+    if let Some(max) = request.max_output_tokens {
+        chat.insert("max_tokens".into(), json!(max));
+    }
+    if request.top_logprobs.is_some() || request.include.iter().any(|i| i == INCLUDE_LOGPROBS) {
+        chat.insert("logprobs".into(), json!(true));
+        chat.insert(
+            "top_logprobs".into(),
+            json!(request.top_logprobs.unwrap_or(0)),
+        );
+    }
+    // Tools and formats in chat's shape, for the chat path to enforce (issue 4's work reads
+    // `tools`, `tool_choice` and `response_format` there).
+    if let Some(tools) = &request.tools {
+        let tools: Vec<Value> = tools.iter().map(chat_tool).collect();
+        chat.insert("tools".into(), Value::Array(tools));
+    }
+    if let Some(choice) = &request.tool_choice {
+        chat.insert("tool_choice".into(), chat_tool_choice(choice));
+    }
+    if let Some(format) = request.text.as_ref().and_then(|t| t.format.as_ref()) {
+        if let Some(format) = chat_response_format(format) {
+            chat.insert("response_format".into(), format);
+        }
+    }
+    Value::Object(chat)
+}
+
+/// `{"type":"function","name",...}` → `{"type":"function","function":{"name",...}}`.
+fn chat_tool(tool: &Value) -> Value {
+    if tool["type"] != "function" || tool.get("function").is_some() {
+        return tool.clone();
+    }
+    let mut function = tool.as_object().cloned().unwrap_or_default();
+    function.remove("type");
+    json!({ "type": "function", "function": function })
+}
+
+fn chat_tool_choice(choice: &Value) -> Value {
+    match choice.get("name") {
+        Some(name) if choice["type"] == "function" => {
+            json!({ "type": "function", "function": { "name": name } })
+        }
+        _ => choice.clone(),
+    }
+}
+
+/// `text.format` → chat's `response_format` (plain text needs none).
+fn chat_response_format(format: &Value) -> Option<Value> {
+    match format["type"].as_str() {
+        Some("json_schema") => {
+            let mut schema = format.as_object().cloned().unwrap_or_default();
+            schema.remove("type");
+            Some(json!({ "type": "json_schema", "json_schema": schema }))
+        }
+        Some("text") | None => None,
+        Some(_) => Some(format.clone()),
+    }
+}
+
+/// Request fields a response object repeats back.
+struct Echo {
+    fields: Map<String, Value>,
+}
+
+impl Echo {
+    fn of(request: &ResponsesRequest, raw: &Map<String, Value>) -> Self {
+        let mut fields = Map::new();
+        let text = raw
+            .get("text")
+            .cloned()
+            .unwrap_or(json!({ "format": { "type": "text" } }));
+        fields.insert("text".into(), text);
+        fields.insert("instructions".into(), json!(request.instructions));
+        fields.insert("max_output_tokens".into(), json!(request.max_output_tokens));
+        fields.insert(
+            "previous_response_id".into(),
+            json!(request.previous_response_id),
+        );
+        fields.insert(
+            "tools".into(),
+            json!(request.tools.clone().unwrap_or_default()),
+        );
+        fields.insert(
+            "tool_choice".into(),
+            request.tool_choice.clone().unwrap_or(json!("auto")),
+        );
+        fields.insert("parallel_tool_calls".into(), json!(true));
+        fields.insert(
+            "metadata".into(),
+            request.metadata.clone().unwrap_or(json!({})),
+        );
+        for key in ["temperature", "top_p", "top_logprobs"] {
+            fields.insert(key.into(), raw.get(key).cloned().unwrap_or(Value::Null));
+        }
+        Self { fields }
+    }
+}
+
+/// Everything about one response besides the generated text.
+struct Reply {
+    id: String,
+    message_id: String,
+    store: bool,
+    /// The conversation so far (without instructions), kept with the response when stored.
+    conversation: Vec<Value>,
+    echo: Echo,
+}
+
+impl Reply {
+    /// The response object in a given state.
+    fn object(
+        &self,
+        answer: &Answer,
+        status: &str,
+        output: Vec<Value>,
+        usage: Option<Usage>,
+        extra: Option<(&str, Value)>,
+    ) -> Value {
+        let mut object = Map::new();
+        object.insert("id".into(), json!(self.id));
+        object.insert("object".into(), json!("response"));
+        object.insert("created_at".into(), json!(answer.created));
+        object.insert("status".into(), json!(status));
+        object.insert("model".into(), json!(answer.model));
+        object.insert("output".into(), Value::Array(output));
+        object.insert("store".into(), json!(self.store));
+        object.insert("error".into(), Value::Null);
+        object.insert("incomplete_details".into(), Value::Null);
+        object.extend(self.echo.fields.clone());
+        object.insert(
+            "usage".into(),
+            usage
+                .map(|u| {
+                    json!({
+                        "input_tokens": u.prompt_tokens,
+                        "input_tokens_details": { "cached_tokens": 0 },
+                        "output_tokens": u.completion_tokens,
+                        "output_tokens_details": { "reasoning_tokens": 0 },
+                        "total_tokens": u.prompt_tokens + u.completion_tokens,
+                    })
+                })
+                .unwrap_or(Value::Null),
+        );
+        if let Some((key, value)) = extra {
+            object.insert(key.into(), value);
+        }
+        if let Some(meta) = &answer.meta {
+            if let Ok(Value::Object(meta)) = serde_json::to_value(meta) {
+                object.extend(meta);
+            }
+        }
+        Value::Object(object)
+    }
+
+    /// The assistant message item. Tool calls, once the chat path reports them, become
+    /// `function_call` items beside it here.
+    fn message_item(&self, status: &str, content: Vec<Value>) -> Value {
+        json!({
+            "type": "message",
+            "id": self.message_id,
+            "status": status,
+            "role": "assistant",
+            "content": content,
+        })
+    }
+
+    /// The finished response object; stored when asked.
+    fn finish(
+        &self,
+        answer: &Answer,
+        tokenizer: &Tokenizer,
+        output: &ChoiceOutput,
+        state: &AppState,
+    ) -> Value {
+        let part = text_part(
+            &output.text,
+            responses_logprobs(tokenizer, &output.logprobs),
+        );
+        let (status, extra) = status_of(output.finish);
+        let item = self.message_item(status, vec![part]);
+        let object = self.object(answer, status, vec![item], Some(output.usage), extra);
+        if self.store {
+            let mut conversation = self.conversation.clone();
+            conversation.push(json!({ "role": "assistant", "content": output.text }));
+            state.responses.insert(
+                self.id.clone(),
+                StoredResponse {
+                    object: object.clone(),
+                    conversation,
+                },
+            );
+        }
+        object
+    }
+}
+
+fn status_of(finish: FinishReason) -> (&'static str, Option<(&'static str, Value)>) {
+    match finish {
+        FinishReason::Stop => ("completed", None),
+        FinishReason::Length => (
+            "incomplete",
+            Some((
+                "incomplete_details",
+                json!({ "reason": "max_output_tokens" }),
+            )),
+        ),
+    }
+}
+
+fn text_part(text: &str, logprobs: Value) -> Value {
+    json!({ "type": "output_text", "text": text, "annotations": [], "logprobs": logprobs })
+}
+
+/// Responses' logprobs shape (chat's entries: token, logprob, bytes, top_logprobs).
+fn responses_logprobs(tokenizer: &Tokenizer, logprobs: &[TokenLogprob]) -> Value {
+    let content = chat_logprobs(tokenizer, logprobs)
+        .content
+        .unwrap_or_default();
+    serde_json::to_value(content).unwrap_or(json!([]))
+}
+
+/// The documented event sequence: `response.created`, `response.in_progress`,
+/// `response.output_item.added`, `response.content_part.added`, `response.output_text.delta`
+/// per piece of text, `response.output_text.done`, `response.content_part.done`,
+/// `response.output_item.done`, then `response.completed` (or `response.incomplete` when
+/// `max_output_tokens` ran out, `response.failed` on an engine error).
+fn stream_events(
+    state: Arc<AppState>,
+    reply: Reply,
+    started: Started,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    async_stream::stream! {
+        let Started { answer, served, streams, .. } = started;
+        let tokenizer = &served.frontend.tokenizer;
+        let mut events = generation::merge(streams);
+        let mut seq = 0u64;
+        let mut event = |kind: &str, mut body: Value| {
+            body["type"] = json!(kind);
+            body["sequence_number"] = json!(seq);
+            seq += 1;
+            SseEvent::default()
+                .event(kind)
+                .data(serde_json::to_string(&body).unwrap_or_default())
+        };
+        let pending = reply.object(&answer, "in_progress", Vec::new(), None, None);
+        yield Ok(event("response.created", json!({ "response": pending })));
+        yield Ok(event("response.in_progress", json!({ "response": pending })));
+        let at = |extra: Value| {
+            let mut body = json!({ "item_id": reply.message_id, "output_index": 0, "content_index": 0 });
+            if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+                b.extend(e);
+            }
+            body
+        };
+        yield Ok(event("response.output_item.added", json!({
+            "output_index": 0,
+            "item": reply.message_item("in_progress", Vec::new()),
+        })));
+        yield Ok(event("response.content_part.added", at(json!({ "part": text_part("", json!([])) }))));
+        let mut text = String::new();
+        let mut logprobs: Vec<TokenLogprob> = Vec::new();
+        let mut sent_logprobs = 0;
+        while let Some((_, e)) = events.next().await {
+            match e {
+                Event::Logprob(l) => logprobs.push(l),
+                Event::Text(delta) => {
+                    text.push_str(&delta);
+                    let new = responses_logprobs(tokenizer, &logprobs[sent_logprobs..]);
+                    sent_logprobs = logprobs.len();
+                    yield Ok(event("response.output_text.delta", at(json!({ "delta": delta, "logprobs": new }))));
+                }
+                Event::Done { finish, usage } => {
+                    let output = ChoiceOutput { text, logprobs, finish, usage };
+                    let part = text_part(&output.text, responses_logprobs(tokenizer, &output.logprobs));
+                    yield Ok(event("response.output_text.done", at(json!({ "text": output.text, "logprobs": part["logprobs"] }))));
+                    yield Ok(event("response.content_part.done", at(json!({ "part": part }))));
+                    let object = reply.finish(&answer, tokenizer, &output, &state);
+                    yield Ok(event("response.output_item.done", json!({ "output_index": 0, "item": object["output"][0] })));
+                    let last = if object["status"] == "completed" { "response.completed" } else { "response.incomplete" };
+                    yield Ok(event(last, json!({ "response": object })));
+                    return;
+                }
+                Event::Error(message) => {
+                    let failed = reply.object(&answer, "failed", Vec::new(), None, Some(("error", json!({ "code": "server_error", "message": message }))));
+                    yield Ok(event("response.failed", json!({ "response": failed })));
+                    return;
+                }
+            }
+        }
+        let failed = reply.object(&answer, "failed", Vec::new(), None, Some(("error", json!({ "code": "server_error", "message": "the engine ended the request without an answer" }))));
+        yield Ok(event("response.failed", json!({ "response": failed })));
+    }
+}

@@ -1,0 +1,54 @@
+//! The official Python `openai` SDK against the real server: tests/python/openai_sdk.py runs
+//! in a virtual environment under the target dir (created, with the pinned SDK installed
+//! from PyPI, on first run) and must exit 0.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The SDK version the script is checked against.
+const OPENAI_SDK: &str = "openai==3.51.0";
+
+fn venv() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-openai");
+    let python = dir.join("bin").join("python");
+    let pinned = Command::new(&python)
+        .args([
+            "-c",
+            "import openai, sys; sys.exit(openai.__version__ != sys.argv[1])",
+        ])
+        .arg(OPENAI_SDK.trim_start_matches("openai=="))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !pinned {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&dir));
+        run(Command::new(&python).args(["-m", "pip", "install", "--quiet", OPENAI_SDK]));
+    }
+    python
+}
+
+fn run(command: &mut Command) {
+    let status = command
+        .status()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(status.success(), "{command:?} failed: {status}");
+}
+
+#[test]
+fn the_official_python_sdk_uses_every_endpoint() {
+    let python = venv();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_sdk.py");
+    let output = Command::new(python)
+        .arg(script)
+        .arg(common::base_url())
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the SDK script failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("checks passed"), "{stdout}");
+}
