@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_openai::types::chat::{
-    ChatChoice, ChatChoiceStream, ChatCompletionResponseMessage, ChatCompletionStreamResponseDelta,
-    CompletionUsage, CreateChatCompletionResponse, CreateChatCompletionStreamResponse,
-    FinishReason as OpenAiFinish, Role,
+    ChatChoice, ChatChoiceStream, ChatCompletionMessageToolCall,
+    ChatCompletionMessageToolCallChunk, ChatCompletionMessageToolCalls,
+    ChatCompletionResponseMessage, ChatCompletionStreamResponseDelta, CompletionUsage,
+    CreateChatCompletionResponse, CreateChatCompletionStreamResponse, FinishReason as OpenAiFinish,
+    FunctionCall, FunctionCallStream, FunctionType, Role,
 };
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -28,6 +30,7 @@ use crate::engine::{
 };
 use crate::routing::{self, tradition, Family, Mechanism, RoutingFields, Tradition};
 use crate::template::TemplateError;
+use crate::tools::{self, CallFormat, CallSplitter, Piece, PrepareError, ToolCall};
 
 pub async fn completions_v1(
     State(state): State<Arc<AppState>>,
@@ -62,6 +65,8 @@ struct Answer {
     model: String,
     /// /v2 only.
     meta: Option<RoutingMeta>,
+    /// Read the answer for tool calls in this format (when tools are offered).
+    calls: Option<CallFormat>,
 }
 
 /// The fields a /v2 response carries beside OpenAI's, on the body and on every chunk.
@@ -102,6 +107,7 @@ async fn handle(
     })?;
     let request: ChatRequest = parse_json(&body)?;
     let settings = request.settings()?;
+    let tool_spec = request.tool_spec()?;
     let mut messages = request.template_messages()?;
     let tradition = request
         .tradition
@@ -146,21 +152,25 @@ async fn handle(
     let layer = state.traditions.layer(tradition, version == Version::V2);
     tradition::apply_layer(&mut messages, layer);
 
-    let prompt = served
-        .frontend
-        .template
-        .render(&messages, None, true)
-        .map_err(|e| match e {
-            TemplateError::Raised(message) => ApiError::invalid(
-                format!("The model's chat template rejected the messages: {message}"),
-                Some("messages"),
-            ),
-            TemplateError::Invalid(message) => ApiError::internal(message),
-        })?;
+    let prepared = tools::prepare(
+        &tool_spec,
+        messages,
+        &served.frontend.template,
+        &served.frontend.tokenizer,
+        &served.grammar,
+    )
+    .map_err(|e| match e {
+        PrepareError::Template(TemplateError::Raised(message)) => ApiError::invalid(
+            format!("The model's chat template rejected the messages: {message}"),
+            Some("messages"),
+        ),
+        PrepareError::Template(TemplateError::Invalid(message)) => ApiError::internal(message),
+        PrepareError::Fields(e) => ApiError::invalid(e.message, Some(&e.param)),
+    })?;
     let prompt = served
         .frontend
         .tokenizer
-        .encode(&prompt)
+        .encode(&prepared.prompt)
         .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e}")))?;
     let max_tokens = fit_context(&served, prompt.len(), settings.max_tokens)?;
 
@@ -172,6 +182,7 @@ async fn handle(
             max_tokens,
             stop: settings.stop,
             ignore_eos: settings.ignore_eos,
+            constraint: prepared.constraint,
         })
         .map_err(|e| match e {
             SubmitError::QueueFull(_) => ApiError::busy(e.to_string()),
@@ -185,6 +196,7 @@ async fn handle(
             .unwrap_or(0),
         model: served.entry.id.clone(),
         meta,
+        calls: prepared.calls,
     };
     if settings.stream {
         Ok(
@@ -225,8 +237,11 @@ fn fit_context(
     }
 }
 
-fn finish_reason(f: FinishReason) -> OpenAiFinish {
+/// OpenAI's finish reason: an answer that ended on its own after making calls ends with
+/// `tool_calls`.
+fn finish_reason(f: FinishReason, made_calls: bool) -> OpenAiFinish {
     match f {
+        FinishReason::Stop if made_calls => OpenAiFinish::ToolCalls,
         FinishReason::Stop => OpenAiFinish::Stop,
         FinishReason::Length => OpenAiFinish::Length,
     }
@@ -250,10 +265,31 @@ async fn collect(answer: Answer, mut events: EventStream) -> Result<Response, Ap
             Event::Text(t) => text.push_str(&t),
             Event::Error(message) => return Err(ApiError::internal(message)),
             Event::Done { finish, usage: u } => {
+                let (content, calls) = match answer.calls {
+                    Some(format) => tools::split_answer(format, &text),
+                    None => (Some(text), Vec::new()),
+                };
+                let made_calls = !calls.is_empty();
+                let tool_calls = made_calls.then(|| {
+                    calls
+                        .into_iter()
+                        .map(|c| {
+                            ChatCompletionMessageToolCalls::Function(
+                                ChatCompletionMessageToolCall {
+                                    id: c.id,
+                                    function: FunctionCall {
+                                        name: c.name,
+                                        arguments: c.arguments,
+                                    },
+                                },
+                            )
+                        })
+                        .collect()
+                });
                 let message = ChatCompletionResponseMessage {
-                    content: Some(text),
+                    content,
                     refusal: None,
-                    tool_calls: None,
+                    tool_calls,
                     annotations: None,
                     role: Role::Assistant,
                     function_call: None,
@@ -264,7 +300,7 @@ async fn collect(answer: Answer, mut events: EventStream) -> Result<Response, Ap
                     choices: vec![ChatChoice {
                         index: 0,
                         message,
-                        finish_reason: Some(finish_reason(finish)),
+                        finish_reason: Some(finish_reason(finish, made_calls)),
                         logprobs: None,
                     }],
                     created: answer.created,
@@ -326,6 +362,36 @@ fn delta(role: Option<Role>, content: Option<String>) -> ChatCompletionStreamRes
     }
 }
 
+/// The deltas of one call, as OpenAI streams them: its index, id, type and name first, then
+/// its arguments.
+fn call_deltas(index: u32, call: ToolCall) -> [ChatCompletionStreamResponseDelta; 2] {
+    let with_call = |chunk: ChatCompletionMessageToolCallChunk| {
+        let mut d = delta(None, None);
+        d.tool_calls = Some(vec![chunk]);
+        d
+    };
+    [
+        with_call(ChatCompletionMessageToolCallChunk {
+            index,
+            id: Some(call.id),
+            r#type: Some(FunctionType::Function),
+            function: Some(FunctionCallStream {
+                name: Some(call.name),
+                arguments: Some(String::new()),
+            }),
+        }),
+        with_call(ChatCompletionMessageToolCallChunk {
+            index,
+            id: None,
+            r#type: None,
+            function: Some(FunctionCallStream {
+                name: None,
+                arguments: Some(call.arguments),
+            }),
+        }),
+    ]
+}
+
 fn sse_json<T: serde::Serialize>(value: &T) -> SseEvent {
     SseEvent::default().data(serde_json::to_string(value).unwrap_or_default())
 }
@@ -366,13 +432,32 @@ fn stream_chunks(
     async_stream::stream! {
         yield Ok(chunk_event(&answer, chunk(&answer, delta(Some(Role::Assistant), Some(String::new())), None)));
         let mut ended = false;
+        let mut splitter = answer.calls.map(CallSplitter::new);
+        let mut calls_sent = 0u32;
         while let Some(event) = events.recv().await {
-            match event {
-                Event::Text(text) => {
-                    yield Ok(chunk_event(&answer, chunk(&answer, delta(None, Some(text)), None)));
+            let pieces = match (&event, splitter.as_mut()) {
+                (Event::Text(text), Some(s)) => s.push(text),
+                (Event::Text(text), None) => vec![Piece::Text(text.clone())],
+                (Event::Done { .. }, Some(s)) => s.finish(),
+                _ => Vec::new(),
+            };
+            for piece in pieces {
+                match piece {
+                    Piece::Text(text) => {
+                        yield Ok(chunk_event(&answer, chunk(&answer, delta(None, Some(text)), None)));
+                    }
+                    Piece::Call(call) => {
+                        for d in call_deltas(calls_sent, call) {
+                            yield Ok(chunk_event(&answer, chunk(&answer, d, None)));
+                        }
+                        calls_sent += 1;
+                    }
                 }
+            }
+            match event {
+                Event::Text(_) => {}
                 Event::Done { finish, usage: u } => {
-                    yield Ok(chunk_event(&answer, chunk(&answer, delta(None, None), Some(finish_reason(finish)))));
+                    yield Ok(chunk_event(&answer, chunk(&answer, delta(None, None), Some(finish_reason(finish, calls_sent > 0)))));
                     if include_usage {
                         let mut last = chunk(&answer, delta(None, None), None);
                         last.choices.clear();
