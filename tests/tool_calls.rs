@@ -387,7 +387,7 @@ async fn json_modes_always_parse_and_validate_on_the_135m_model() {
             json_schema: ResponseFormatJsonSchema {
                 description: None,
                 name: "person".into(),
-                schema: Some(person_schema()),
+                schema: person_schema(),
                 strict: Some(true),
             },
         };
