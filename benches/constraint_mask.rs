@@ -94,7 +94,11 @@ fn main() -> anyhow::Result<()> {
                 let n = tokens.get_ids().len() as f64;
                 println!(
                     "  {name:<22} {:<7} compile {compile_ms:6.1} ms | {n:3} tokens: mask {:7.1} µs/token, commit {:5.1} µs/token",
-                    if format.list { "list" } else { "hermes" },
+                    match (spec.functions.is_empty(), format.list) {
+                        (true, _) => "",
+                        (false, true) => "list",
+                        (false, false) => "hermes",
+                    },
                     mask_s / n * 1e6,
                     commit_s / n * 1e6
                 );

@@ -315,7 +315,7 @@ async fn a_full_round_trip_ends_in_an_answer() {
 async fn parallel_tool_calls_false_makes_exactly_one_call() {
     for seed in 1..=2 {
         let mut req = tool_request(
-            QWEN,
+            SMOL,
             vec![user(
                 "Weather in Paris and in Tokyo, and the time in Tokyo?",
             )],
