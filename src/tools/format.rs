@@ -173,3 +173,67 @@ fn fallback_turn(mut m: ChatMessage) -> ChatMessage {
     }
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const PLAIN: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
+                         {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    const WITH_TOOLS: &str = "{% if tools %}{% for t in tools %}{{ t | tojson }}{% endfor %} \
+                              <tool_call>\n{% endif %}{% for m in messages %}{{ m.role }}:\
+                              {% for c in m.tool_calls or [] %}{{ c.function.arguments | tojson }}\
+                              {% endfor %}{{ m.content }}\n{% endfor %}";
+
+    fn conversation() -> Vec<ChatMessage> {
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls = Some(json!([{ "id": "call_1", "type": "function", "function": {
+            "name": "get_time", "arguments": "{\"timezone\": \"UTC\"}" } }]));
+        let mut result = ChatMessage::new("tool", "12:00");
+        result.tool_call_id = Some("call_1".into());
+        vec![ChatMessage::new("user", "Time?"), call, result]
+    }
+
+    fn spec() -> ToolSpec {
+        let tools = json!([{ "type": "function", "function": { "name": "get_time" } }]);
+        ToolSpec::parse(Some(&tools), None, None, None).unwrap()
+    }
+
+    #[test]
+    fn a_template_without_tools_gets_the_fallback_and_the_history_in_text() {
+        let template = ChatTemplate::new(PLAIN, None, None).unwrap();
+        let prompt = render(&template, &spec(), conversation()).unwrap();
+        assert_eq!(prompt.format, CallFormat::LIST);
+        let text = prompt.text;
+        assert!(text.starts_with("<|im_start|>system\n"), "{text}");
+        assert!(text.contains("<tools>{\"name\":\"get_time\""), "{text}");
+        assert!(
+            text.contains(
+                "<|im_start|>assistant\n<tool_call>[{\"name\":\"get_time\",\"arguments\":{\"timezone\":\"UTC\"}}]</tool_call>"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("<|im_start|>user\n<tool_response>12:00</tool_response>"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_template_with_tools_renders_them_with_arguments_as_objects() {
+        let template = ChatTemplate::new(WITH_TOOLS, None, None).unwrap();
+        let prompt = render(&template, &spec(), conversation()).unwrap();
+        assert_eq!(prompt.format, CallFormat::HERMES);
+        assert!(
+            prompt.text.contains("\"name\": \"get_time\""),
+            "{}",
+            prompt.text
+        );
+        assert!(
+            prompt.text.contains("assistant:{\"timezone\": \"UTC\"}"),
+            "{}",
+            prompt.text
+        );
+    }
+}
