@@ -525,3 +525,20 @@ async fn every_v2_routing_mechanism_serves_tools_and_formats() {
         );
     }
 }
+
+/// With `auto`, Qwen2.5-Coder-0.5B answers a weather question with the call's bare JSON (no
+/// `<tool_call>` markers): it still arrives as a call, not as content.
+#[tokio::test]
+async fn auto_reads_the_call_the_model_chose_to_make() {
+    let mut req = tool_request(
+        QWEN,
+        vec![user("What's the weather in Paris?")],
+        ChatCompletionToolChoiceOption::Mode(ToolChoiceOptions::Auto),
+        1,
+    );
+    req.temperature = Some(0.0);
+    req.max_tokens = Some(60);
+    let r = client().chat().create(req).await.expect("answer");
+    let calls = checked_calls(&r);
+    assert_eq!(calls[0].0, "get_weather", "{r:?}");
+}

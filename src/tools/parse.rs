@@ -1,6 +1,11 @@
 //! Generated text → content and tool calls, as it streams. Text that might be the start of
 //! a call marker is held back until it is known; a call is handed out once its closing
 //! marker arrives; a marked block that does not hold valid calls stays text.
+//!
+//! Models left free to choose (`tool_choice: auto`) sometimes answer with the call's JSON
+//! and no markers, bare or in a fenced code block (Qwen2.5-Coder-0.5B does both): an answer
+//! that starts with `{`, `[` or a backtick is held to its end and read as calls when it is
+//! exactly that, `{"name": …, "arguments": {…}}` or a list of them.
 
 use serde_json::Value;
 
@@ -30,6 +35,8 @@ pub struct CallSplitter {
     /// Whitespace between or around calls: shown only if real text follows it.
     blank: String,
     calls: usize,
+    /// None until the answer's first visible character; then whether it may be bare JSON.
+    bare: Option<bool>,
 }
 
 impl CallSplitter {
@@ -40,12 +47,28 @@ impl CallSplitter {
             inside: false,
             blank: String::new(),
             calls: 0,
+            bare: None,
         }
     }
 
     /// Feed newly generated text; returns what is now known.
     pub fn push(&mut self, text: &str) -> Vec<Piece> {
         self.buffer.push_str(text);
+        if self.bare.is_none() {
+            let start = self.buffer.trim_start();
+            if start.is_empty() {
+                return Vec::new();
+            }
+            self.bare = Some(start.starts_with(['{', '[', '`']));
+        }
+        if self.bare == Some(true) {
+            return Vec::new();
+        }
+        self.split()
+    }
+
+    /// Hand out what the buffer holds that is known to be text or calls.
+    fn split(&mut self) -> Vec<Piece> {
         let mut out = Vec::new();
         loop {
             if self.inside {
@@ -95,6 +118,16 @@ impl CallSplitter {
     /// The generation ended: whatever is held is text (an unfinished call included).
     pub fn finish(&mut self) -> Vec<Piece> {
         let mut out = Vec::new();
+        if self.bare == Some(true) {
+            self.bare = Some(false);
+            match parse_bare_calls(&self.buffer) {
+                Some(calls) => {
+                    self.buffer.clear();
+                    return calls.into_iter().map(Piece::Call).collect();
+                }
+                None => out = self.split(),
+            }
+        }
         let mut rest = std::mem::take(&mut self.buffer);
         if self.inside {
             rest.insert_str(0, self.format.open);
@@ -148,6 +181,35 @@ fn parse_calls(block: &str) -> Option<Vec<ToolCall>> {
         Value::Array(items) => items.iter().map(call).collect(),
         object => Some(vec![call(&object)?]),
     }
+}
+
+/// An unmarked answer that is nothing but calls: each object has exactly `name` and an
+/// `arguments` object, so ordinary JSON answers stay text.
+fn parse_bare_calls(text: &str) -> Option<Vec<ToolCall>> {
+    let text = text.trim();
+    let json = match text.strip_prefix("```") {
+        Some(fenced) => fenced
+            .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+            .strip_suffix("```")?,
+        None => text,
+    };
+    let value: Value = serde_json::from_str(json.trim()).ok()?;
+    let items = match &value {
+        Value::Array(items) if !items.is_empty() => items.as_slice(),
+        Value::Array(_) => return None,
+        object => std::slice::from_ref(object),
+    };
+    let is_call = |v: &Value| {
+        v.as_object().is_some_and(|o| {
+            o.len() == 2
+                && o.get("name").is_some_and(Value::is_string)
+                && o.get("arguments").is_some_and(Value::is_object)
+        })
+    };
+    if !items.iter().all(is_call) {
+        return None;
+    }
+    items.iter().map(call).collect()
 }
 
 fn call(value: &Value) -> Option<ToolCall> {
@@ -211,6 +273,21 @@ mod tests {
         let (content, calls) = split_answer(CallFormat::LIST, "a <tool_call>oops</tool_call>");
         assert!(calls.is_empty());
         assert_eq!(content.as_deref(), Some("a <tool_call>oops</tool_call>"));
+    }
+
+    #[test]
+    fn an_unmarked_call_is_a_call_and_other_json_stays_text() {
+        let (content, calls) = split_answer(
+            CallFormat::HERMES,
+            "{\"name\": \"f\", \"arguments\": {\"city\": \"Paris\"}}",
+        );
+        assert_eq!(content, None);
+        assert_eq!(calls[0].name, "f");
+        let fenced = "```json\n{\"name\": \"g\", \"arguments\": {}}\n```";
+        assert_eq!(split_answer(CallFormat::HERMES, fenced).1[0].name, "g");
+        let (content, calls) = split_answer(CallFormat::HERMES, "{\"name\": \"Ada\", \"age\": 3}");
+        assert!(calls.is_empty());
+        assert_eq!(content.as_deref(), Some("{\"name\": \"Ada\", \"age\": 3}"));
     }
 
     #[test]
