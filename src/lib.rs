@@ -13,3 +13,4 @@ pub mod routing;
 pub mod server;
 pub mod template;
 pub mod tokenizer;
+pub mod tools;

@@ -233,6 +233,11 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The underlying Hugging Face tokenizer (for the constraint engine's vocabulary).
+    pub fn hf(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
     /// The vocabulary text of an id (byte-level form, e.g. `Ġthe`).
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)

@@ -5,10 +5,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use async_openai::types::chat::{
-    ChatChoice, ChatChoiceLogprobs, ChatChoiceStream, ChatCompletionResponseMessage,
-    ChatCompletionStreamResponseDelta, ChatCompletionTokenLogprob, CompletionUsage,
-    CreateChatCompletionResponse, CreateChatCompletionStreamResponse, FinishReason as OpenAiFinish,
-    Role, TopLogprobs,
+    ChatChoice, ChatChoiceLogprobs, ChatChoiceStream, ChatCompletionMessageToolCall,
+    ChatCompletionMessageToolCallChunk, ChatCompletionMessageToolCalls,
+    ChatCompletionResponseMessage, ChatCompletionStreamResponseDelta, ChatCompletionTokenLogprob,
+    CompletionUsage, CreateChatCompletionResponse, CreateChatCompletionStreamResponse,
+    FinishReason as OpenAiFinish, FunctionCall, FunctionCallStream, FunctionType, Role,
+    TopLogprobs,
 };
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -28,6 +30,7 @@ use crate::engine::{Event, EventStream, FinishReason, ServedModel, TokenLogprob,
 use crate::routing::{self, tradition, Family, Mechanism, RoutingFields, Tradition};
 use crate::template::TemplateError;
 use crate::tokenizer::Tokenizer;
+use crate::tools::{self, CallFormat, CallSplitter, Piece, PrepareError, ToolCall};
 
 pub async fn completions_v1(
     State(state): State<Arc<AppState>>,
@@ -62,6 +65,8 @@ pub(super) struct Answer {
     pub model: String,
     /// /v2 only.
     pub meta: Option<RoutingMeta>,
+    /// Read the answer for tool calls in this format (when tools are offered).
+    pub calls: Option<CallFormat>,
 }
 
 /// The fields a /v2 response carries beside OpenAI's, on the body and on every chunk.
@@ -141,6 +146,7 @@ pub(super) async fn start(
     version: Version,
 ) -> Result<Started, ApiError> {
     let settings = request.settings(fields)?;
+    let tool_spec = request.tool_spec()?;
     let mut messages = request.template_messages()?;
     let tradition = request
         .tradition
@@ -185,21 +191,25 @@ pub(super) async fn start(
     let layer = state.traditions.layer(tradition, version == Version::V2);
     tradition::apply_layer(&mut messages, layer);
 
-    let prompt = served
-        .frontend
-        .template
-        .render(&messages, None, true)
-        .map_err(|e| match e {
-            TemplateError::Raised(message) => ApiError::invalid(
-                format!("The model's chat template rejected the messages: {message}"),
-                Some("messages"),
-            ),
-            TemplateError::Invalid(message) => ApiError::internal(message),
-        })?;
+    let prepared = tools::prepare(
+        &tool_spec,
+        messages,
+        &served.frontend.template,
+        &served.frontend.tokenizer,
+        &served.grammar,
+    )
+    .map_err(|e| match e {
+        PrepareError::Template(TemplateError::Raised(message)) => ApiError::invalid(
+            format!("The model's chat template rejected the messages: {message}"),
+            Some("messages"),
+        ),
+        PrepareError::Template(TemplateError::Invalid(message)) => ApiError::internal(message),
+        PrepareError::Fields(e) => ApiError::invalid(e.message, Some(&e.param)),
+    })?;
     let prompt = served
         .frontend
         .tokenizer
-        .encode(&prompt)
+        .encode(&prepared.prompt)
         .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e}")))?;
     let max_tokens = fit_context(
         &served,
@@ -213,12 +223,14 @@ pub(super) async fn start(
         &settings.generation,
         max_tokens,
         settings.ignore_eos,
+        prepared.constraint.as_ref(),
     )?;
     let answer = Answer {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         created: generation::unix_now(),
         model: served.entry.id.clone(),
         meta,
+        calls: prepared.calls,
     };
     Ok(Started {
         answer,
@@ -228,8 +240,11 @@ pub(super) async fn start(
     })
 }
 
-fn finish_reason(f: FinishReason) -> OpenAiFinish {
+/// OpenAI's finish reason: an answer that ended on its own after making calls ends with
+/// `tool_calls`.
+fn finish_reason(f: FinishReason, made_calls: bool) -> OpenAiFinish {
     match f {
+        FinishReason::Stop if made_calls => OpenAiFinish::ToolCalls,
         FinishReason::Stop => OpenAiFinish::Stop,
         FinishReason::Length => OpenAiFinish::Length,
     }
@@ -283,6 +298,17 @@ pub(super) fn chat_logprobs(
     }
 }
 
+/// A parsed call in the message's shape.
+fn message_call(call: ToolCall) -> ChatCompletionMessageToolCalls {
+    ChatCompletionMessageToolCalls::Function(ChatCompletionMessageToolCall {
+        id: call.id,
+        function: FunctionCall {
+            name: call.name,
+            arguments: call.arguments,
+        },
+    })
+}
+
 /// The whole `chat.completion` once every choice has finished.
 #[allow(deprecated)] // function_call and system_fingerprint are deprecated but part of the types
 fn completion<'a>(
@@ -295,19 +321,26 @@ fn completion<'a>(
     let choices = outputs
         .into_iter()
         .enumerate()
-        .map(|(index, output)| ChatChoice {
-            index: index as u32,
-            logprobs: asked_logprobs.then(|| chat_logprobs(tokenizer, &output.logprobs)),
-            message: ChatCompletionResponseMessage {
-                content: Some(output.text),
-                refusal: None,
-                tool_calls: None,
-                annotations: None,
-                role: Role::Assistant,
-                function_call: None,
-                audio: None,
-            },
-            finish_reason: Some(finish_reason(output.finish)),
+        .map(|(index, output)| {
+            let (content, calls) = match answer.calls {
+                Some(format) => tools::split_answer(format, &output.text),
+                None => (Some(output.text), Vec::new()),
+            };
+            let made_calls = !calls.is_empty();
+            ChatChoice {
+                index: index as u32,
+                logprobs: asked_logprobs.then(|| chat_logprobs(tokenizer, &output.logprobs)),
+                message: ChatCompletionResponseMessage {
+                    content,
+                    refusal: None,
+                    tool_calls: made_calls.then(|| calls.into_iter().map(message_call).collect()),
+                    annotations: None,
+                    role: Role::Assistant,
+                    function_call: None,
+                    audio: None,
+                },
+                finish_reason: Some(finish_reason(output.finish, made_calls)),
+            }
         })
         .collect();
     WithMeta {
@@ -366,6 +399,36 @@ fn delta(role: Option<Role>, content: Option<String>) -> ChatCompletionStreamRes
     }
 }
 
+/// The deltas of one call, as OpenAI streams them: its index, id, type and name first, then
+/// its arguments.
+fn call_deltas(index: u32, call: ToolCall) -> [ChatCompletionStreamResponseDelta; 2] {
+    let with_call = |chunk: ChatCompletionMessageToolCallChunk| {
+        let mut d = delta(None, None);
+        d.tool_calls = Some(vec![chunk]);
+        d
+    };
+    [
+        with_call(ChatCompletionMessageToolCallChunk {
+            index,
+            id: Some(call.id),
+            r#type: Some(FunctionType::Function),
+            function: Some(FunctionCallStream {
+                name: Some(call.name),
+                arguments: Some(String::new()),
+            }),
+        }),
+        with_call(ChatCompletionMessageToolCallChunk {
+            index,
+            id: None,
+            r#type: None,
+            function: Some(FunctionCallStream {
+                name: None,
+                arguments: Some(call.arguments),
+            }),
+        }),
+    ]
+}
+
 pub(super) fn sse_json<T: serde::Serialize>(value: &T) -> SseEvent {
     SseEvent::default().data(serde_json::to_string(value).unwrap_or_default())
 }
@@ -414,18 +477,40 @@ fn stream_chunks(
         // Tokens whose text has not come out yet, per choice.
         let mut pending: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
         let mut usages = vec![Usage::default(); n];
+        // Each choice's text is read for calls on its own, and its calls numbered from 0.
+        let mut splitters: Vec<Option<CallSplitter>> =
+            (0..n).map(|_| answer.calls.map(CallSplitter::new)).collect();
+        let mut calls_sent = vec![0u32; n];
         let mut finished = 0;
         let mut failed = false;
         while let Some((index, event)) = events.next().await {
+            let pieces = match (&event, splitters[index].as_mut()) {
+                (Event::Text(text), Some(s)) => s.push(text),
+                (Event::Text(text), None) => vec![Piece::Text(text.clone())],
+                (Event::Done { .. }, Some(s)) => s.finish(),
+                _ => Vec::new(),
+            };
+            for piece in pieces {
+                match piece {
+                    Piece::Text(text) => {
+                        let logprobs = take_logprobs(tokenizer, &mut pending[index]);
+                        yield Ok(chunk_event(&answer, chunk(&answer, index, delta(None, Some(text)), None, logprobs)));
+                    }
+                    Piece::Call(call) => {
+                        for d in call_deltas(calls_sent[index], call) {
+                            yield Ok(chunk_event(&answer, chunk(&answer, index, d, None, None)));
+                        }
+                        calls_sent[index] += 1;
+                    }
+                }
+            }
             match event {
                 Event::Logprob(l) => pending[index].push(l),
-                Event::Text(text) => {
-                    let logprobs = take_logprobs(tokenizer, &mut pending[index]);
-                    yield Ok(chunk_event(&answer, chunk(&answer, index, delta(None, Some(text)), None, logprobs)));
-                }
+                Event::Text(_) => {}
                 Event::Done { finish, usage: u } => {
                     let logprobs = take_logprobs(tokenizer, &mut pending[index]);
-                    yield Ok(chunk_event(&answer, chunk(&answer, index, delta(None, None), Some(finish_reason(finish)), logprobs)));
+                    let reason = finish_reason(finish, calls_sent[index] > 0);
+                    yield Ok(chunk_event(&answer, chunk(&answer, index, delta(None, None), Some(reason), logprobs)));
                     usages[index] = u;
                     finished += 1;
                 }

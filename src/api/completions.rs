@@ -103,6 +103,7 @@ async fn handle(
             &settings,
             max_tokens,
             request.ignore_eos,
+            None,
         )?);
     }
     // What each choice's text starts with: its prompt when echoing.

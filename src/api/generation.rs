@@ -13,6 +13,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use super::error::ApiError;
 use super::fields::GenerationSettings;
 use super::AppState;
+use crate::engine::constraint::Constraint;
 use crate::engine::{
     Event, EventStream, FinishReason, GenerateRequest, ServedModel, SubmitError, TokenLogprob,
     Usage,
@@ -71,6 +72,7 @@ pub fn submit_choices(
     settings: &GenerationSettings,
     max_tokens: usize,
     ignore_eos: bool,
+    constraint: Option<&Constraint>,
 ) -> Result<Vec<EventStream>, ApiError> {
     settings.check_vocab(served.frontend.tokenizer.vocab_size())?;
     (0..settings.n)
@@ -85,6 +87,8 @@ pub fn submit_choices(
                     max_tokens,
                     stop: settings.stop.clone(),
                     ignore_eos,
+                    // Each choice walks the grammar on its own.
+                    constraint: constraint.cloned(),
                 })
                 .map_err(|e| match e {
                     SubmitError::QueueFull(_) => ApiError::busy(e.to_string()),

@@ -10,6 +10,7 @@ use super::error::ApiError;
 pub use super::fields::StopField;
 use super::fields::{chat_logprobs, GenerationFields, GenerationSettings};
 use crate::template::ChatMessage;
+use crate::tools::ToolSpec;
 
 /// Parse a JSON body, reporting the path of a field with the wrong type as `param`.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -43,8 +44,12 @@ pub struct ChatRequest {
     #[serde(default)]
     pub ignore_eos: bool,
     pub stream_options: Option<StreamOptions>,
-    /// Tool definitions (read for routing; tool calling itself is not served yet).
+    /// Tool definitions, read and checked by `crate::tools` (raw here so a bad one gets a
+    /// 400 that says what is wrong with it).
     pub tools: Option<serde_json::Value>,
+    pub tool_choice: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<bool>,
+    pub response_format: Option<serde_json::Value>,
     /// /v2 routing: exactly one of `auto_routing: true`, `model`, `model_family`.
     pub auto_routing: Option<bool>,
     pub model_family: Option<String>,
@@ -104,6 +109,17 @@ impl ChatRequest {
                 .as_ref()
                 .is_some_and(|o| o.include_usage),
         })
+    }
+
+    /// The tool and format fields, checked.
+    pub fn tool_spec(&self) -> Result<ToolSpec, ApiError> {
+        ToolSpec::parse(
+            self.tools.as_ref(),
+            self.tool_choice.as_ref(),
+            self.response_format.as_ref(),
+            self.parallel_tool_calls,
+        )
+        .map_err(|e| ApiError::invalid(e.message, Some(&e.param)))
     }
 
     /// Whether the request offers the model any tools.

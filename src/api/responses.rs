@@ -28,6 +28,7 @@ use super::response_store::StoredResponse;
 use super::AppState;
 use crate::engine::{Event, FinishReason, TokenLogprob, Usage};
 use crate::tokenizer::Tokenizer;
+use crate::tools::{self, CallSplitter, Piece, ToolCall};
 
 /// The fields read here; sampling fields are read by [`GenerationFields`], and anything else
 /// is ignored as OpenAI's newer fields are.
@@ -199,7 +200,7 @@ async fn handle(
             .into_iter()
             .next()
             .ok_or_else(|| ApiError::internal("the engine returned no choice"))?;
-        let object = reply.finish(&started.answer, &served.frontend.tokenizer, &output, &state);
+        let object = reply.finish(&started.answer, &served.frontend.tokenizer, &output, false, &state);
         Ok(Json(object).into_response())
     }
 }
@@ -475,8 +476,7 @@ impl Reply {
         Value::Object(object)
     }
 
-    /// The assistant message item. Tool calls, once the chat path reports them, become
-    /// `function_call` items beside it here.
+    /// The assistant message item; tool calls become `function_call` items after it.
     fn message_item(&self, status: &str, content: Vec<Value>) -> Value {
         json!({
             "type": "message",
@@ -487,24 +487,44 @@ impl Reply {
         })
     }
 
-    /// The finished response object; stored when asked.
+    /// The finished response object; stored when asked. The message item is left out when
+    /// the answer is only calls, unless a stream has already announced it (`streamed`).
     fn finish(
         &self,
         answer: &Answer,
         tokenizer: &Tokenizer,
         output: &ChoiceOutput,
+        streamed: bool,
         state: &AppState,
     ) -> Value {
-        let part = text_part(
-            &output.text,
-            responses_logprobs(tokenizer, &output.logprobs),
-        );
+        let (content, calls) = match answer.calls {
+            Some(format) => tools::split_answer(format, &output.text),
+            None => (Some(output.text.clone()), Vec::new()),
+        };
+        let text = content.unwrap_or_default();
         let (status, extra) = status_of(output.finish);
-        let item = self.message_item(status, vec![part]);
-        let object = self.object(answer, status, vec![item], Some(output.usage), extra);
+        let mut items = Vec::new();
+        if streamed || !text.is_empty() || calls.is_empty() {
+            let part = text_part(&text, responses_logprobs(tokenizer, &output.logprobs));
+            items.push(self.message_item(status, vec![part]));
+        }
+        items.extend(calls.iter().map(|c| function_call_item(c, "completed")));
+        let object = self.object(answer, status, items, Some(output.usage), extra);
         if self.store {
             let mut conversation = self.conversation.clone();
-            conversation.push(json!({ "role": "assistant", "content": output.text }));
+            let mut message = json!({ "role": "assistant", "content": text });
+            if !calls.is_empty() {
+                message["tool_calls"] = calls
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "id": c.id, "type": "function",
+                            "function": { "name": c.name, "arguments": c.arguments },
+                        })
+                    })
+                    .collect();
+            }
+            conversation.push(message);
             state.responses.insert(
                 self.id.clone(),
                 StoredResponse {
@@ -515,6 +535,19 @@ impl Reply {
         }
         object
     }
+}
+
+/// A call the model made, as a Responses output item (`call_id` is what a
+/// `function_call_output` item answers).
+fn function_call_item(call: &ToolCall, status: &str) -> Value {
+    json!({
+        "type": "function_call",
+        "id": format!("fc_{}", call.id.trim_start_matches("call_")),
+        "call_id": call.id,
+        "name": call.name,
+        "arguments": call.arguments,
+        "status": status,
+    })
 }
 
 fn status_of(finish: FinishReason) -> (&'static str, Option<(&'static str, Value)>) {
@@ -580,25 +613,55 @@ fn stream_events(
             "item": reply.message_item("in_progress", Vec::new()),
         })));
         yield Ok(event("response.content_part.added", at(json!({ "part": text_part("", json!([])) }))));
+        // All generated text (calls included, for the stored answer) and the text shown.
         let mut text = String::new();
+        let mut shown = String::new();
         let mut logprobs: Vec<TokenLogprob> = Vec::new();
         let mut sent_logprobs = 0;
+        // With tools offered, call markup is held back and comes out as function_call items.
+        let mut splitter = answer.calls.map(CallSplitter::new);
+        let mut calls: Vec<ToolCall> = Vec::new();
         while let Some((_, e)) = events.next().await {
+            let pieces = match (&e, splitter.as_mut()) {
+                (Event::Text(t), Some(s)) => s.push(t),
+                (Event::Text(t), None) => vec![Piece::Text(t.clone())],
+                (Event::Done { .. }, Some(s)) => s.finish(),
+                _ => Vec::new(),
+            };
+            if let Event::Text(t) = &e {
+                text.push_str(t);
+            }
+            for piece in pieces {
+                match piece {
+                    Piece::Text(delta) => {
+                        shown.push_str(&delta);
+                        let new = responses_logprobs(tokenizer, &logprobs[sent_logprobs..]);
+                        sent_logprobs = logprobs.len();
+                        yield Ok(event("response.output_text.delta", at(json!({ "delta": delta, "logprobs": new }))));
+                    }
+                    Piece::Call(call) => calls.push(call),
+                }
+            }
             match e {
                 Event::Logprob(l) => logprobs.push(l),
-                Event::Text(delta) => {
-                    text.push_str(&delta);
-                    let new = responses_logprobs(tokenizer, &logprobs[sent_logprobs..]);
-                    sent_logprobs = logprobs.len();
-                    yield Ok(event("response.output_text.delta", at(json!({ "delta": delta, "logprobs": new }))));
-                }
+                Event::Text(_) => {}
                 Event::Done { finish, usage } => {
                     let output = ChoiceOutput { text, logprobs, finish, usage };
-                    let part = text_part(&output.text, responses_logprobs(tokenizer, &output.logprobs));
-                    yield Ok(event("response.output_text.done", at(json!({ "text": output.text, "logprobs": part["logprobs"] }))));
+                    let part = text_part(&shown, responses_logprobs(tokenizer, &output.logprobs));
+                    yield Ok(event("response.output_text.done", at(json!({ "text": shown, "logprobs": part["logprobs"] }))));
                     yield Ok(event("response.content_part.done", at(json!({ "part": part }))));
-                    let object = reply.finish(&answer, tokenizer, &output, &state);
+                    let object = reply.finish(&answer, tokenizer, &output, true, &state);
                     yield Ok(event("response.output_item.done", json!({ "output_index": 0, "item": object["output"][0] })));
+                    for (i, call) in calls.iter().enumerate() {
+                        let index = i + 1;
+                        let mut item = function_call_item(call, "in_progress");
+                        item["arguments"] = json!("");
+                        let item_id = item["id"].clone();
+                        yield Ok(event("response.output_item.added", json!({ "output_index": index, "item": item })));
+                        yield Ok(event("response.function_call_arguments.delta", json!({ "item_id": item_id, "output_index": index, "delta": call.arguments })));
+                        yield Ok(event("response.function_call_arguments.done", json!({ "item_id": item_id, "output_index": index, "arguments": call.arguments })));
+                        yield Ok(event("response.output_item.done", json!({ "output_index": index, "item": object["output"][index] })));
+                    }
                     let last = if object["status"] == "completed" { "response.completed" } else { "response.incomplete" };
                     yield Ok(event(last, json!({ "response": object })));
                     return;

@@ -2,6 +2,7 @@
 //! handlers reach it through [`Backend`] (submit a request, receive a stream of events,
 //! cancel by dropping the stream) and never touch the model.
 
+pub mod constraint;
 mod prefix_cache;
 pub mod registry;
 mod sampler;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::model::{KvPool, KvShape, LoadedModel};
+pub use constraint::{Constraint, GrammarCompiler};
 pub use registry::{LoadError, ModelRegistry, RegistryLimits, ServedModel};
 pub use sampler::{SamplingParams, TokenLogprob};
 
@@ -30,6 +32,8 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Keep generating past end-of-turn tokens until `max_tokens` (for benchmarks).
     pub ignore_eos: bool,
+    /// A grammar the output must follow (tool calls, response_format); None: free text.
+    pub constraint: Option<Constraint>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,6 +20,8 @@ pub struct ServedModel {
     pub entry: ModelEntry,
     pub frontend: Arc<ModelFrontend>,
     pub backend: Arc<dyn Backend>,
+    /// Compiles tool-call and response_format grammars over this model's vocabulary.
+    pub grammar: super::GrammarCompiler,
     /// Memory it may use at most: weights, dequantized embeddings, and every KV slot full.
     pub bytes: u64,
 }
@@ -162,6 +164,7 @@ impl ModelRegistry {
             entry,
             frontend,
             backend: Arc::new(engine),
+            grammar: Default::default(),
             bytes,
         }))
     }

@@ -187,7 +187,7 @@ impl Scheduler {
             Err(_) => return self.fail_batch(&plan, "model step panicked".into()),
         };
 
-        let mut rows = logits.iter();
+        let mut rows = logits.into_iter();
         let mut finished = Vec::new();
         for (&(i, take), wants_logits) in plan.iter().zip(wants) {
             let seq = &mut self.running[i];
@@ -195,10 +195,12 @@ impl Scheduler {
             if !wants_logits {
                 continue;
             }
-            let row = rows.next().expect("one logits row per sampling sequence");
-            if let Progress::Finished =
-                seq.advance(row, &self.frontend.tokenizer, self.frontend.context_length)
-            {
+            let mut row = rows.next().expect("one logits row per sampling sequence");
+            if let Progress::Finished = seq.advance(
+                &mut row,
+                &self.frontend.tokenizer,
+                self.frontend.context_length,
+            ) {
                 finished.push(i);
             }
         }

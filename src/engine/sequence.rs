@@ -3,6 +3,7 @@
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::constraint::Constraint;
 use super::sampler::Sampler;
 use super::stop::{StopMatcher, StopOutcome};
 use super::{Event, FinishReason, GenerateRequest, Usage};
@@ -20,6 +21,7 @@ pub struct Sequence {
     sampler: Sampler,
     decoder: StreamDecoder,
     stop: StopMatcher,
+    constraint: Option<Constraint>,
     events: UnboundedSender<Event>,
 }
 
@@ -49,6 +51,7 @@ impl Sequence {
             sampler,
             decoder: StreamDecoder::new(),
             stop: StopMatcher::new(request.stop),
+            constraint: request.constraint,
             events,
         }
     }
@@ -86,14 +89,20 @@ impl Sequence {
     /// Sample the next token from this sequence's logits and emit what it produces.
     pub fn advance(
         &mut self,
-        logits: &[f32],
+        logits: &mut [f32],
         tokenizer: &Tokenizer,
         context_length: usize,
     ) -> Progress {
+        if let Some(Err(e)) = self.constraint.as_mut().map(|c| c.mask(logits)) {
+            return self.fail(format!("constrained decoding failed: {e}"));
+        }
         let sampled = self.sampler.sample(logits);
         let token = sampled.token;
         if !self.ignore_eos && tokenizer.stop_ids().contains(&token) {
             return self.finish(FinishReason::Stop);
+        }
+        if let Some(Err(e)) = self.constraint.as_mut().map(|c| c.commit(token)) {
+            return self.fail(format!("constrained decoding failed: {e}"));
         }
         self.tokens.push(token);
         if let Some(logprob) = sampled.logprob {
@@ -111,6 +120,13 @@ impl Sequence {
                     return self.finish(FinishReason::Stop);
                 }
             }
+        }
+        if self
+            .constraint
+            .as_ref()
+            .is_some_and(Constraint::is_finished)
+        {
+            return self.finish(FinishReason::Stop);
         }
         if self.generated() >= self.max_tokens || self.tokens.len() >= context_length {
             return self.finish(FinishReason::Length);

@@ -1,0 +1,101 @@
+//! The Lark grammars (for llguidance) that make outputs well-formed: tool calls whose
+//! arguments follow the function's schema, and JSON for `response_format`.
+
+use serde_json::{json, Value};
+
+use super::format::CallFormat;
+use super::spec::{Function, ResponseFormat, ToolChoice, ToolSpec};
+
+/// JSON written the way the models saw it in training (Python's `json.dumps`): `", "` and
+/// `": "` and no other whitespace, so a small model cannot wander off into blank space.
+fn with_layout(mut schema: Value) -> Value {
+    if let Value::Object(map) = &mut schema {
+        map.insert(
+            "x-guidance".into(),
+            json!({
+                "whitespace_flexible": false,
+                "item_separator": ", ",
+                "key_separator": ": ",
+            }),
+        );
+    }
+    schema
+}
+
+/// The schema of one call object, `{"name": …, "arguments": {…}}`, to any of `functions`.
+fn call_schema(functions: &[&Function]) -> Value {
+    let one = |f: &Function| {
+        json!({
+            "type": "object",
+            "properties": {
+                "name": { "const": f.name },
+                "arguments": f.parameters,
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": false,
+        })
+    };
+    match functions {
+        [f] => one(f),
+        many => json!({ "anyOf": many.iter().map(|f| one(f)).collect::<Vec<_>>() }),
+    }
+}
+
+/// A Lark string literal.
+fn literal(text: &str) -> String {
+    serde_json::to_string(text).expect("strings serialize")
+}
+
+/// The grammar the output must follow, or None when the output is free text: a forced call
+/// (`required` or a named function), or JSON for `response_format`.
+pub fn grammar(spec: &ToolSpec, format: CallFormat) -> Option<String> {
+    let forced = matches!(spec.choice, ToolChoice::Required | ToolChoice::Named(_));
+    if spec.offers_tools() && forced {
+        let several = spec.parallel && matches!(spec.choice, ToolChoice::Required);
+        return Some(calls_grammar(&spec.callable(), format, several));
+    }
+    match &spec.format {
+        ResponseFormat::Text => None,
+        ResponseFormat::JsonObject => Some(json_grammar(&json!({ "type": "object" }))),
+        ResponseFormat::JsonSchema { schema, .. } => Some(json_grammar(schema)),
+    }
+}
+
+/// Exactly one JSON value valid against `schema`.
+pub fn json_grammar(schema: &Value) -> String {
+    format!("start: %json {}\n", with_layout(schema.clone()))
+}
+
+/// One call (or, with `several`, one or more) in the model's call format, nothing else.
+fn calls_grammar(functions: &[&Function], format: CallFormat, several: bool) -> String {
+    let call = format!("call: %json {}", with_layout(call_schema(functions)));
+    let (open, close) = (literal(format.open), literal(format.close));
+    if format.list {
+        // `<tool_call>[{…}, {…}]</tool_call>`
+        let more = if several { " (\", \" call)*" } else { "" };
+        format!("start: {open} \"[\" call{more} \"]\" {close}\n{call}\n")
+    } else {
+        // `<tool_call>\n{…}\n</tool_call>`, one block per call.
+        let more = if several { " (\"\\n\" block)*" } else { "" };
+        format!("start: block{more}\nblock: {open} \"\\n\" call \"\\n\" {close}\n{call}\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_named_call_has_no_repetition() {
+        let f = Function {
+            name: "f".into(),
+            description: None,
+            parameters: json!({ "type": "object" }),
+        };
+        let g = calls_grammar(&[&f], CallFormat::HERMES, false);
+        assert!(g.starts_with("start: block\n"), "{g}");
+        assert!(g.contains(r#""const":"f""#), "{g}");
+        let g = calls_grammar(&[&f], CallFormat::LIST, true);
+        assert!(g.contains("(\", \" call)*"), "{g}");
+    }
+}

@@ -1,0 +1,96 @@
+//! Tool calling and structured output.
+//!
+//! The entry point is [`prepare`]: from a request's checked [`ToolSpec`] (`tools`,
+//! `tool_choice`, `response_format`, `parallel_tool_calls`), its messages and the model's
+//! template and grammar compiler, it gives the prompt text, the constraint for the engine
+//! (when the output's shape is forced) and the call format to read the answer with
+//! ([`CallSplitter`] / [`split_answer`]).
+
+mod format;
+mod grammar;
+mod parse;
+mod spec;
+
+pub use format::CallFormat;
+pub use grammar::{grammar as output_grammar, json_grammar};
+pub use parse::{split_answer, CallSplitter, Piece, ToolCall};
+pub use spec::{check_schema, Function, ResponseFormat, ToolChoice, ToolSpec};
+
+use crate::engine::{Constraint, GrammarCompiler};
+use crate::template::{ChatMessage, ChatTemplate, TemplateError};
+use crate::tokenizer::Tokenizer;
+
+/// A problem with the request's tool or format fields: a 400 naming `param`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolError {
+    pub message: String,
+    pub param: String,
+}
+
+impl ToolError {
+    pub fn new(message: impl Into<String>, param: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            param: param.into(),
+        }
+    }
+}
+
+/// Why a request could not be prepared.
+#[derive(Debug)]
+pub enum PrepareError {
+    /// The chat template failed on the messages.
+    Template(TemplateError),
+    /// A grammar the request implies could not be compiled (a schema the engine cannot
+    /// enforce): the caller's problem.
+    Fields(ToolError),
+}
+
+/// What the prompt and the engine need for one request.
+pub struct Prepared {
+    pub prompt: String,
+    /// The grammar the output must follow; None for free text.
+    pub constraint: Option<Constraint>,
+    /// Read the answer for calls in this format; None when no tools are offered.
+    pub calls: Option<CallFormat>,
+}
+
+/// Render the prompt with the tools offered and build the output's constraint.
+pub fn prepare(
+    spec: &ToolSpec,
+    messages: Vec<ChatMessage>,
+    template: &ChatTemplate,
+    tokenizer: &Tokenizer,
+    compiler: &GrammarCompiler,
+) -> Result<Prepared, PrepareError> {
+    let prompt = format::render(template, spec, messages).map_err(PrepareError::Template)?;
+    let constraint = match grammar::grammar(spec, prompt.format) {
+        None => None,
+        Some(lark) => Some(
+            compiler
+                .compile(tokenizer, &lark)
+                .map_err(|e| PrepareError::Fields(uncompilable(spec, &format!("{e:#}"))))?,
+        ),
+    };
+    Ok(Prepared {
+        prompt: prompt.text,
+        constraint,
+        calls: spec.offers_tools().then_some(prompt.format),
+    })
+}
+
+/// The error for a grammar llguidance refused, blamed on the field it came from.
+fn uncompilable(spec: &ToolSpec, why: &str) -> ToolError {
+    let forced = matches!(spec.choice, ToolChoice::Required | ToolChoice::Named(_));
+    if spec.offers_tools() && forced {
+        ToolError::new(
+            format!("The tools' parameter schemas cannot be enforced: {why}"),
+            "tools",
+        )
+    } else {
+        ToolError::new(
+            format!("response_format's schema cannot be enforced: {why}"),
+            "response_format",
+        )
+    }
+}
