@@ -301,13 +301,22 @@ async fn a_full_round_trip_ends_in_an_answer() {
         assert!(message.tool_calls.is_none(), "{model}: {answer:?}");
         let text = message.content.clone().unwrap_or_default();
         assert!(!text.trim().is_empty(), "{model}: {answer:?}");
-        if model == QWEN {
-            // The result reached the model: it reports what the tool said.
-            assert!(
-                text.contains("21") || text.to_lowercase().contains("sunny"),
-                "{text}"
-            );
-        }
+        // The call and its result reached the prompt (what the model makes of them is its
+        // own affair: greedy Qwen2.5-Coder-0.5B sometimes repeats the call).
+        let mut alone = tool_request(
+            model,
+            vec![user("What is the weather in Rome? Use celsius.")],
+            ChatCompletionToolChoiceOption::Mode(ToolChoiceOptions::None),
+            5,
+        );
+        alone.max_tokens = Some(1);
+        let alone = client().chat().create(alone).await.expect("question alone");
+        let before = alone.usage.as_ref().unwrap().prompt_tokens;
+        let after = answer.usage.as_ref().unwrap().prompt_tokens;
+        assert!(
+            after > before + 20,
+            "{model}: {before} → {after} prompt tokens"
+        );
     }
 }
 
