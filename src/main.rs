@@ -14,8 +14,17 @@ use wick::server::Server;
     about = "A local OpenAI-compatible server for open chat models"
 )]
 struct Cli {
+    /// Log lines as text for people or JSON (one object a line) for log collectors.
+    #[arg(long, global = true, env = "WICK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -36,19 +45,35 @@ enum Command {
     },
     /// Measure prompt processing, decode speed and time to first token.
     Bench(wick::bench::BenchArgs),
+    /// Chat with a model in the terminal, on the engine in this process (no server).
+    Chat(wick::chat::ChatArgs),
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("WICK_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            // A chat keeps the terminal for the conversation: only warnings there.
+            EnvFilter::try_from_env("WICK_LOG").unwrap_or_else(|_| {
+                EnvFilter::new(match cli.command {
+                    Command::Chat(_) => "warn",
+                    _ => "info",
+                })
+            }),
+        )
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
     let threads = match &cli.command {
         Command::Serve(args) => args.threads,
         Command::Bench(args) => args.serve.threads,
+        Command::Chat(args) => args.threads,
         _ => None,
     };
     // Before the runtime starts any thread.
@@ -65,6 +90,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Bench(args) => wick::bench::run(args).await,
+            Command::Chat(args) => wick::chat::run(args).await,
         }
     })
 }
@@ -76,11 +102,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server.state.default_model,
         server.addr
     );
-    server
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    server.run(wick::service::termination_signal()).await
 }
 
 async fn pull(id: Option<String>, catalog_args: CatalogArgs) -> anyhow::Result<()> {

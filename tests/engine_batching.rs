@@ -43,6 +43,7 @@ fn request(prompt: Vec<u32>, temperature: f32, seed: u64, max_tokens: usize) -> 
         max_tokens,
         stop: vec![],
         ignore_eos: false,
+        deadline: None,
     }
 }
 

@@ -172,6 +172,7 @@ async fn greedy(engine: &Engine, prompt: Vec<u32>) -> String {
         max_tokens: 16,
         stop: vec![],
         ignore_eos: false,
+        deadline: None,
     };
     common::collect_text(engine.submit(request).unwrap()).await
 }
@@ -251,6 +252,7 @@ async fn qwen_coder_1_5b_answers_a_tiny_question() {
         max_tokens: 8,
         stop: vec![],
         ignore_eos: false,
+        deadline: None,
     };
     let text = common::collect_text(engine.submit(request).unwrap()).await;
     assert!(text.contains('4'), "{text:?}");

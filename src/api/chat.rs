@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_openai::types::chat::{
     ChatChoice, ChatChoiceStream, ChatCompletionResponseMessage, ChatCompletionStreamResponseDelta,
@@ -26,6 +26,7 @@ use super::AppState;
 use crate::engine::{
     Event, EventStream, FinishReason, GenerateRequest, ServedModel, SubmitError, Usage,
 };
+use crate::metrics::GenerationTimer;
 use crate::routing::{self, tradition, Family, Mechanism, RoutingFields, Tradition};
 use crate::template::TemplateError;
 
@@ -33,7 +34,7 @@ pub async fn completions_v1(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond(handle(&state, body, Version::V1).await)
+    respond(handle(&state, body, Version::V1, Instant::now()).await)
 }
 
 /// The V2 contract (shared/ROUTING.md): routing by tier or family, tradition layers, and
@@ -42,7 +43,7 @@ pub async fn completions_v2(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond(handle(&state, body, Version::V2).await)
+    respond(handle(&state, body, Version::V2, Instant::now()).await)
 }
 
 fn respond(result: Result<Response, ApiError>) -> Response {
@@ -92,6 +93,7 @@ async fn handle(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
     version: Version,
+    arrived: Instant,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -172,6 +174,7 @@ async fn handle(
             max_tokens,
             stop: settings.stop,
             ignore_eos: settings.ignore_eos,
+            deadline: state.request_timeout.map(|limit| arrived + limit),
         })
         .map_err(|e| match e {
             SubmitError::QueueFull(_) => ApiError::busy(e.to_string()),
@@ -186,16 +189,52 @@ async fn handle(
         model: served.entry.id.clone(),
         meta,
     };
+    let progress = Progress {
+        timer: GenerationTimer::new(&served.entry.id, arrived),
+        end: state.end_streams.clone(),
+    };
     if settings.stream {
-        Ok(
-            Sse::new(stream_chunks(answer, events, settings.include_usage))
-                .keep_alive(KeepAlive::default())
-                .into_response(),
-        )
+        Ok(Sse::new(stream_chunks(
+            answer,
+            events,
+            settings.include_usage,
+            progress,
+        ))
+        .keep_alive(KeepAlive::default())
+        .into_response())
     } else {
-        collect(answer, events).await
+        collect(answer, events, progress).await
     }
 }
+
+/// What watches a generation on its way out: its timings for /metrics, and the signal
+/// that the shutdown grace is over.
+struct Progress {
+    timer: GenerationTimer,
+    end: tokio_util::sync::CancellationToken,
+}
+
+impl Progress {
+    /// The next engine event, timed; `None` when the server is ending the request.
+    async fn next(&mut self, events: &mut EventStream) -> Option<Option<Event>> {
+        let event = tokio::select! {
+            biased;
+            event = events.recv() => event,
+            _ = self.end.cancelled() => return None,
+        };
+        match &event {
+            Some(Event::Text(_)) => self.timer.text(),
+            Some(Event::Done { usage, .. }) => self
+                .timer
+                .done(usage.prompt_tokens, usage.completion_tokens),
+            _ => {}
+        }
+        Some(event)
+    }
+}
+
+/// Why a request still running at the end of the shutdown grace stopped.
+const SHUTTING_DOWN: &str = "the server is shutting down";
 
 /// The completion budget: what the caller asked for, or all the context the prompt leaves.
 fn fit_context(
@@ -243,9 +282,19 @@ fn usage(u: Usage) -> CompletionUsage {
 }
 
 #[allow(deprecated)] // function_call and system_fingerprint are deprecated but part of the types
-async fn collect(answer: Answer, mut events: EventStream) -> Result<Response, ApiError> {
+async fn collect(
+    answer: Answer,
+    mut events: EventStream,
+    mut progress: Progress,
+) -> Result<Response, ApiError> {
     let mut text = String::new();
-    while let Some(event) = events.recv().await {
+    loop {
+        let Some(event) = progress.next(&mut events).await else {
+            let mut error = ApiError::unavailable(SHUTTING_DOWN.into());
+            error.param = None;
+            return Err(error.with_code("server_shutting_down"));
+        };
+        let Some(event) = event else { break };
         match event {
             Event::Text(t) => text.push_str(&t),
             Event::Error(message) => return Err(ApiError::internal(message)),
@@ -362,11 +411,18 @@ fn stream_chunks(
     answer: Answer,
     mut events: EventStream,
     include_usage: bool,
+    mut progress: Progress,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
         yield Ok(chunk_event(&answer, chunk(&answer, delta(Some(Role::Assistant), Some(String::new())), None)));
         let mut ended = false;
-        while let Some(event) = events.recv().await {
+        loop {
+            let Some(event) = progress.next(&mut events).await else {
+                yield Ok(error_chunk(&answer, SHUTTING_DOWN.into()));
+                ended = true;
+                break;
+            };
+            let Some(event) = event else { break };
             match event {
                 Event::Text(text) => {
                     yield Ok(chunk_event(&answer, chunk(&answer, delta(None, Some(text)), None)));

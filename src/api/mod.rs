@@ -1,9 +1,12 @@
 //! The HTTP API: an axum router speaking OpenAI's JSON and server-sent events. It knows
 //! HTTP and JSON, not candle: generation goes through [`crate::engine::Backend`].
 
+pub mod auth;
 mod chat;
 pub mod error;
 mod health;
+mod layers;
+mod metrics;
 mod models;
 pub mod request;
 
@@ -14,7 +17,6 @@ use axum::http::Uri;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
-use tower_http::trace::TraceLayer;
 
 use crate::engine::{LoadError, ModelRegistry, ServedModel};
 use crate::routing::TraditionLayers;
@@ -32,6 +34,16 @@ pub struct AppState {
     /// The `provider` of /v2 responses.
     pub provider: String,
     pub traditions: TraditionLayers,
+    /// Keys for /v1, /v2 and /ai (`--api-key`); empty: open.
+    pub api_keys: auth::Keys,
+    /// Key for /metrics (`--metrics-key`); empty: open.
+    pub metrics_key: auth::Keys,
+    /// Browser origins CORS allows (`*` for any); empty: CORS off.
+    pub cors_origins: Vec<String>,
+    /// How long one request may generate (`--request-timeout`).
+    pub request_timeout: Option<std::time::Duration>,
+    /// Cancelled when the shutdown grace is over: streams still running end then.
+    pub end_streams: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -53,7 +65,8 @@ impl AppState {
 
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.body_limit;
-    Router::new()
+    // Everything that generates or describes models needs an API key when one is set.
+    let keyed = Router::new()
         .route("/v1/chat/completions", post(chat::completions_v1))
         .route("/v2/chat/completions", post(chat::completions_v2))
         // The prefixes of the Gloo AI API, so its clients move by changing the host alone.
@@ -61,12 +74,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ai/v2/chat/completions", post(chat::completions_v2))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::one))
+        .route_layer(state.api_keys.clone().layer());
+    let scraped = Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .route_layer(state.metrics_key.clone().layer());
+    let app = Router::new()
+        .merge(keyed)
+        .merge(scraped)
         .route("/health", get(health::health))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit));
+    layers::around(app, &state.cors_origins).with_state(state)
 }
 
 async fn unknown_route(uri: Uri) -> impl IntoResponse {

@@ -17,6 +17,7 @@ pub struct Sequence {
     pub slot: usize,
     max_tokens: usize,
     ignore_eos: bool,
+    deadline: Option<std::time::Instant>,
     sampler: Sampler,
     decoder: StreamDecoder,
     stop: StopMatcher,
@@ -45,6 +46,7 @@ impl Sequence {
             slot,
             max_tokens: request.max_tokens,
             ignore_eos: request.ignore_eos,
+            deadline: request.deadline,
             sampler: Sampler::new(request.sampling),
             decoder: StreamDecoder::new(),
             stop: StopMatcher::new(request.stop),
@@ -107,7 +109,11 @@ impl Sequence {
                 }
             }
         }
-        if self.generated() >= self.max_tokens || self.tokens.len() >= context_length {
+        let out_of_time = self
+            .deadline
+            .is_some_and(|d| std::time::Instant::now() >= d);
+        if self.generated() >= self.max_tokens || self.tokens.len() >= context_length || out_of_time
+        {
             return self.finish(FinishReason::Length);
         }
         Progress::Continue
