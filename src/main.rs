@@ -64,11 +64,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.init(),
-        LogFormat::Json => logs
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
+        LogFormat::Json => logs.json().flatten_event(true).with_span_list(false).init(),
     }
     let threads = match &cli.command {
         Command::Serve(args) => args.threads,
@@ -96,13 +92,25 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let server = Server::build(&args, &BarProgress::new()).await?;
+    let server = Server::bind(&args, &BarProgress::new()).await?;
     tracing::info!(
-        "wick serves '{}' at http://{}/v1",
+        "wick serves '{}' at http://{}/v1 (loading it now)",
         server.state.default_model,
         server.addr
     );
-    server.run(wick::service::termination_signal()).await
+    // Serve while the default model loads, so /health answers `loading`; a model that
+    // fails to load stops the server.
+    let load = server.load_default();
+    let run = server.run(wick::service::termination_signal());
+    tokio::pin!(run);
+    tokio::select! {
+        stopped = &mut run => stopped,
+        loaded = load => {
+            loaded?;
+            tracing::info!("model ready: serving");
+            run.await
+        }
+    }
 }
 
 async fn pull(id: Option<String>, catalog_args: CatalogArgs) -> anyhow::Result<()> {

@@ -31,6 +31,23 @@ impl Server {
     /// Fetch (if needed) and load the default model, start its engine, and bind the socket.
     /// The catalog's other models load on first use.
     pub async fn build(args: &ServeArgs, progress: &dyn Progress) -> anyhow::Result<Self> {
+        let server = Self::bind(args, progress).await?;
+        server.load_default().await?;
+        Ok(server)
+    }
+
+    /// Load the default model (what `build` waits for; `wick serve` runs it beside the
+    /// server, so /health can say `loading` meanwhile).
+    pub fn load_default(&self) -> impl std::future::Future<Output = anyhow::Result<()>> + 'static {
+        let (models, id) = (self.state.models.clone(), self.state.default_model.clone());
+        async move {
+            models.get(&id).await?;
+            Ok(())
+        }
+    }
+
+    /// Fetch (if needed) the default model and bind the socket, without loading the model.
+    pub async fn bind(args: &ServeArgs, progress: &dyn Progress) -> anyhow::Result<Self> {
         let catalog = args.catalog.load()?;
         let default_model = args
             .model
@@ -72,7 +89,6 @@ impl Server {
             },
             Device::Cpu,
         ));
-        registry.get(&default_model).await?;
 
         let listener = TcpListener::bind((args.host.as_str(), args.port))
             .await
