@@ -72,6 +72,19 @@ fn finish_reasons(chunks: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// The whole body of a chat completion request (an SSE stream's text, for streams).
+async fn chat_text(base: &str, body: &Value) -> String {
+    reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn metrics_text(base: &str) -> String {
     let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
     assert_eq!(response.status(), 200);
@@ -259,15 +272,7 @@ async fn metrics_move_after_a_request() {
     let before = metrics_text(&base).await;
     let (status, body) = common::post_raw("/v1/chat/completions", &hello(3).to_string()).await;
     assert_eq!(status, 200, "{body}");
-    let stream = reqwest::Client::new()
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&long_stream(4))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let stream = chat_text(&base, &long_stream(4)).await;
     assert_eq!(finish_reasons(&chunks(&stream)), ["length"]);
     let after = metrics_text(&base).await;
 
@@ -325,15 +330,7 @@ async fn the_request_timeout_ends_generation_with_length() {
         "{body}"
     );
 
-    let stream = http
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&long_stream(500))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let stream = chat_text(&base, &long_stream(500)).await;
     let chunks = chunks(&stream);
     assert_eq!(finish_reasons(&chunks), ["length"]);
     let usage = &chunks.last().unwrap()["usage"];
@@ -391,61 +388,59 @@ async fn rest_of(mut response: reqwest::Response, mut seen: String) -> String {
     seen
 }
 
-#[tokio::test]
-async fn shutdown_lets_running_streams_finish_within_the_grace() {
+/// Start a server with this shutdown grace, start a stream of `max_tokens`, ask the server
+/// to stop after its first text, and return the stream's chunks once the server has
+/// stopped cleanly (and no longer listens).
+async fn shutdown_during_a_stream(grace: f64, max_tokens: u32) -> (Vec<Value>, String) {
     let mut args = small_args();
-    args.service.shutdown_grace = 600.0;
+    args.service.shutdown_grace = grace;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (addr, done) = common::start_stoppable_server(args, async {
         let _ = stopped.await;
     });
-    let base = format!("http://{addr}");
-    let (response, seen) = started_stream(&base, 40).await;
+    let (response, seen) = started_stream(&format!("http://{addr}"), max_tokens).await;
     stop.send(()).unwrap();
     let text = rest_of(response, seen).await;
-    let chunks = chunks(&text);
-    assert_eq!(finish_reasons(&chunks), ["length"], "{text}");
-    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 40);
     let result = tokio::task::spawn_blocking(move || done.recv().unwrap())
         .await
         .unwrap();
-    assert_eq!(result, Ok(()));
-    // Stopped: nothing listens any more.
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    assert_eq!(result, Ok(()), "the server stops cleanly");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "nothing listens any more"
+    );
+    (chunks(&text), text)
+}
+
+#[tokio::test]
+async fn shutdown_lets_running_streams_finish_within_the_grace() {
+    let (chunks, text) = shutdown_during_a_stream(600.0, 40).await;
+    assert_eq!(finish_reasons(&chunks), ["length"], "{text}");
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 40);
 }
 
 #[tokio::test]
 async fn shutdown_ends_streams_still_running_after_the_grace_with_an_error_chunk() {
-    let mut args = small_args();
-    args.service.shutdown_grace = 0.0;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (addr, done) = common::start_stoppable_server(args, async {
-        let _ = stopped.await;
-    });
-    let base = format!("http://{addr}");
-    let (response, seen) = started_stream(&base, 900).await;
-    stop.send(()).unwrap();
-    let text = rest_of(response, seen).await;
-    let chunks = chunks(&text);
+    let (chunks, text) = shutdown_during_a_stream(0.0, 900).await;
     assert_eq!(finish_reasons(&chunks), ["error"], "{text}");
     let last = chunks.last().unwrap();
     assert!(last["error"]["message"]
         .as_str()
         .unwrap()
         .contains("shutting down"));
-    let result = tokio::task::spawn_blocking(move || done.recv().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(result, Ok(()));
 }
 
-async fn health(base: &str) -> Value {
-    reqwest::get(format!("{base}/health"))
+async fn get_json(base: &str, path: &str) -> Value {
+    reqwest::get(format!("{base}{path}"))
         .await
         .unwrap()
         .json()
         .await
         .unwrap()
+}
+
+async fn health(base: &str) -> Value {
+    get_json(base, "/health").await
 }
 
 #[tokio::test]
@@ -470,14 +465,7 @@ async fn keep_alive_unloads_an_idle_model_and_it_loads_again() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(unloaded, "the idle model was never unloaded");
-    let card: Value = http
-        .get(format!("{base}/v1/models/smollm2-135m-instruct"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let card = get_json(&base, "/v1/models/smollm2-135m-instruct").await;
     assert_eq!(card["loaded"], false, "{card}");
     let metrics = metrics_text(&base).await;
     assert!(metrics.contains("wick_models_loaded"));
