@@ -57,6 +57,8 @@ fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_env("WICK_LOG").unwrap_or_else(|_| {
                 EnvFilter::new(match cli.command {
                     Command::Chat(_) => "warn",
+                    // The in-process server's request lines would bury the bench's progress.
+                    Command::Bench(_) => "info,tower_http=warn",
                     _ => "info",
                 })
             }),

@@ -131,7 +131,8 @@ pub async fn soak(
 /// One streamed request with a random prompt length and `max_tokens`; one in four hangs up
 /// after a few chunks.
 async fn one_request(target: &Target, rng: &mut impl Rng, run: usize) -> Outcome {
-    let sentences = rng.random_range(1..=60);
+    // Up to about 500 prompt tokens, so a 1024-token context still fits.
+    let sentences = rng.random_range(1..=24);
     let max_tokens = rng.random_range(1..=96);
     let hang_up_after = rng.random_bool(0.25).then(|| rng.random_range(1..=8));
     let body = json!({
