@@ -224,3 +224,38 @@ pub fn init_threads(threads: Option<usize>) {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_come_from_flags_and_the_key_file() {
+        let file = std::env::temp_dir().join(format!("wick-keys-{}", std::process::id()));
+        std::fs::write(&file, "# team keys\nfile-key-1\n\n  file-key-2  \n").unwrap();
+        let args = ServiceArgs {
+            api_keys: vec!["flag-key".into(), " ".into()],
+            api_key_file: Some(file.clone()),
+            ..ServiceArgs::default()
+        };
+        let keys = args.load_api_keys().unwrap();
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(keys, ["flag-key", "file-key-1", "file-key-2"]);
+    }
+
+    #[test]
+    fn durations_must_be_non_negative_seconds() {
+        let mut args = ServiceArgs {
+            request_timeout: Some(1.5),
+            keep_alive: Some(-1.0),
+            ..ServiceArgs::default()
+        };
+        assert_eq!(
+            args.request_timeout().unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        assert!(args.keep_alive().is_err());
+        args.keep_alive = None;
+        assert_eq!(args.keep_alive().unwrap(), None);
+    }
+}

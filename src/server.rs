@@ -48,6 +48,8 @@ impl Server {
 
     /// Fetch (if needed) the default model and bind the socket, without loading the model.
     pub async fn bind(args: &ServeArgs, progress: &dyn Progress) -> anyhow::Result<Self> {
+        // Installed before anything is counted: the facade drops what comes before.
+        crate::metrics::handle();
         let catalog = args.catalog.load()?;
         let default_model = args
             .model
