@@ -2,7 +2,9 @@
 //! here (and in the README's table).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 
 use crate::catalog::Catalog;
@@ -79,6 +81,92 @@ pub struct ServeArgs {
     /// Tradition layers file (TOML). Default: ./traditions.toml if present, else the built-in one.
     #[arg(long, env = "WICK_TRADITIONS")]
     pub traditions: Option<PathBuf>,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+}
+
+/// Settings for running wick as a shared service: access, limits, metrics, lifecycle.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServiceArgs {
+    /// API key clients must send as `Authorization: Bearer KEY` on /v1, /v2 and /ai routes
+    /// (repeatable; the variable takes a comma-separated list). Default: no key needed.
+    #[arg(
+        long = "api-key",
+        env = "WICK_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// File with one API key per line (blank lines and `#` comments are skipped).
+    #[arg(long, env = "WICK_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Key that GET /metrics requires as `Authorization: Bearer KEY`. Default: /metrics is open.
+    #[arg(long, env = "WICK_METRICS_KEY", hide_env_values = true)]
+    pub metrics_key: Option<String>,
+    /// Browser origin allowed by CORS (repeatable, or `*` for any). Default: CORS off.
+    #[arg(long = "cors-origin", env = "WICK_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Seconds a request may take; then generation stops with finish_reason `length`.
+    /// Default: no limit.
+    #[arg(long, env = "WICK_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<f64>,
+    /// Most client connections open at once; past it new connections get 503 and are closed.
+    #[arg(long, env = "WICK_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+    /// Seconds running streams get to finish after SIGINT/SIGTERM; the rest end with an error chunk.
+    #[arg(long, env = "WICK_SHUTDOWN_GRACE", default_value_t = 30.0)]
+    pub shutdown_grace: f64,
+    /// Seconds a model may stay idle before it is unloaded (it loads again on next use).
+    /// Default: models stay loaded.
+    #[arg(long, env = "WICK_KEEP_ALIVE")]
+    pub keep_alive: Option<f64>,
+}
+
+impl ServiceArgs {
+    /// Every API key: `--api-key`/`WICK_API_KEY` and the lines of `--api-key-file`.
+    pub fn load_api_keys(&self) -> anyhow::Result<Vec<String>> {
+        let mut keys: Vec<String> = self
+            .api_keys
+            .iter()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect();
+        if let Some(path) = &self.api_key_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the API key file {}", path.display()))?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+            if keys.is_empty() {
+                anyhow::bail!("the API key file {} holds no key", path.display());
+            }
+        }
+        Ok(keys)
+    }
+
+    pub fn request_timeout(&self) -> anyhow::Result<Option<Duration>> {
+        self.request_timeout
+            .map(|s| seconds("--request-timeout", s))
+            .transpose()
+    }
+
+    pub fn shutdown_grace(&self) -> anyhow::Result<Duration> {
+        seconds("--shutdown-grace", self.shutdown_grace)
+    }
+
+    pub fn keep_alive(&self) -> anyhow::Result<Option<Duration>> {
+        self.keep_alive
+            .map(|s| seconds("--keep-alive", s))
+            .transpose()
+    }
+}
+
+fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| anyhow::anyhow!("{flag} must be a number of seconds ≥ 0, not {value}"))
 }
 
 impl ServeArgs {
@@ -114,6 +202,11 @@ impl ServeArgs {
             memory_budget: None,
             provider_name: "wick".into(),
             traditions: None,
+            service: ServiceArgs {
+                max_connections: 512,
+                shutdown_grace: 30.0,
+                ..ServiceArgs::default()
+            },
         }
     }
 }
@@ -129,5 +222,40 @@ pub fn init_threads(threads: Option<usize>) {
     });
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_come_from_flags_and_the_key_file() {
+        let file = std::env::temp_dir().join(format!("wick-keys-{}", std::process::id()));
+        std::fs::write(&file, "# team keys\nfile-key-1\n\n  file-key-2  \n").unwrap();
+        let args = ServiceArgs {
+            api_keys: vec!["flag-key".into(), " ".into()],
+            api_key_file: Some(file.clone()),
+            ..ServiceArgs::default()
+        };
+        let keys = args.load_api_keys().unwrap();
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(keys, ["flag-key", "file-key-1", "file-key-2"]);
+    }
+
+    #[test]
+    fn durations_must_be_non_negative_seconds() {
+        let mut args = ServiceArgs {
+            request_timeout: Some(1.5),
+            keep_alive: Some(-1.0),
+            ..ServiceArgs::default()
+        };
+        assert_eq!(
+            args.request_timeout().unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        assert!(args.keep_alive().is_err());
+        args.keep_alive = None;
+        assert_eq!(args.keep_alive().unwrap(), None);
     }
 }

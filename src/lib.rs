@@ -6,11 +6,14 @@
 pub mod api;
 pub mod bench;
 pub mod catalog;
+pub mod chat;
 pub mod config;
 pub mod engine;
+pub mod metrics;
 pub mod model;
 pub mod routing;
 pub mod server;
+pub mod service;
 pub mod template;
 pub mod tokenizer;
 pub mod tools;

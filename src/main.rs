@@ -14,8 +14,17 @@ use wick::server::Server;
     about = "A local OpenAI-compatible server for open chat models"
 )]
 struct Cli {
+    /// Log lines as text for people or JSON (one object a line) for log collectors.
+    #[arg(long, global = true, env = "WICK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -36,19 +45,33 @@ enum Command {
     },
     /// Measure prompt processing, decode speed and time to first token.
     Bench(wick::bench::BenchArgs),
+    /// Chat with a model in the terminal, on the engine in this process (no server).
+    Chat(wick::chat::ChatArgs),
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("WICK_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            // A chat keeps the terminal for the conversation: only warnings there.
+            EnvFilter::try_from_env("WICK_LOG").unwrap_or_else(|_| {
+                EnvFilter::new(match cli.command {
+                    Command::Chat(_) => "warn",
+                    // The in-process server's request lines would bury the bench's progress.
+                    Command::Bench(_) => "info,tower_http=warn",
+                    _ => "info",
+                })
+            }),
+        )
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).with_span_list(false).init(),
+    }
     let threads = match &cli.command {
         Command::Serve(args) => args.threads,
         Command::Bench(args) => args.serve.threads,
+        Command::Chat(args) => args.threads,
         _ => None,
     };
     // Before the runtime starts any thread.
@@ -65,22 +88,31 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Bench(args) => wick::bench::run(args).await,
+            Command::Chat(args) => wick::chat::run(args).await,
         }
     })
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let server = Server::build(&args, &BarProgress::new()).await?;
+    let server = Server::bind(&args, &BarProgress::new()).await?;
     tracing::info!(
-        "wick serves '{}' at http://{}/v1",
+        "wick serves '{}' at http://{}/v1 (loading it now)",
         server.state.default_model,
         server.addr
     );
-    server
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+    // Serve while the default model loads, so /health answers `loading`; a model that
+    // fails to load stops the server.
+    let load = server.load_default();
+    let run = server.run(wick::service::termination_signal());
+    tokio::pin!(run);
+    tokio::select! {
+        stopped = &mut run => stopped,
+        loaded = load => {
+            loaded?;
+            tracing::info!("model ready: serving");
+            run.await
+        }
+    }
 }
 
 async fn pull(id: Option<String>, catalog_args: CatalogArgs) -> anyhow::Result<()> {

@@ -5,25 +5,51 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::time::Duration;
+
 use anyhow::Context;
 use candle_core::Device;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
+use crate::api::auth::Keys;
 use crate::api::{self, AppState};
 use crate::catalog::{ModelStore, Progress};
 use crate::config::ServeArgs;
 use crate::engine::{EngineConfig, ModelRegistry, RegistryLimits};
+use crate::service::{self, connections::LimitedListener};
 
 pub struct Server {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
     listener: TcpListener,
+    max_connections: usize,
+    shutdown_grace: Duration,
 }
 
 impl Server {
     /// Fetch (if needed) and load the default model, start its engine, and bind the socket.
     /// The catalog's other models load on first use.
     pub async fn build(args: &ServeArgs, progress: &dyn Progress) -> anyhow::Result<Self> {
+        let server = Self::bind(args, progress).await?;
+        server.load_default().await?;
+        Ok(server)
+    }
+
+    /// Load the default model (what `build` waits for; `wick serve` runs it beside the
+    /// server, so /health can say `loading` meanwhile).
+    pub fn load_default(&self) -> impl std::future::Future<Output = anyhow::Result<()>> + 'static {
+        let (models, id) = (self.state.models.clone(), self.state.default_model.clone());
+        async move {
+            models.get(&id).await?;
+            Ok(())
+        }
+    }
+
+    /// Fetch (if needed) the default model and bind the socket, without loading the model.
+    pub async fn bind(args: &ServeArgs, progress: &dyn Progress) -> anyhow::Result<Self> {
+        // Installed before anything is counted: the facade drops what comes before.
+        crate::metrics::handle();
         let catalog = args.catalog.load()?;
         let default_model = args
             .model
@@ -37,6 +63,11 @@ impl Server {
             );
         }
         let traditions = args.load_traditions()?;
+        let service = &args.service;
+        let api_keys = service.load_api_keys()?;
+        let request_timeout = service.request_timeout()?;
+        let shutdown_grace = service.shutdown_grace()?;
+        let keep_alive = service.keep_alive()?;
         let store = ModelStore::new(args.catalog.cache_dir());
         // The default model is fetched here, with the caller's progress display, so that
         // starting the server is what downloads it.
@@ -56,15 +87,22 @@ impl Server {
                 memory_budget: args.memory_budget.map(|b| b.as_u64()),
                 context_cap: args.ctx_size,
                 show_progress: std::io::stderr().is_terminal(),
+                keep_alive,
             },
             Device::Cpu,
         ));
-        registry.get(&default_model).await?;
 
         let listener = TcpListener::bind((args.host.as_str(), args.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
         let addr = listener.local_addr()?;
+        if api_keys.is_empty() && !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "listening beyond this machine without an API key: anyone who can reach it \
+                 can use it (set --api-key or WICK_API_KEY)"
+            );
+        }
         let state = Arc::new(AppState {
             models: registry,
             default_model,
@@ -79,22 +117,41 @@ impl Server {
                 crate::api::response_store::CAPACITY,
                 crate::api::response_store::MAX_AGE,
             ),
+            api_keys: Keys::new(api_keys),
+            metrics_key: Keys::new(service.metrics_key.clone()),
+            cors_origins: service.cors_origins.clone(),
+            request_timeout,
+            end_streams: CancellationToken::new(),
         });
         Ok(Self {
             addr,
             state,
             listener,
+            max_connections: service.max_connections,
+            shutdown_grace,
         })
     }
 
-    /// Serve until `shutdown` completes.
+    /// Serve until `shutdown` completes; then stop accepting, give running requests
+    /// `--shutdown-grace` to finish, end the rest with an error chunk, and return.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(self.listener, api::router(self.state))
-            .with_graceful_shutdown(shutdown)
+        let end_streams = self.state.end_streams.clone();
+        let reaper_stop = CancellationToken::new();
+        service::spawn_reaper(self.state.models.clone(), reaper_stop.clone());
+        let _stop_reaper = reaper_stop.drop_guard();
+        let listener = LimitedListener::new(self.listener, self.max_connections);
+        let router = api::router(self.state);
+        axum::serve(listener, router)
+            .with_graceful_shutdown(service::with_grace(
+                shutdown,
+                self.shutdown_grace,
+                end_streams,
+            ))
             .await?;
+        tracing::info!("all connections closed: stopped");
         Ok(())
     }
 }

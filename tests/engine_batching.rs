@@ -45,6 +45,7 @@ fn request(prompt: Vec<u32>, temperature: f32, seed: u64, max_tokens: usize) -> 
         stop: vec![],
         ignore_eos: false,
         constraint: None,
+        deadline: None,
     }
 }
 

@@ -173,6 +173,7 @@ async fn greedy(engine: &Engine, prompt: Vec<u32>) -> String {
         stop: vec![],
         ignore_eos: false,
         constraint: None,
+        deadline: None,
     };
     common::collect_text(engine.submit(request).unwrap()).await
 }
@@ -253,6 +254,7 @@ async fn qwen_coder_1_5b_answers_a_tiny_question() {
         stop: vec![],
         ignore_eos: false,
         constraint: None,
+        deadline: None,
     };
     let text = common::collect_text(engine.submit(request).unwrap()).await;
     assert!(text.contains('4'), "{text:?}");

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_openai::types::chat::{
     ChatChoice, ChatChoiceLogprobs, ChatChoiceStream, ChatCompletionMessageToolCall,
@@ -27,6 +28,7 @@ use super::generation::{self, fit_context, submit_choices, token_text, ChoiceOut
 use super::request::{parse_json, ChatRequest, ChatSettings};
 use super::AppState;
 use crate::engine::{Event, EventStream, FinishReason, ServedModel, TokenLogprob, Usage};
+use crate::metrics::GenerationTimer;
 use crate::routing::{self, tradition, Family, Mechanism, RoutingFields, Tradition};
 use crate::template::TemplateError;
 use crate::tokenizer::Tokenizer;
@@ -36,7 +38,7 @@ pub async fn completions_v1(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond(handle(&state, body, Version::V1).await)
+    respond(handle(&state, body, Version::V1, Instant::now()).await)
 }
 
 /// The V2 contract (shared/ROUTING.md): routing by tier or family, tradition layers, and
@@ -45,7 +47,7 @@ pub async fn completions_v2(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond(handle(&state, body, Version::V2).await)
+    respond(handle(&state, body, Version::V2, Instant::now()).await)
 }
 
 fn respond(result: Result<Response, ApiError>) -> Response {
@@ -97,27 +99,30 @@ async fn handle(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
     version: Version,
+    arrived: Instant,
 ) -> Result<Response, ApiError> {
     let body = generation::checked_body(state, body)?;
     let request: ChatRequest = parse_json(&body)?;
     let fields: GenerationFields = parse_json(&body)?;
-    let started = start(state, &request, &fields, version).await?;
+    let started = start(state, &request, &fields, version, arrived).await?;
     let tokenizer = &started.served.frontend.tokenizer;
+    let mut progress = Progress::new(state, &started.served.entry.id, arrived);
+    let n = started.streams.len();
+    let mut events = generation::merge(started.streams);
     if started.settings.stream {
         let include_usage = started.settings.include_usage;
-        let n = started.streams.len();
-        let events = generation::merge(started.streams);
         Ok(Sse::new(stream_chunks(
             started.answer,
             started.served.clone(),
             events,
             n,
             include_usage,
+            progress,
         ))
         .keep_alive(KeepAlive::default())
         .into_response())
     } else {
-        let outputs = generation::collect_all(started.streams).await?;
+        let outputs = collect_choices(&mut events, n, &mut progress).await?;
         let asked_logprobs = started.settings.generation.sampling.logprobs.is_some();
         Ok(Json(completion(
             &started.answer,
@@ -127,6 +132,47 @@ async fn handle(
         ))
         .into_response())
     }
+}
+
+/// Wait for every choice, timing them and giving up when the shutdown grace is over.
+async fn collect_choices(
+    events: &mut (impl Stream<Item = (usize, Event)> + Unpin),
+    n: usize,
+    progress: &mut Progress,
+) -> Result<Vec<ChoiceOutput>, ApiError> {
+    let mut texts = vec![String::new(); n];
+    let mut logprobs: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
+    let mut done: Vec<Option<(FinishReason, Usage)>> = vec![None; n];
+    loop {
+        let Some(event) = progress.next(events).await else {
+            let mut error = ApiError::unavailable(SHUTTING_DOWN.into());
+            error.param = None;
+            return Err(error.with_code("server_shutting_down"));
+        };
+        let Some((index, event)) = event else { break };
+        match event {
+            Event::Text(t) => texts[index].push_str(&t),
+            Event::Logprob(l) => logprobs[index].push(l),
+            Event::Error(message) => return Err(ApiError::internal(message)),
+            Event::Done { finish, usage } => done[index] = Some((finish, usage)),
+        }
+    }
+    texts
+        .into_iter()
+        .zip(logprobs)
+        .zip(done)
+        .map(|((text, logprobs), done)| {
+            let (finish, usage) = done.ok_or_else(|| {
+                ApiError::internal("the engine ended the request without an answer")
+            })?;
+            Ok(ChoiceOutput {
+                text,
+                logprobs,
+                finish,
+                usage,
+            })
+        })
+        .collect()
 }
 
 /// A chat request submitted to the engine, one stream per choice. The Responses API builds
@@ -144,6 +190,7 @@ pub(super) async fn start(
     request: &ChatRequest,
     fields: &GenerationFields,
     version: Version,
+    arrived: Instant,
 ) -> Result<Started, ApiError> {
     let settings = request.settings(fields)?;
     let tool_spec = request.tool_spec()?;
@@ -224,6 +271,7 @@ pub(super) async fn start(
         max_tokens,
         settings.ignore_eos,
         prepared.constraint.as_ref(),
+        state.request_timeout.map(|limit| arrived + limit),
     )?;
     let answer = Answer {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
@@ -239,6 +287,46 @@ pub(super) async fn start(
         streams,
     })
 }
+
+/// What watches a generation on its way out: its timings for /metrics, and the signal
+/// that the shutdown grace is over.
+pub(super) struct Progress {
+    timer: GenerationTimer,
+    end: tokio_util::sync::CancellationToken,
+}
+
+impl Progress {
+    pub(super) fn new(state: &AppState, model: &str, arrived: Instant) -> Self {
+        Self {
+            timer: GenerationTimer::new(model, arrived),
+            end: state.end_streams.clone(),
+        }
+    }
+
+    /// The next event of any choice, timed: `None` when the server is ending the request,
+    /// `Some(None)` when every choice's stream has ended.
+    async fn next(
+        &mut self,
+        events: &mut (impl Stream<Item = (usize, Event)> + Unpin),
+    ) -> Option<Option<(usize, Event)>> {
+        let event = tokio::select! {
+            biased;
+            event = events.next() => event,
+            _ = self.end.cancelled() => return None,
+        };
+        match &event {
+            Some((_, Event::Text(_))) => self.timer.text(),
+            Some((_, Event::Done { usage, .. })) => self
+                .timer
+                .done(usage.prompt_tokens, usage.completion_tokens),
+            _ => {}
+        }
+        Some(event)
+    }
+}
+
+/// Why a request still running at the end of the shutdown grace stopped.
+const SHUTTING_DOWN: &str = "the server is shutting down";
 
 /// OpenAI's finish reason: an answer that ended on its own after making calls ends with
 /// `tool_calls`.
@@ -468,6 +556,7 @@ fn stream_chunks(
     mut events: impl Stream<Item = (usize, Event)> + Send + Unpin + 'static,
     n: usize,
     include_usage: bool,
+    mut progress: Progress,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
         let tokenizer = &served.frontend.tokenizer;
@@ -483,7 +572,13 @@ fn stream_chunks(
         let mut calls_sent = vec![0u32; n];
         let mut finished = 0;
         let mut failed = false;
-        while let Some((index, event)) = events.next().await {
+        loop {
+            let Some(event) = progress.next(&mut events).await else {
+                yield Ok(error_chunk(&answer, 0, SHUTTING_DOWN.into()));
+                failed = true;
+                break;
+            };
+            let Some((index, event)) = event else { break };
             let pieces = match (&event, splitters[index].as_mut()) {
                 (Event::Text(text), Some(s)) => s.push(text),
                 (Event::Text(text), None) => vec![Piece::Text(text.clone())],

@@ -104,6 +104,9 @@ async fn handle(
             max_tokens,
             request.ignore_eos,
             None,
+            state
+                .request_timeout
+                .map(|limit| std::time::Instant::now() + limit),
         )?);
     }
     // What each choice's text starts with: its prompt when echoing.

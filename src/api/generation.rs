@@ -73,6 +73,7 @@ pub fn submit_choices(
     max_tokens: usize,
     ignore_eos: bool,
     constraint: Option<&Constraint>,
+    deadline: Option<std::time::Instant>,
 ) -> Result<Vec<EventStream>, ApiError> {
     settings.check_vocab(served.frontend.tokenizer.vocab_size())?;
     (0..settings.n)
@@ -89,6 +90,7 @@ pub fn submit_choices(
                     ignore_eos,
                     // Each choice walks the grammar on its own.
                     constraint: constraint.cloned(),
+                    deadline,
                 })
                 .map_err(|e| match e {
                     SubmitError::QueueFull(_) => ApiError::busy(e.to_string()),

@@ -1,4 +1,5 @@
-//! GET /health: whether each loaded model's engine is alive, and how busy it is.
+//! GET /health: `ok` when every loaded model's engine is alive, `loading` while the first
+//! model is still loading, `error` when an engine has stopped; each model with its state.
 
 use std::sync::Arc;
 
@@ -11,23 +12,28 @@ use super::AppState;
 
 pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
     let loaded = state.models.loaded();
-    let models: Vec<Value> = loaded
+    let loading = state.models.loading();
+    let mut models: Vec<Value> = loaded
         .iter()
         .map(|m| {
             let h = m.backend.health();
             json!({ "id": m.entry.id, "state": if h.alive { "ok" } else { "stopped" }, "engine": h })
         })
         .collect();
+    models.extend(
+        loading
+            .iter()
+            .filter(|id| !loaded.iter().any(|m| &m.entry.id == *id))
+            .map(|id| json!({ "id": id, "state": "loading" })),
+    );
     // A model whose engine stopped is reloaded on its next request, but until then the
     // server is not healthy.
-    let ok = loaded.iter().all(|m| m.backend.health().alive);
-    let status = if ok {
-        StatusCode::OK
+    let (status, code) = if !loaded.iter().all(|m| m.backend.health().alive) {
+        ("error", StatusCode::SERVICE_UNAVAILABLE)
+    } else if loaded.is_empty() && !loading.is_empty() {
+        ("loading", StatusCode::SERVICE_UNAVAILABLE)
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        ("ok", StatusCode::OK)
     };
-    (
-        status,
-        Json(json!({ "status": if ok { "ok" } else { "error" }, "models": models })),
-    )
+    (code, Json(json!({ "status": status, "models": models })))
 }

@@ -1,12 +1,15 @@
 //! The HTTP API: an axum router speaking OpenAI's JSON and server-sent events. It knows
 //! HTTP and JSON, not candle: generation goes through [`crate::engine::Backend`].
 
+pub mod auth;
 mod chat;
 mod completions;
 pub mod error;
-mod fields;
+pub mod fields;
 mod generation;
 mod health;
+mod layers;
+mod metrics;
 mod models;
 pub mod request;
 pub mod response_store;
@@ -19,7 +22,6 @@ use axum::http::Uri;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
-use tower_http::trace::TraceLayer;
 
 use crate::engine::{LoadError, ModelRegistry, ServedModel};
 use crate::routing::TraditionLayers;
@@ -39,6 +41,16 @@ pub struct AppState {
     pub traditions: TraditionLayers,
     /// Responses kept for `GET /v1/responses/{id}` and `previous_response_id`.
     pub responses: response_store::ResponseStore,
+    /// Keys for /v1, /v2 and /ai (`--api-key`); empty: open.
+    pub api_keys: auth::Keys,
+    /// Key for /metrics (`--metrics-key`); empty: open.
+    pub metrics_key: auth::Keys,
+    /// Browser origins CORS allows (`*` for any); empty: CORS off.
+    pub cors_origins: Vec<String>,
+    /// How long one request may generate (`--request-timeout`).
+    pub request_timeout: Option<std::time::Duration>,
+    /// Cancelled when the shutdown grace is over: streams still running end then.
+    pub end_streams: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -60,7 +72,8 @@ impl AppState {
 
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.body_limit;
-    Router::new()
+    // Everything that generates or describes models needs an API key when one is set.
+    let keyed = Router::new()
         .route("/v1/chat/completions", post(chat::completions_v1))
         .route("/v2/chat/completions", post(chat::completions_v2))
         .route("/v1/completions", post(completions::completions))
@@ -74,12 +87,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ai/v2/chat/completions", post(chat::completions_v2))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::one))
+        .route_layer(state.api_keys.clone().layer());
+    let scraped = Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .route_layer(state.metrics_key.clone().layer());
+    let app = Router::new()
+        .merge(keyed)
+        .merge(scraped)
         .route("/health", get(health::health))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit));
+    layers::around(app, &state.cors_origins).with_state(state)
 }
 
 async fn unknown_route(uri: Uri) -> impl IntoResponse {

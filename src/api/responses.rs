@@ -180,7 +180,14 @@ async fn handle(
     } else {
         Version::V1
     };
-    let started = chat::start(&state, &chat_request, &fields, version).await?;
+    let started = chat::start(
+        &state,
+        &chat_request,
+        &fields,
+        version,
+        std::time::Instant::now(),
+    )
+    .await?;
     let echo = Echo::of(&request, &raw);
     let reply = Reply {
         id: format!("resp_{}", uuid::Uuid::new_v4().simple()),
@@ -200,7 +207,13 @@ async fn handle(
             .into_iter()
             .next()
             .ok_or_else(|| ApiError::internal("the engine returned no choice"))?;
-        let object = reply.finish(&started.answer, &served.frontend.tokenizer, &output, false, &state);
+        let object = reply.finish(
+            &started.answer,
+            &served.frontend.tokenizer,
+            &output,
+            false,
+            &state,
+        );
         Ok(Json(object).into_response())
     }
 }

@@ -13,6 +13,7 @@ use super::sse::{parse_line, LineBuffer, SseData, Usage};
 /// How long a server may take to answer `/v1/models` before we call it unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+#[derive(Clone)]
 pub struct Target {
     /// The column header: "wick", or what the server calls itself.
     pub name: String,
@@ -56,6 +57,10 @@ pub fn normalize_base(url: &str) -> String {
 }
 
 impl Target {
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// For a wick server: the share of prompt tokens its prefix cache served, in percent,
     /// from `/health` (None for servers that do not report it).
     pub async fn prefix_cache_hit_pct(&self) -> Option<f64> {

@@ -13,6 +13,7 @@ mod prompt;
 mod report;
 mod rss;
 mod scenario;
+mod soak;
 mod sse;
 mod stats;
 
@@ -47,8 +48,14 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Concurrent decode streams to measure, e.g. 1,4,8 (1: the single-stream figures only).
+    /// With --soak: the number of streams kept going (the largest value given).
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub concurrency: Vec<usize>,
+    /// Soak test instead: keep --concurrency streams going for this many minutes, with
+    /// random prompt lengths, max_tokens and disconnects; print requests, errors, p50/p95
+    /// latency and the server's memory at the start and end.
+    #[arg(long, value_name = "MINUTES")]
+    pub soak: Option<f64>,
     #[command(flatten)]
     pub serve: ServeArgs,
 }
@@ -113,6 +120,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             (t, Some(local))
         }
     };
+
+    if let Some(minutes) = args.soak {
+        let streams = plan.concurrency.iter().copied().max().unwrap_or(1);
+        let duration = Duration::try_from_secs_f64(minutes * 60.0)
+            .context("--soak must be a number of minutes ≥ 0")?;
+        eprintln!("soak: {streams} streams for {minutes} min…");
+        let result = soak::soak(&wick, duration, streams).await;
+        if let Some(local) = local {
+            local.stop().await;
+        }
+        let report = result?;
+        if let Some(e) = &report.first_error {
+            eprintln!("first error: {e}");
+        }
+        print!("{}", report.render(minutes, streams));
+        return Ok(());
+    }
 
     let mut targets = vec![wick];
     targets.extend(other);

@@ -34,6 +34,9 @@ pub struct GenerateRequest {
     pub ignore_eos: bool,
     /// A grammar the output must follow (tool calls, response_format); None: free text.
     pub constraint: Option<Constraint>,
+    /// When to stop generating whatever `max_tokens` says (`--request-timeout`); the
+    /// request then finishes with `Length`.
+    pub deadline: Option<std::time::Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +83,7 @@ pub enum SubmitError {
 }
 
 /// A snapshot of the engine for /health.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Health {
     pub alive: bool,
     pub running: usize,
@@ -92,6 +95,9 @@ pub struct Health {
     /// cache instead of being computed.
     pub prompt_tokens: usize,
     pub prefix_cache_hits: usize,
+    /// Tokens held in the KV slots of running sequences, and what all slots could hold.
+    pub kv_tokens: usize,
+    pub kv_capacity_tokens: usize,
 }
 
 /// The seam between the API and whatever generates tokens.
@@ -130,6 +136,7 @@ struct Stats {
     cancelled: AtomicUsize,
     prompt_tokens: AtomicUsize,
     prefix_cache_hits: AtomicUsize,
+    kv_tokens: AtomicUsize,
 }
 
 struct Submission {
@@ -142,6 +149,8 @@ pub struct Engine {
     stats: Arc<Stats>,
     queue_capacity: usize,
     slots: usize,
+    /// Tokens one slot holds.
+    slot_tokens: usize,
 }
 
 impl Engine {
@@ -184,6 +193,7 @@ impl Engine {
             stats,
             queue_capacity: config.queue_capacity,
             slots: config.max_sequences,
+            slot_tokens: shape.capacity,
         })
     }
 }
@@ -219,6 +229,8 @@ impl Backend for Engine {
             cancelled: self.stats.cancelled.load(Ordering::SeqCst),
             prompt_tokens: self.stats.prompt_tokens.load(Ordering::SeqCst),
             prefix_cache_hits: self.stats.prefix_cache_hits.load(Ordering::SeqCst),
+            kv_tokens: self.stats.kv_tokens.load(Ordering::SeqCst),
+            kv_capacity_tokens: self.slots * self.slot_tokens,
         }
     }
 }

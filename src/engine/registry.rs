@@ -5,9 +5,9 @@
 //! models is only locked for lookups, and each model has its own load lock, so concurrent
 //! first requests for the same model wait for one load instead of starting two.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::Device;
 
@@ -24,6 +24,8 @@ pub struct ServedModel {
     pub grammar: super::GrammarCompiler,
     /// Memory it may use at most: weights, dequantized embeddings, and every KV slot full.
     pub bytes: u64,
+    /// How long fetching (if needed) and loading it took.
+    pub load_time: Duration,
 }
 
 /// How many models may stay loaded, and how much memory they may take together.
@@ -36,6 +38,8 @@ pub struct RegistryLimits {
     pub context_cap: Option<usize>,
     /// Draw a progress bar while fetching (a terminal server), or stay quiet (tests).
     pub show_progress: bool,
+    /// Unload a model idle this long (`--keep-alive`); `None` keeps models loaded.
+    pub keep_alive: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +64,8 @@ pub struct ModelRegistry {
     loaded: Mutex<HashMap<String, Loaded>>,
     /// One lock per model id, held while that model loads.
     loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Ids whose load is under way now (for /health).
+    loading_now: Mutex<HashSet<String>>,
 }
 
 impl ModelRegistry {
@@ -78,6 +84,7 @@ impl ModelRegistry {
             device,
             loaded: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
+            loading_now: Mutex::new(HashSet::new()),
         }
     }
 
@@ -114,7 +121,10 @@ impl ModelRegistry {
         }
         // Before loading, make room for a rough estimate; after, for the real figure.
         self.make_room(id, entry.size.unwrap_or(0).saturating_mul(2));
-        let model = self.load(entry).await.map_err(|e| LoadError::Failed {
+        lock(&self.loading_now).insert(id.to_string());
+        let model = self.load(entry).await;
+        lock(&self.loading_now).remove(id);
+        let model = model.map_err(|e| LoadError::Failed {
             id: id.to_string(),
             reason: format!("{e:#}"),
         })?;
@@ -133,6 +143,7 @@ impl ModelRegistry {
         if let Some(cap) = self.limits.context_cap {
             entry.context_length = entry.context_length.min(cap);
         }
+        let started = Instant::now();
         let progress: Box<dyn Progress> = if self.limits.show_progress {
             Box::new(BarProgress::new())
         } else {
@@ -166,6 +177,7 @@ impl ModelRegistry {
             backend: Arc::new(engine),
             grammar: Default::default(),
             bytes,
+            load_time: started.elapsed(),
         }))
     }
 
@@ -220,6 +232,39 @@ impl ModelRegistry {
 
     pub fn is_loaded(&self, id: &str) -> bool {
         lock(&self.loaded).contains_key(id)
+    }
+
+    /// Ids of the models loading now.
+    pub fn loading(&self) -> Vec<String> {
+        lock(&self.loading_now).iter().cloned().collect()
+    }
+
+    pub fn keep_alive(&self) -> Option<Duration> {
+        self.limits.keep_alive
+    }
+
+    /// Unload every model that has had nothing to do for `--keep-alive`, and return their
+    /// ids. A model with requests running or waiting counts as used now.
+    pub fn unload_idle(&self) -> Vec<String> {
+        let Some(keep_alive) = self.limits.keep_alive else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let mut loaded = lock(&self.loaded);
+        let mut idle = Vec::new();
+        for (id, slot) in loaded.iter_mut() {
+            let h = slot.model.backend.health();
+            if h.running + h.waiting > 0 {
+                slot.last_used = now;
+            } else if now.duration_since(slot.last_used) >= keep_alive {
+                idle.push(id.clone());
+            }
+        }
+        for id in &idle {
+            tracing::info!(model = %id, "unloading model idle for --keep-alive");
+            loaded.remove(id);
+        }
+        idle
     }
 }
 

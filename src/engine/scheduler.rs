@@ -79,6 +79,8 @@ impl Scheduler {
         self.stats
             .running
             .store(self.running.len(), Ordering::SeqCst);
+        let kv_tokens = self.running.iter().map(|s| s.cached).sum();
+        self.stats.kv_tokens.store(kv_tokens, Ordering::SeqCst);
     }
 
     fn retire_cancelled(&mut self) {
@@ -111,6 +113,21 @@ impl Scheduler {
                 break;
             };
             self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            if submission
+                .request
+                .deadline
+                .is_some_and(|d| std::time::Instant::now() >= d)
+            {
+                // Its time ran out while it waited: it ends as if it had used its tokens.
+                let _ = submission.events.send(Event::Done {
+                    finish: super::FinishReason::Length,
+                    usage: super::Usage {
+                        prompt_tokens: submission.request.prompt.len(),
+                        completion_tokens: 0,
+                    },
+                });
+                continue;
+            }
             if submission.request.prompt.is_empty() {
                 let _ = submission
                     .events

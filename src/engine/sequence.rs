@@ -18,6 +18,7 @@ pub struct Sequence {
     pub slot: usize,
     max_tokens: usize,
     ignore_eos: bool,
+    deadline: Option<std::time::Instant>,
     sampler: Sampler,
     decoder: StreamDecoder,
     stop: StopMatcher,
@@ -49,6 +50,7 @@ impl Sequence {
             max_tokens: request.max_tokens,
             ignore_eos: request.ignore_eos,
             sampler,
+            deadline: request.deadline,
             decoder: StreamDecoder::new(),
             stop: StopMatcher::new(request.stop),
             constraint: request.constraint,
@@ -128,7 +130,11 @@ impl Sequence {
         {
             return self.finish(FinishReason::Stop);
         }
-        if self.generated() >= self.max_tokens || self.tokens.len() >= context_length {
+        let out_of_time = self
+            .deadline
+            .is_some_and(|d| std::time::Instant::now() >= d);
+        if self.generated() >= self.max_tokens || self.tokens.len() >= context_length || out_of_time
+        {
             return self.finish(FinishReason::Length);
         }
         Progress::Continue

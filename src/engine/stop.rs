@@ -119,4 +119,30 @@ mod tests {
         assert_eq!(run(&["é!"], &["café", "!"]), ("caf".into(), true));
         assert_eq!(run(&["éa"], &["café", "b"]), ("caféb".into(), false));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// However the text is cut into pieces, the output is the text up to the earliest
+        /// stop string anywhere in it, and nothing after; no input panics.
+        #[test]
+        fn output_is_the_text_before_the_earliest_stop(
+            pieces in proptest::collection::vec("[ab\u{e9}\u{1F600}x]{0,6}", 0..12),
+            stops in proptest::collection::vec("[ab\u{e9}\u{1F600}]{0,3}", 0..4),
+        ) {
+            let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            let stop_refs: Vec<&str> = stops.iter().map(String::as_str).collect();
+            let full: String = pieces.concat();
+            let earliest = stops
+                .iter()
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| full.find(s.as_str()))
+                .min();
+            let expected = match earliest {
+                Some(at) => (full[..at].to_string(), true),
+                None => (full.clone(), false),
+            };
+            proptest::prop_assert_eq!(run(&stop_refs, &pieces), expected);
+        }
+    }
 }

@@ -33,10 +33,20 @@ pub fn server_addr() -> SocketAddr {
 
 /// Start a real server with these settings (the repo's catalog, a free loopback port) on a
 /// runtime thread of its own, and return its address.
-pub fn start_server(mut args: ServeArgs) -> SocketAddr {
+pub fn start_server(args: ServeArgs) -> SocketAddr {
+    start_stoppable_server(args, std::future::pending()).0
+}
+
+/// Like [`start_server`], stopping when `shutdown` completes; the receiver gets `run`'s
+/// result once the server has stopped.
+pub fn start_stoppable_server(
+    mut args: ServeArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (SocketAddr, std::sync::mpsc::Receiver<Result<(), String>>) {
     init_threads(None);
     args.catalog.catalog = Some(repo_file("models.toml"));
     let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
         runtime.block_on(async move {
@@ -48,14 +58,12 @@ pub fn start_server(mut args: ServeArgs) -> SocketAddr {
                 }
             };
             let _ = tx.send(Ok(server.addr));
-            server
-                .run(std::future::pending())
-                .await
-                .expect("test server stopped");
+            let result = server.run(shutdown).await.map_err(|e| format!("{e:#}"));
+            let _ = done_tx.send(result);
         });
     });
     match rx.recv().expect("test server thread died") {
-        Ok(addr) => addr,
+        Ok(addr) => (addr, done_rx),
         Err(e) => panic!("test server failed to start: {e}"),
     }
 }

@@ -1,0 +1,108 @@
+//! Bearer-key access control, as a tower-http `ValidateRequestHeaderLayer`: the keys are
+//! compared in constant time (`subtle`), so response timing says nothing about how much of
+//! a guessed key was right.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Request, Response, StatusCode};
+use axum::response::IntoResponse;
+use subtle::ConstantTimeEq;
+use tower_http::validate_request::ValidateRequestHeaderLayer;
+
+use super::error::ApiError;
+
+/// The keys that open a group of routes. Empty: the routes are open.
+#[derive(Clone, Default)]
+pub struct Keys(Arc<Vec<Vec<u8>>>);
+
+impl Keys {
+    pub fn new(keys: impl IntoIterator<Item = String>) -> Self {
+        Self(Arc::new(keys.into_iter().map(String::into_bytes).collect()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `presented` is one of the keys. Every key is compared, whatever matched, and
+    /// each comparison takes the same time for keys of the same length.
+    pub fn accepts(&self, presented: &[u8]) -> bool {
+        self.0
+            .iter()
+            .fold(subtle::Choice::from(0), |found, key| {
+                found | key.as_slice().ct_eq(presented)
+            })
+            .into()
+    }
+
+    /// Why the request may not pass (the message for the client), or `None` when no key is
+    /// configured or it carries a right one.
+    pub fn rejection(&self, request: &Request<Body>) -> Option<&'static str> {
+        if self.is_empty() {
+            return None;
+        }
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(<[u8]>::trim_ascii);
+        match presented {
+            Some(key) if self.accepts(key) => None,
+            Some(_) => Some(
+                "Incorrect API key provided. Send one of this server's keys as \
+                 'Authorization: Bearer KEY'.",
+            ),
+            None => Some(
+                "You didn't provide an API key. Send it in the Authorization header as \
+                 'Authorization: Bearer KEY'.",
+            ),
+        }
+    }
+
+    /// A layer that answers 401 to requests without one of these keys.
+    #[allow(clippy::result_large_err)] // the validator's signature is tower-http's
+    pub fn layer(
+        self,
+    ) -> ValidateRequestHeaderLayer<
+        impl FnMut(&mut Request<Body>) -> Result<(), Response<Body>> + Clone,
+    > {
+        ValidateRequestHeaderLayer::custom(move |request: &mut Request<Body>| {
+            match self.rejection(request) {
+                None => Ok(()),
+                Some(message) => Err(unauthorized(message)),
+            }
+        })
+    }
+}
+
+fn unauthorized(message: &str) -> Response<Body> {
+    let error = ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        message: message.into(),
+        kind: "invalid_request_error",
+        param: None,
+        code: Some("invalid_api_key"),
+    };
+    let mut response = error.into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_only_configured_keys() {
+        let keys = Keys::new(["alpha".to_string(), "beta-key".to_string()]);
+        assert!(keys.accepts(b"alpha"));
+        assert!(keys.accepts(b"beta-key"));
+        assert!(!keys.accepts(b"alph"));
+        assert!(!keys.accepts(b"alphaa"));
+        assert!(!keys.accepts(b""));
+    }
+}

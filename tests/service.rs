@@ -1,0 +1,561 @@
+//! wick as a service, against real servers and real clients: API keys, CORS, request ids,
+//! the request timeout, /metrics, the connection cap, graceful shutdown, keep-alive
+//! unloading, disconnect storms, and `wick chat --prompt`.
+
+mod common;
+
+use std::time::Duration;
+
+use async_openai::config::OpenAIConfig;
+use async_openai::types::chat::{
+    ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs,
+};
+use async_openai::Client;
+use serde_json::{json, Value};
+use wick::config::ServeArgs;
+
+fn small_args() -> ServeArgs {
+    let mut args = ServeArgs::local_ephemeral();
+    args.ctx_size = Some(1024);
+    args.parallel = 2;
+    args
+}
+
+fn hello(max_tokens: u32) -> Value {
+    json!({
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    })
+}
+
+/// A long streamed answer (exactly `max_tokens` tokens).
+fn long_stream(max_tokens: u32) -> Value {
+    json!({
+        "messages": [{"role": "user", "content": "Write a long story."}],
+        "max_tokens": max_tokens, "ignore_eos": true, "stream": true,
+        "stream_options": {"include_usage": true},
+    })
+}
+
+fn assert_openai_error(body: &Value, code: &str) {
+    let error = &body["error"];
+    assert!(error["message"].is_string(), "{body}");
+    assert!(error["type"].is_string(), "{body}");
+    assert!(error.get("param").is_some(), "{body}");
+    assert_eq!(error["code"], code, "{body}");
+}
+
+/// The `data:` payloads of an SSE body, `[DONE]` included.
+fn sse_data(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The chunks of a finished stream, checking it ends with `[DONE]`.
+fn chunks(text: &str) -> Vec<Value> {
+    let data = sse_data(text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{text}");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("every chunk is JSON"))
+        .collect()
+}
+
+fn finish_reasons(chunks: &[Value]) -> Vec<String> {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The whole body of a chat completion request (an SSE stream's text, for streams).
+async fn chat_text(base: &str, body: &Value) -> String {
+    reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn metrics_text(base: &str) -> String {
+    let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+/// A metric summed over its label sets that contain every one of `labels` (0 if absent).
+fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    let matching: Vec<&str> = text
+        .lines()
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .collect();
+    wick::metrics::metric_sum(&matching.join("\n"), name).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn keys_guard_the_api_and_cors_answers_preflight() {
+    let mut args = small_args();
+    args.service.api_keys = vec!["key-one".into(), "key-two".into()];
+    args.service.metrics_key = Some("scrape-key".into());
+    args.service.cors_origins = vec!["https://app.example".into()];
+    let base = format!("http://{}", common::start_server(args));
+    let http = reqwest::Client::new();
+
+    // No key, a wrong key, a key of the wrong scheme: 401 in OpenAI's shape, on every
+    // prefix.
+    for path in [
+        "/v1/chat/completions",
+        "/v2/chat/completions",
+        "/ai/v1/chat/completions",
+        "/ai/v2/chat/completions",
+    ] {
+        let r = http
+            .post(format!("{base}{path}"))
+            .json(&hello(1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        assert_openai_error(&r.json().await.unwrap(), "invalid_api_key");
+    }
+    for auth in [
+        "Bearer key-on",
+        "Bearer key-one2",
+        "Basic key-one",
+        "key-one",
+    ] {
+        let r = http
+            .get(format!("{base}/v1/models"))
+            .header("authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{auth}");
+        assert_openai_error(&r.json().await.unwrap(), "invalid_api_key");
+    }
+    let r = http
+        .get(format!("{base}/v1/models/smollm2-135m-instruct"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Either key works, through the real OpenAI client.
+    for key in ["key-one", "key-two"] {
+        let client = Client::with_config(
+            OpenAIConfig::new()
+                .with_api_base(format!("{base}/v1"))
+                .with_api_key(key),
+        );
+        let request = CreateChatCompletionRequestArgs::default()
+            .messages([ChatCompletionRequestUserMessage::from("Hi").into()])
+            .max_completion_tokens(2u32)
+            .build()
+            .unwrap();
+        let response = client
+            .chat()
+            .create(request)
+            .await
+            .expect("a right key works");
+        assert_eq!(response.choices.len(), 1);
+    }
+    // And the real client reports the 401 as an API error.
+    let wrong = Client::with_config(
+        OpenAIConfig::new()
+            .with_api_base(format!("{base}/v1"))
+            .with_api_key("nope"),
+    );
+    let err = wrong.models().list().await.expect_err("a wrong key fails");
+    assert!(format!("{err}").contains("API key"), "{err}");
+
+    // /health stays open; /metrics needs its own key.
+    assert_eq!(
+        http.get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .get(format!("{base}/metrics"))
+        .header("authorization", "Bearer key-one")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "an API key is not the metrics key");
+    let r = http
+        .get(format!("{base}/metrics"))
+        .bearer_auth("scrape-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("wick_http_requests_total"));
+
+    // CORS: a browser's preflight (which carries no key) is answered for the allowed
+    // origin, and not for another.
+    let preflight = |origin: &'static str| {
+        http.request(
+            reqwest::Method::OPTIONS,
+            format!("{base}/v1/chat/completions"),
+        )
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+    };
+    let allowed = preflight("https://app.example").await.unwrap();
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn without_keys_the_api_is_open_cors_is_off_and_requests_have_ids() {
+    let base = common::base_url();
+    let http = reqwest::Client::new();
+    let r = http.get(format!("{base}/v1/models")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(!id.is_empty());
+    let r = http.get(format!("{base}/v1/models")).send().await.unwrap();
+    assert_ne!(
+        r.headers()["x-request-id"].to_str().unwrap(),
+        id,
+        "one id per request"
+    );
+    // A caller's own id is kept.
+    let r = http
+        .get(format!("{base}/health"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "trace-me-42");
+
+    let preflight = http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{base}/v1/chat/completions"),
+        )
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(!preflight
+        .headers()
+        .contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn metrics_move_after_a_request() {
+    let base = common::base_url();
+    let before = metrics_text(&base).await;
+    let (status, body) = common::post_raw("/v1/chat/completions", &hello(3).to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let stream = chat_text(&base, &long_stream(4)).await;
+    assert_eq!(finish_reasons(&chunks(&stream)), ["length"]);
+    let after = metrics_text(&base).await;
+
+    let ok = ["route=\"/v1/chat/completions\"", "status=\"200\""];
+    let grew = |name: &str, labels: &[&str], by: f64| {
+        let (b, a) = (sample(&before, name, labels), sample(&after, name, labels));
+        assert!(a >= b + by, "{name}{labels:?}: {b} → {a}\n{after}");
+    };
+    grew("wick_http_requests_total", &ok, 2.0);
+    grew("wick_generated_tokens_total", &[], 4.0);
+    grew("wick_prompt_tokens_total", &[], 2.0);
+    grew("wick_time_to_first_token_seconds_count", &[], 2.0);
+    grew("wick_inter_token_latency_seconds_count", &[], 3.0);
+    grew("wick_request_duration_seconds_count", &[], 2.0);
+    for gauge in [
+        "wick_running_sequences",
+        "wick_queue_depth",
+        "wick_kv_cache_usage_ratio",
+        "wick_models_loaded",
+        "wick_model_load_duration_seconds",
+        "wick_prefix_cache_hit_tokens_total",
+    ] {
+        assert!(after.contains(gauge), "{gauge} missing:\n{after}");
+    }
+    assert!(sample(&after, "wick_models_loaded", &[]) >= 1.0);
+    assert!(
+        sample(
+            &after,
+            "wick_request_duration_seconds_bucket",
+            &["le=\"+Inf\""]
+        ) >= 2.0
+    );
+}
+
+#[tokio::test]
+async fn the_request_timeout_ends_generation_with_length() {
+    let mut args = small_args();
+    args.service.request_timeout = Some(0.001);
+    let base = format!("http://{}", common::start_server(args));
+    let http = reqwest::Client::new();
+    let mut long = long_stream(500);
+    long["stream"] = json!(false);
+    let body: Value = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&long)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["choices"][0]["finish_reason"], "length", "{body}");
+    assert!(
+        body["usage"]["completion_tokens"].as_u64().unwrap() < 500,
+        "{body}"
+    );
+
+    let stream = chat_text(&base, &long_stream(500)).await;
+    let chunks = chunks(&stream);
+    assert_eq!(finish_reasons(&chunks), ["length"]);
+    let usage = &chunks.last().unwrap()["usage"];
+    assert!(
+        usage["completion_tokens"].as_u64().unwrap() < 500,
+        "{usage}"
+    );
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_get_503() {
+    let mut args = small_args();
+    args.service.max_connections = 1;
+    let addr = common::start_server(args);
+    // This connection takes the only place (accepted, idle).
+    let held = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let r = reqwest::get(format!("http://{addr}/health")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_openai_error(&r.json().await.unwrap(), "too_many_connections");
+    drop(held);
+    // Once it closes, the place is free again (the server notices the close shortly).
+    let mut served = false;
+    for _ in 0..200 {
+        let r = reqwest::get(format!("http://{addr}/health")).await.unwrap();
+        if r.status() == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(served, "the place was never given back");
+}
+
+/// Start a stream and return it after its first content chunk.
+async fn started_stream(base: &str, max_tokens: u32) -> (reqwest::Response, String) {
+    let mut response = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&long_stream(max_tokens))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut seen = String::new();
+    while !seen.contains("\"content\":\"") || seen.matches("data: ").count() < 2 {
+        let piece = response.chunk().await.unwrap().expect("stream open");
+        seen.push_str(&String::from_utf8_lossy(&piece));
+    }
+    (response, seen)
+}
+
+async fn rest_of(mut response: reqwest::Response, mut seen: String) -> String {
+    while let Some(piece) = response.chunk().await.unwrap() {
+        seen.push_str(&String::from_utf8_lossy(&piece));
+    }
+    seen
+}
+
+/// Start a server with this shutdown grace, start a stream of `max_tokens`, ask the server
+/// to stop after its first text, and return the stream's chunks once the server has
+/// stopped cleanly (and no longer listens).
+async fn shutdown_during_a_stream(grace: f64, max_tokens: u32) -> (Vec<Value>, String) {
+    let mut args = small_args();
+    args.service.shutdown_grace = grace;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (addr, done) = common::start_stoppable_server(args, async {
+        let _ = stopped.await;
+    });
+    let (response, seen) = started_stream(&format!("http://{addr}"), max_tokens).await;
+    stop.send(()).unwrap();
+    let text = rest_of(response, seen).await;
+    let result = tokio::task::spawn_blocking(move || done.recv().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(result, Ok(()), "the server stops cleanly");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "nothing listens any more"
+    );
+    (chunks(&text), text)
+}
+
+#[tokio::test]
+async fn shutdown_lets_running_streams_finish_within_the_grace() {
+    let (chunks, text) = shutdown_during_a_stream(600.0, 40).await;
+    assert_eq!(finish_reasons(&chunks), ["length"], "{text}");
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 40);
+}
+
+#[tokio::test]
+async fn shutdown_ends_streams_still_running_after_the_grace_with_an_error_chunk() {
+    let (chunks, text) = shutdown_during_a_stream(0.0, 900).await;
+    assert_eq!(finish_reasons(&chunks), ["error"], "{text}");
+    let last = chunks.last().unwrap();
+    assert!(last["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("shutting down"));
+}
+
+async fn get_json(base: &str, path: &str) -> Value {
+    reqwest::get(format!("{base}{path}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn health(base: &str) -> Value {
+    get_json(base, "/health").await
+}
+
+#[tokio::test]
+async fn keep_alive_unloads_an_idle_model_and_it_loads_again() {
+    let mut args = small_args();
+    args.service.keep_alive = Some(0.3);
+    let base = format!("http://{}", common::start_server(args));
+    let http = reqwest::Client::new();
+    let ask = || {
+        http.post(format!("{base}/v1/chat/completions"))
+            .json(&hello(2))
+            .send()
+    };
+    assert_eq!(ask().await.unwrap().status(), 200);
+
+    let mut unloaded = false;
+    for _ in 0..300 {
+        if health(&base).await["models"].as_array().unwrap().is_empty() {
+            unloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(unloaded, "the idle model was never unloaded");
+    let card = get_json(&base, "/v1/models/smollm2-135m-instruct").await;
+    assert_eq!(card["loaded"], false, "{card}");
+    let metrics = metrics_text(&base).await;
+    assert!(metrics.contains("wick_models_loaded"));
+
+    // The next request loads it again.
+    assert_eq!(ask().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_disconnect_storm_leaves_nothing_running() {
+    let mut args = small_args();
+    args.parallel = 3;
+    let base = format!("http://{}", common::start_server(args));
+    let storm: Vec<_> = (0..9)
+        .map(|i| {
+            let base = base.clone();
+            tokio::spawn(async move {
+                let mut response = reqwest::Client::new()
+                    .post(format!("{base}/v1/chat/completions"))
+                    .json(&long_stream(300))
+                    .send()
+                    .await
+                    .unwrap();
+                // Hang up at different points: at once, after the role, after some text.
+                for _ in 0..(i % 3) {
+                    let _ = response.chunk().await;
+                }
+            })
+        })
+        .collect();
+    for hang_up in storm {
+        hang_up.await.unwrap();
+    }
+    let mut idle = false;
+    let mut last = Value::Null;
+    for _ in 0..400 {
+        last = health(&base).await;
+        let engine = &last["models"][0]["engine"];
+        if engine["running"] == 0 && engine["waiting"] == 0 {
+            idle = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(idle, "requests left running: {last}");
+    let metrics = metrics_text(&base).await;
+    assert_eq!(
+        sample(&metrics, "wick_running_sequences", &[]),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(sample(&metrics, "wick_queue_depth", &[]), 0.0, "{metrics}");
+    // And the server still answers.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&hello(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn wick_chat_prompt_answers_once_on_stdout() {
+    common::model_file("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(["chat", "--prompt", "What is the capital of France?"])
+        .args([
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0",
+            "--ctx-size",
+            "512",
+        ])
+        .arg("--catalog")
+        .arg(common::repo_file("models.toml"))
+        .output()
+        .expect("wick runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stdout.ends_with('\n'), "{stdout:?}");
+    assert!(
+        stdout.split_whitespace().count() >= 2,
+        "no answer: {stdout:?} (stderr: {stderr})"
+    );
+    // The answer goes to stdout alone, so scripts can capture it.
+    assert!(!stderr.contains(stdout.trim()), "{stderr}");
+}
