@@ -228,3 +228,67 @@ async fn v2_routing_fields_and_bad_input() {
         .unwrap();
     assert_eq!(response.status(), 404);
 }
+
+#[tokio::test]
+async fn a_named_tool_comes_back_as_a_function_call_item_plain_and_streamed() {
+    let request = json!({
+        "model": MODEL,
+        "input": "What is the weather in Paris?",
+        "tools": [{
+            "type": "function", "name": "get_weather", "description": "Weather of a city",
+            "parameters": { "type": "object", "properties": { "city": { "type": "string" } },
+                            "required": ["city"] }
+        }],
+        "tool_choice": { "type": "function", "name": "get_weather" },
+        "max_output_tokens": 40, "temperature": 0, "store": false
+    });
+    let (status, body) = post_raw("/v1/responses", &request.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let calls: Vec<&Value> = body["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|item| item["type"] == "function_call")
+        .collect();
+    assert_eq!(calls.len(), 1, "{body}");
+    assert_eq!(calls[0]["name"], "get_weather");
+    assert!(calls[0]["call_id"]
+        .as_str()
+        .is_some_and(|id| !id.is_empty()));
+    let arguments: Value =
+        serde_json::from_str(calls[0]["arguments"].as_str().unwrap()).expect("JSON arguments");
+    assert!(arguments["city"].is_string(), "{arguments}");
+    let _: Response = serde_json::from_value(body.clone()).expect("an SDK-shaped response");
+
+    // Streamed: the call arrives as its own output item with its arguments events.
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    let text = reqwest::Client::new()
+        .post(format!("{}/v1/responses", base_url()))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).expect("JSON event"))
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let done = events
+        .iter()
+        .find(|e| e["type"] == "response.function_call_arguments.done")
+        .unwrap_or_else(|| panic!("no arguments event in {kinds:?}"));
+    assert_eq!(
+        done["arguments"], calls[0]["arguments"],
+        "greedy: the same call"
+    );
+    assert!(
+        !text.contains("<tool_call>"),
+        "no call markup leaks: {text}"
+    );
+    assert_eq!(kinds.last(), Some(&"response.completed"), "{kinds:?}");
+}
