@@ -35,15 +35,19 @@ async fn chat(addr: SocketAddr, model: &str) -> Value {
     r.json().await.expect("JSON")
 }
 
-/// The ids /v1/models reports as loaded, in catalog order.
-async fn loaded(addr: SocketAddr) -> Vec<String> {
-    let list: Value = reqwest::get(format!("http://{addr}/v1/models"))
+/// The /v1/models listing.
+async fn models(addr: SocketAddr) -> Value {
+    reqwest::get(format!("http://{addr}/v1/models"))
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    list["data"]
+        .unwrap()
+}
+
+/// The ids /v1/models reports as loaded, in catalog order.
+async fn loaded(addr: SocketAddr) -> Vec<String> {
+    models(addr).await["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -96,12 +100,7 @@ async fn a_memory_budget_unloads_what_does_not_fit() {
 #[tokio::test]
 async fn models_list_shows_family_tier_and_state() {
     let addr = server(|_| {});
-    let list: Value = reqwest::get(format!("http://{addr}/v1/models"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = models(addr).await;
     let data = list["data"].as_array().unwrap();
     let ids: Vec<&str> = data.iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [TIER_1, TIER_2, TIER_3]);
