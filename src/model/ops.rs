@@ -3,7 +3,6 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
-use super::quant::kernels::dot_f32;
 use super::quant::pool::Pool;
 use super::quant::SharedOut;
 
@@ -184,6 +183,26 @@ pub fn attention_batch(q: &[f32], seqs: &[HostSeq<'_>], heads: Heads, out: &mut 
             );
         }
     });
+}
+
+/// A dot product of two f32 slices in eight independent lanes (vectorised by the compiler,
+/// where a plain ordered sum would be one long dependency chain), summed in a fixed order.
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// One query row over the first `visible` keys and values (`(data, offset, row stride)`),

@@ -22,6 +22,38 @@ fn with_layout(mut schema: Value) -> Value {
     schema
 }
 
+/// `schema` with every object that lists its properties closed to others, unless it says
+/// otherwise. JSON Schema leaves such objects open, and a small model sampling at a high
+/// temperature then invents property after property until it runs out of tokens; OpenAI's
+/// models emit only the declared ones (its strict mode requires `additionalProperties:
+/// false`). What comes out still validates against the schema as given.
+fn closed(mut schema: Value) -> Value {
+    close_objects(&mut schema);
+    schema
+}
+
+fn close_objects(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.contains_key("properties")
+                && !map.contains_key("additionalProperties")
+                && !map.contains_key("patternProperties")
+            {
+                map.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            for (key, value) in map.iter_mut() {
+                // Subschemas sit under these keywords, and inside `properties`/`$defs`
+                // maps; `const`/`enum`/`default`/`examples` hold data, not schemas.
+                if !matches!(key.as_str(), "const" | "enum" | "default" | "examples") {
+                    close_objects(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
+    }
+}
+
 /// The schema of one call object, `{"name": …, "arguments": {…}}`, to any of `functions`.
 fn call_schema(functions: &[&Function]) -> Value {
     let one = |f: &Function| {
@@ -29,7 +61,7 @@ fn call_schema(functions: &[&Function]) -> Value {
             "type": "object",
             "properties": {
                 "name": { "const": f.name },
-                "arguments": f.parameters,
+                "arguments": closed(f.parameters.clone()),
             },
             "required": ["name", "arguments"],
             "additionalProperties": false,
@@ -63,7 +95,7 @@ pub fn grammar(spec: &ToolSpec, format: CallFormat) -> Option<String> {
 
 /// Exactly one JSON value valid against `schema`.
 pub fn json_grammar(schema: &Value) -> String {
-    format!("start: %json {}\n", with_layout(schema.clone()))
+    format!("start: %json {}\n", with_layout(closed(schema.clone())))
 }
 
 /// One call (or, with `several`, one or more) in the model's call format, nothing else.
@@ -84,6 +116,44 @@ fn calls_grammar(functions: &[&Function], format: CallFormat, several: bool) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objects_with_declared_properties_are_closed_unless_they_say_otherwise() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "place": {
+                    "type": "object",
+                    "properties": { "city": { "type": "string" } }
+                },
+                "tags": { "type": "array", "items": { "type": "object", "properties": {} } },
+                "extra": { "type": "object", "additionalProperties": true, "properties": {} },
+                "free": { "type": "object" },
+                "fixed": { "const": { "properties": {} } }
+            }
+        });
+        let c = closed(schema);
+        assert_eq!(c["additionalProperties"], json!(false));
+        assert_eq!(
+            c["properties"]["place"]["additionalProperties"],
+            json!(false)
+        );
+        assert_eq!(
+            c["properties"]["tags"]["items"]["additionalProperties"],
+            json!(false)
+        );
+        assert_eq!(
+            c["properties"]["extra"]["additionalProperties"],
+            json!(true)
+        );
+        assert!(c["properties"]["free"]
+            .get("additionalProperties")
+            .is_none());
+        assert_eq!(
+            c["properties"]["fixed"]["const"],
+            json!({ "properties": {} })
+        );
+    }
 
     #[test]
     fn a_single_named_call_has_no_repetition() {

@@ -1,7 +1,8 @@
 //! Activations quantized to int8 in blocks of 32, the form the integer dot products of
 //! [`super::kernels`] consume. Struct-of-arrays, so kernels can combine per-block scales
 //! with whole-row vector operations: per block a scale `d`, `s = d * Σq` (for weight formats
-//! with an offset), and the 32 values.
+//! with an offset), the integer sum `Σq` (for weights stored with an offset of 128), and the
+//! 32 values.
 
 /// Values per block, shared by every weight format wick's own kernels handle.
 pub const BLOCK: usize = 32;
@@ -12,6 +13,7 @@ pub struct QRows {
     pub blocks: usize,
     pub d: Vec<f32>,
     pub s: Vec<f32>,
+    pub sum: Vec<i32>,
     pub qs: Vec<[i8; BLOCK]>,
 }
 
@@ -20,6 +22,7 @@ pub struct QRows {
 pub struct QRow<'a> {
     pub d: &'a [f32],
     pub s: &'a [f32],
+    pub sum: &'a [i32],
     pub qs: &'a [[i8; BLOCK]],
 }
 
@@ -47,6 +50,7 @@ impl QRows {
             blocks,
             d: vec![0.0; n],
             s: vec![0.0; n],
+            sum: vec![0; n],
             qs: vec![[0; BLOCK]; n],
         };
         for (i, chunk) in x.chunks_exact(BLOCK).enumerate() {
@@ -63,6 +67,7 @@ impl QRows {
             // values then match llama.cpp's to the bit, and outputs stay closest to it.
             out.d[i] = half::f16::from_f32(d).to_f32();
             out.s[i] = half::f16::from_f32(d * sum as f32).to_f32();
+            out.sum[i] = sum;
         }
         out
     }
@@ -76,6 +81,7 @@ impl QRows {
         QRow {
             d: &self.d[range.clone()],
             s: &self.s[range.clone()],
+            sum: &self.sum[range.clone()],
             qs: &self.qs[range],
         }
     }
