@@ -8,6 +8,7 @@ pub mod bench;
 pub mod catalog;
 pub mod chat;
 pub mod config;
+pub mod device;
 pub mod engine;
 pub mod metrics;
 pub mod model;

@@ -96,8 +96,9 @@ fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = Server::bind(&args, &BarProgress::new()).await?;
     tracing::info!(
-        "wick serves '{}' at http://{}/v1 (loading it now)",
+        "wick serves '{}' on {} at http://{}/v1 (loading it now)",
         server.state.default_model,
+        server.state.device,
         server.addr
     );
     // Serve while the default model loads, so /health answers `loading`; a model that
