@@ -15,6 +15,7 @@ pub mod model;
 pub mod routing;
 pub mod server;
 pub mod service;
+pub mod synth;
 pub mod template;
 pub mod tokenizer;
 pub mod tools;
