@@ -28,14 +28,14 @@ pub fn generate(spec: &TensorSpec, seed: u64) -> Result<QTensor> {
     let cols = *spec.dims.last().expect("a tensor has dimensions");
     let rows: usize = spec.dims.iter().product::<usize>() / cols;
     let rows_per_chunk = (CHUNK_VALUES / cols).max(1);
-    let chunks: Vec<(usize, usize)> = (0..rows)
+    let chunk_rows: Vec<usize> = (0..rows)
         .step_by(rows_per_chunk)
-        .map(|first| (first, rows_per_chunk.min(rows - first)))
+        .map(|first| rows_per_chunk.min(rows - first))
         .collect();
-    let parts = chunks
+    let parts = chunk_rows
         .into_par_iter()
         .enumerate()
-        .map(|(index, (_, n_rows))| {
+        .map(|(index, n_rows)| {
             let mut rng = chunk_rng(seed, &spec.name, index);
             let mut values = vec![0f32; n_rows * cols];
             let (mean, std) = match spec.init {
