@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::catalog::Catalog;
+use crate::device::DeviceChoice;
 use crate::routing::TraditionLayers;
 
 /// Where the catalog comes from: `--catalog FILE`, else `./models.toml`, else the compiled-in one.
@@ -50,6 +51,10 @@ pub struct ServeArgs {
     pub model: Option<String>,
     #[command(flatten)]
     pub catalog: CatalogArgs,
+    /// Where the models run: cpu, cuda, cuda:N, metal or metal:N. Default: the first GPU
+    /// when wick was built with `cuda` (or `metal`) and one is usable, else the CPU.
+    #[arg(long, env = "WICK_DEVICE")]
+    pub device: Option<DeviceChoice>,
     /// Sequences generated at once (each holds a KV cache slot of the full context).
     #[arg(long, env = "WICK_PARALLEL", default_value_t = 4)]
     pub parallel: usize,
@@ -192,6 +197,7 @@ impl ServeArgs {
                 catalog: None,
                 cache_dir: None,
             },
+            device: None,
             parallel: 4,
             queue: 64,
             ctx_size: None,

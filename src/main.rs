@@ -1,4 +1,4 @@
-//! The `wick` command line: serve | pull | models | bench.
+//! The `wick` command line: serve | pull | models | bench | chat | synth-gguf.
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -47,6 +47,9 @@ enum Command {
     Bench(wick::bench::BenchArgs),
     /// Chat with a model in the terminal, on the engine in this process (no server).
     Chat(wick::chat::ChatArgs),
+    /// Write a GGUF of random weights in a real model's exact shape, to measure speed
+    /// without its weights (any figure from it is for "random weights").
+    SynthGguf(wick::synth::SynthArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,6 +92,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Bench(args) => wick::bench::run(args).await,
             Command::Chat(args) => wick::chat::run(args).await,
+            Command::SynthGguf(args) => wick::synth::run(&args),
         }
     })
 }
@@ -96,8 +100,9 @@ fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = Server::bind(&args, &BarProgress::new()).await?;
     tracing::info!(
-        "wick serves '{}' at http://{}/v1 (loading it now)",
+        "wick serves '{}' on {} at http://{}/v1 (loading it now)",
         server.state.default_model,
+        server.state.device,
         server.addr
     );
     // Serve while the default model loads, so /health answers `loading`; a model that

@@ -8,7 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use std::time::Duration;
 
 use anyhow::Context;
-use candle_core::Device;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +67,8 @@ impl Server {
         let request_timeout = service.request_timeout()?;
         let shutdown_grace = service.shutdown_grace()?;
         let keep_alive = service.keep_alive()?;
+        // Opened before any download, so a device this binary cannot use stops the start at once.
+        let (device_choice, device) = crate::device::select(args.device)?;
         let store = ModelStore::new(args.catalog.cache_dir());
         // The default model is fetched here, with the caller's progress display, so that
         // starting the server is what downloads it.
@@ -89,7 +90,7 @@ impl Server {
                 show_progress: std::io::stderr().is_terminal(),
                 keep_alive,
             },
-            Device::Cpu,
+            device,
         ));
 
         let listener = TcpListener::bind((args.host.as_str(), args.port))
@@ -106,6 +107,7 @@ impl Server {
         let state = Arc::new(AppState {
             models: registry,
             default_model,
+            device: device_choice,
             body_limit: args.body_limit,
             started: SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -288,4 +288,12 @@ async fn health_reports_ok() {
     assert_eq!(status, 200);
     assert_eq!(body["status"], "ok");
     assert_eq!(body["models"][0]["id"], MODEL);
+    // The test server names no --device: a CPU-only build runs on the CPU.
+    #[cfg(not(any(feature = "cuda", feature = "metal")))]
+    assert_eq!(body["device"], "cpu");
+    let device = body["device"].as_str().expect("a device name");
+    assert!(
+        device.parse::<wick::device::DeviceChoice>().is_ok(),
+        "{device}"
+    );
 }

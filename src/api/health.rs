@@ -1,5 +1,6 @@
 //! GET /health: `ok` when every loaded model's engine is alive, `loading` while the first
-//! model is still loading, `error` when an engine has stopped; each model with its state.
+//! model is still loading, `error` when an engine has stopped; each model with its state,
+//! and the device they run on.
 
 use std::sync::Arc;
 
@@ -35,5 +36,9 @@ pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
     } else {
         ("ok", StatusCode::OK)
     };
-    (code, Json(json!({ "status": status, "models": models })))
+    let device = state.device.to_string();
+    (
+        code,
+        Json(json!({ "status": status, "device": device, "models": models })),
+    )
 }

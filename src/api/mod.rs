@@ -32,6 +32,8 @@ pub struct AppState {
     pub models: Arc<ModelRegistry>,
     /// Answers /v1 requests that name no model.
     pub default_model: String,
+    /// Where the models run (`--device`), reported by /health.
+    pub device: crate::device::DeviceChoice,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
     /// Unix time the server started (reported as the models' `created`).

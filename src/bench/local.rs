@@ -13,6 +13,8 @@ use crate::server::Server;
 pub struct LocalServer {
     pub base_url: String,
     pub model: String,
+    /// Where its models run.
+    pub device: crate::device::DeviceChoice,
     stop: oneshot::Sender<()>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -27,6 +29,7 @@ impl LocalServer {
         let server = Server::build(&args, &BarProgress::new()).await?;
         let base_url = format!("http://{}", server.addr);
         let model = server.state.default_model.clone();
+        let device = server.state.device;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
@@ -34,6 +37,7 @@ impl LocalServer {
         Ok(Self {
             base_url,
             model,
+            device,
             stop,
             task,
         })

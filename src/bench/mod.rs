@@ -115,7 +115,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         None => {
             eprintln!("starting wick in-process…");
             let local = LocalServer::start(&args.serve).await?;
-            eprintln!("wick serves '{}' at {}", local.model, local.base_url);
+            eprintln!(
+                "wick serves '{}' on {} at {}",
+                local.model, local.device, local.base_url
+            );
             let t = Target::new(http.clone(), "wick", &local.base_url, local.model.clone());
             (t, Some(local))
         }

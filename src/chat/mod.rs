@@ -5,12 +5,12 @@ mod session;
 
 use std::io::Write;
 
-use candle_core::Device;
 use clap::Args;
 use rustyline::error::ReadlineError;
 
 use crate::catalog::ModelStore;
 use crate::config::CatalogArgs;
+use crate::device::DeviceChoice;
 use crate::engine::{EngineConfig, ModelRegistry, RegistryLimits};
 pub use session::{Conversation, Ending};
 
@@ -39,6 +39,10 @@ pub struct ChatArgs {
     /// Compute threads. Default: the number of cores.
     #[arg(long, env = "WICK_THREADS")]
     pub threads: Option<usize>,
+    /// Where the model runs: cpu, cuda, cuda:N, metal or metal:N. Default: the first GPU
+    /// when wick was built with `cuda` (or `metal`) and one is usable, else the CPU.
+    #[arg(long, env = "WICK_DEVICE")]
+    pub device: Option<DeviceChoice>,
     #[command(flatten)]
     pub catalog: CatalogArgs,
 }
@@ -49,6 +53,7 @@ remove), /exit. Ctrl-C stops an answer; Ctrl-D or /exit leaves.";
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let catalog = args.catalog.load()?;
+    let (_, device) = crate::device::select(args.device)?;
     let id = args
         .model
         .clone()
@@ -68,7 +73,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             keep_alive: None,
         },
-        Device::Cpu,
+        device,
     );
     let model = registry.get(&id).await?;
     let mut chat = Conversation::new(model, args.system.clone());

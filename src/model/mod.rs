@@ -123,12 +123,26 @@ pub struct LoadedModel {
     pub frontend: Arc<ModelFrontend>,
 }
 
+/// The metadata key that marks a GGUF of random weights written by `wick synth-gguf`.
+pub const SYNTHETIC_KEY: &str = "wick.synthetic";
+
 /// Load a GGUF file for a catalog entry.
 pub fn load(path: &Path, entry: &ModelEntry, device: &Device) -> anyhow::Result<LoadedModel> {
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let content = gguf_file::Content::read(&mut file)
         .with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
     let config = ModelConfig::from_gguf(&content)?;
+    let synthetic = content
+        .metadata
+        .get(SYNTHETIC_KEY)
+        .is_some_and(|v| v.to_bool().unwrap_or(false));
+    if synthetic {
+        // Its speed is real, its output noise: say so where the measurements are taken.
+        tracing::warn!(
+            model = %entry.id,
+            "RANDOM WEIGHTS (wick synth-gguf): answers are noise; label any figure \"random weights\""
+        );
+    }
 
     let tokenizer = match &entry.tokenizer_json {
         Some(json) => Tokenizer::from_file(json, Some(&content))?,
