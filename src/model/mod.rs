@@ -6,6 +6,7 @@
 //! [`llama::Llama`] with their own [`llama::Variant`]. Hyper-parameters are read from the
 //! keys under the architecture's own prefix (`llama.block_count`, `qwen2.rope.freq_base`, ...).
 
+pub mod cuda;
 pub mod kv_cache;
 pub mod llama;
 pub mod ops;

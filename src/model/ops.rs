@@ -60,6 +60,16 @@ impl RopeTables {
         })
     }
 
+    /// The cos and sin tables on the model's device, `[positions, head_dim / 2]` each (for
+    /// wick's own rotary kernel, `cuda::rope`).
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
+    pub fn style(&self) -> RopeStyle {
+        self.style
+    }
+
     /// Rotate `x` (`[1, heads, len, head_dim]`, contiguous) for positions `start..start+len`.
     pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
         let len = x.dim(2)?;

@@ -1,0 +1,32 @@
+//! What every kernel launch needs: a function from wick's PTX, and a grid.
+
+use candle_core::cuda_backend::cudarc::driver::CudaFunction;
+use candle_core::{CudaDevice, Result};
+
+use super::ptx;
+
+/// One PTX module: its name in the device's cache of custom modules, and its text.
+#[derive(Clone, Copy)]
+pub struct Module {
+    name: &'static str,
+    ptx: &'static str,
+}
+
+pub const RMS_NORM_ROPE: Module = Module {
+    name: "wick_rms_norm_rope",
+    ptx: ptx::RMS_NORM_ROPE,
+};
+
+/// A kernel of `module`; the device loads the module once and keeps it.
+pub fn function(device: &CudaDevice, module: Module, name: &str) -> Result<CudaFunction> {
+    Ok(device
+        .get_or_load_custom_func(name, module.name, module.ptx)?
+        .into_cuda_function())
+}
+
+/// Threads per block of the element-wise kernels, and a grid that covers `n` elements (the
+/// kernels loop when the grid is capped).
+pub const ELEMENTWISE_THREADS: u32 = 256;
+pub fn elementwise_blocks(n: usize) -> u32 {
+    n.div_ceil(ELEMENTWISE_THREADS as usize).clamp(1, 65_535) as u32
+}
