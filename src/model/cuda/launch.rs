@@ -17,6 +17,11 @@ pub const RMS_NORM_ROPE: Module = Module {
     ptx: ptx::RMS_NORM_ROPE,
 };
 
+pub const PAGED_ATTENTION: Module = Module {
+    name: "wick_paged_attention",
+    ptx: ptx::PAGED_ATTENTION,
+};
+
 /// A kernel of `module`; the device loads the module once and keeps it.
 pub fn function(device: &CudaDevice, module: Module, name: &str) -> Result<CudaFunction> {
     Ok(device

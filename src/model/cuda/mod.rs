@@ -9,10 +9,14 @@
 //!
 //! - [`rms_norm`]: RMS normalisation of rows.
 //! - [`rope`]: rotary embedding in place, each row at its own position.
+//! - [`paged_kv`]: a KV cache in fixed-size f16 blocks, and the write of new keys and values.
+//! - [`paged_attention`]: decode attention over that cache.
 //!
 //! GPU tests are `#[ignore]`d (CI has no GPU); run them on a GPU machine with
 //! `cargo test --release --features cuda --lib model::cuda -- --ignored`.
 
+pub mod paged_attention;
+pub mod paged_kv;
 pub mod rms_norm;
 pub mod rope;
 

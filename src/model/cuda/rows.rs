@@ -41,6 +41,17 @@ impl Rows {
         })
     }
 
+    /// A contiguous tensor of any rank as one row (for kernels that take it whole).
+    pub fn of_contiguous(layout: &Layout) -> Self {
+        let width = layout.shape().elem_count();
+        Self {
+            rows: 1,
+            width,
+            stride: width,
+            start: layout.start_offset(),
+        }
+    }
+
     /// One past the last element of the last row.
     pub fn end(&self) -> usize {
         match self.rows {
