@@ -5,7 +5,7 @@
 pub mod constraint;
 mod prefix_cache;
 pub mod registry;
-mod sampler;
+pub(crate) mod sampler;
 mod scheduler;
 mod sequence;
 mod stop;

@@ -16,10 +16,13 @@ pub const RMS_NORM_ROPE: Module = Module {
     name: "wick_rms_norm_rope",
     ptx: ptx::RMS_NORM_ROPE,
 };
-
 pub const PAGED_ATTENTION: Module = Module {
     name: "wick_paged_attention",
     ptx: ptx::PAGED_ATTENTION,
+};
+pub const SAMPLING: Module = Module {
+    name: "wick_sampling",
+    ptx: ptx::SAMPLING,
 };
 
 /// A kernel of `module`; the device loads the module once and keeps it.

@@ -11,6 +11,7 @@
 //! - [`rope`]: rotary embedding in place, each row at its own position.
 //! - [`paged_kv`]: a KV cache in fixed-size f16 blocks, and the write of new keys and values.
 //! - [`paged_attention`]: decode attention over that cache.
+//! - [`sampling`]: one token per row of logits with the row's own settings.
 //!
 //! GPU tests are `#[ignore]`d (CI has no GPU); run them on a GPU machine with
 //! `cargo test --release --features cuda --lib model::cuda -- --ignored`.
@@ -19,6 +20,7 @@ pub mod paged_attention;
 pub mod paged_kv;
 pub mod rms_norm;
 pub mod rope;
+pub mod sampling;
 
 mod operands;
 mod rows;
