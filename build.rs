@@ -119,6 +119,10 @@ mod cuda {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // A kernel that compiles with warnings still builds; cargo shows them.
+        for line in String::from_utf8_lossy(&out.stderr).lines() {
+            println!("cargo:warning={}: {line}", source.display());
+        }
     }
 
     fn ptx_path(out_dir: &Path, source: &Path) -> PathBuf {
