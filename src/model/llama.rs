@@ -14,6 +14,7 @@ use std::io::{Read, Seek};
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::cuda::rope::rope_in_place;
 use super::kv_cache::KvPool;
 use super::ops::{self, RopeStyle, RopeTables};
 use super::quant::{Linear, LinearGroup};
@@ -152,7 +153,8 @@ impl Llama {
     }
 
     /// Attention for every sequence of the batch: the projections ran once for all rows;
-    /// each sequence then attends over its own slot of the cache.
+    /// each sequence then attends over its own slot of the cache. `positions` (CUDA only):
+    /// each row's position, for wick's rotary kernel.
     fn attention(
         &self,
         index: usize,
@@ -160,6 +162,7 @@ impl Llama {
         h: &Tensor,
         batch: &[SeqChunk<'_>],
         kv: &KvPool,
+        positions: Option<&Tensor>,
     ) -> Result<Tensor> {
         let [mut q, mut k, mut v]: [Tensor; 3] =
             layer.qkv.forward(h)?.try_into().expect("three projections");
@@ -171,7 +174,7 @@ impl Llama {
         let out = if self.device.is_cpu() {
             self.attention_host(index, &q, &k, &v, batch, kv)?
         } else {
-            self.attention_tensors(index, &q, &k, &v, batch, kv)?
+            self.attention_tensors(index, &q, &k, &v, batch, kv, positions)?
         };
         layer.wo.forward(&out)
     }
@@ -244,7 +247,10 @@ impl Llama {
         Tensor::from_vec(out, (row, qw), &self.device)
     }
 
-    /// GPU: the same with tensor operations on a device cache.
+    /// GPU: the same with tensor operations on a device cache. With `positions` (CUDA),
+    /// q and k are rotated in place for the whole batch by wick's kernel, one launch each;
+    /// otherwise by candle's rope, sequence by sequence.
+    #[allow(clippy::too_many_arguments)]
     fn attention_tensors(
         &self,
         index: usize,
@@ -253,8 +259,21 @@ impl Llama {
         v: &Tensor,
         batch: &[SeqChunk<'_>],
         kv: &KvPool,
+        positions: Option<&Tensor>,
     ) -> Result<Tensor> {
         let c = &self.config;
+        if let Some(positions) = positions {
+            // q and k are this layer's own projections (fresh tensors): nothing else sees
+            // them change.
+            rope_in_place(q, positions, &self.rope, c.n_heads)?;
+            rope_in_place(k, positions, &self.rope, c.n_kv_heads)?;
+        }
+        let rotate = |t: Tensor, start: usize| -> Result<Tensor> {
+            match positions {
+                Some(_) => Ok(t),
+                None => self.rope.apply(&t.unsqueeze(0)?, start)?.squeeze(0),
+            }
+        };
         let mut outputs = Vec::with_capacity(batch.len());
         let mut row = 0;
         for seq in batch {
@@ -265,17 +284,11 @@ impl Llama {
                     .transpose(0, 1)?
                     .contiguous()
             };
-            let qs = self
-                .rope
-                .apply(&heads(q, c.n_heads)?.unsqueeze(0)?, seq.start)?;
-            let ks = self
-                .rope
-                .apply(&heads(k, c.n_kv_heads)?.unsqueeze(0)?, seq.start)?;
+            let qs = rotate(heads(q, c.n_heads)?, seq.start)?;
+            let ks = rotate(heads(k, c.n_kv_heads)?, seq.start)?;
             let vs = heads(v, c.n_kv_heads)?;
-            let (keys, values) =
-                kv.slot(seq.slot)
-                    .append(index, seq.start, &ks.squeeze(0)?, &vs)?;
-            outputs.push(ops::attention(&qs.squeeze(0)?, &keys, &values, seq.start)?);
+            let (keys, values) = kv.slot(seq.slot).append(index, seq.start, &ks, &vs)?;
+            outputs.push(ops::attention(&qs, &keys, &values, seq.start)?);
             row += len;
         }
         if outputs.len() == 1 {
@@ -305,9 +318,19 @@ impl Model for Llama {
         // All new tokens of all sequences form one matrix, so every weight is read once per
         // step however many sequences run.
         let mut x = self.embeddings.index_select(&ids, 0)?;
+        // Every row's position, uploaded once a step for wick's rotary kernel (CUDA only).
+        let positions = if self.device.is_cuda() {
+            let positions: Vec<u32> = batch
+                .iter()
+                .flat_map(|s| (s.start..s.start + s.tokens.len()).map(|p| p as u32))
+                .collect();
+            Some(Tensor::new(positions.as_slice(), &self.device)?)
+        } else {
+            None
+        };
         for (index, layer) in self.layers.iter().enumerate() {
             let h = ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            x = (x + self.attention(index, layer, &h, batch, kv)?)?;
+            x = (x + self.attention(index, layer, &h, batch, kv, positions.as_ref())?)?;
             let h = ops::rms_norm(&x, &layer.ffn_norm, eps)?;
             let [gate, up]: [Tensor; 2] = layer
                 .gate_up

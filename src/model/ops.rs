@@ -6,8 +6,12 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use super::quant::pool::Pool;
 use super::quant::SharedOut;
 
-/// RMS normalisation over the last dimension, scaled by `weight`.
+/// RMS normalisation over the last dimension, scaled by `weight`: wick's own kernel for the
+/// model's f32 row matrices on a CUDA GPU, candle's everywhere else (the CPU included).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    if x.device().is_cuda() && x.rank() == 2 && x.dtype() == DType::F32 {
+        return super::cuda::rms_norm::rms_norm(x, weight, eps);
+    }
     candle_nn::ops::rms_norm(x, weight, eps)
 }
 
