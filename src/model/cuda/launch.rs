@@ -1,6 +1,6 @@
 //! What every kernel launch needs: a function from wick's PTX, and a grid.
 
-use candle_core::cuda_backend::cudarc::driver::CudaFunction;
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, LaunchConfig};
 use candle_core::{CudaDevice, Result};
 
 use super::ptx;
@@ -32,9 +32,19 @@ pub fn function(device: &CudaDevice, module: Module, name: &str) -> Result<CudaF
         .into_cuda_function())
 }
 
-/// Threads per block of the element-wise kernels, and a grid that covers `n` elements (the
-/// kernels loop when the grid is capped).
-pub const ELEMENTWISE_THREADS: u32 = 256;
-pub fn elementwise_blocks(n: usize) -> u32 {
-    n.div_ceil(ELEMENTWISE_THREADS as usize).clamp(1, 65_535) as u32
+/// Threads per block of the element-wise kernels.
+const ELEMENTWISE_THREADS: u32 = 256;
+
+/// The launch of an element-wise kernel over `n` elements: a grid that covers them, capped
+/// (the kernels loop when it is).
+pub fn elementwise(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            n.div_ceil(ELEMENTWISE_THREADS as usize).clamp(1, 65_535) as u32,
+            1,
+            1,
+        ),
+        block_dim: (ELEMENTWISE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }

@@ -176,10 +176,10 @@ impl InplaceOp3 for WriteKv<'_> {
         v: &candle_core::CudaStorage,
         v_layout: &Layout,
     ) -> Result<()> {
-        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
         use candle_core::cuda_backend::WrapErr;
 
-        use super::launch::{elementwise_blocks, function, ELEMENTWISE_THREADS, PAGED_ATTENTION};
+        use super::launch::{elementwise, function, PAGED_ATTENTION};
         use super::operands::cuda;
 
         let (k_rows, v_rows) = self.plan(cache_layout, k_layout, v_layout)?;
@@ -212,11 +212,7 @@ impl InplaceOp3 for WriteKv<'_> {
             .arg(&rows)
             .arg(&heads)
             .arg(&hd);
-        let config = LaunchConfig {
-            grid_dim: (elementwise_blocks(elements), 1, 1),
-            block_dim: (ELEMENTWISE_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let config = elementwise(elements);
         // SAFETY: the arguments match the kernel's signature; the kernel skips slots past
         // the cache.
         unsafe { launch.launch(config) }.w()?;

@@ -138,10 +138,10 @@ impl InplaceOp2 for Rope<'_> {
         positions: &candle_core::CudaStorage,
         positions_layout: &Layout,
     ) -> Result<()> {
-        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
         use candle_core::cuda_backend::WrapErr;
 
-        use super::launch::{elementwise_blocks, function, ELEMENTWISE_THREADS, RMS_NORM_ROPE};
+        use super::launch::{elementwise, function, RMS_NORM_ROPE};
         use super::operands::cuda;
 
         let plan = self.plan(x_layout, positions_layout)?;
@@ -172,11 +172,7 @@ impl InplaceOp2 for Rope<'_> {
             .arg(&max_positions)
             .arg(&half)
             .arg(&interleaved);
-        let config = LaunchConfig {
-            grid_dim: (elementwise_blocks(pairs), 1, 1),
-            block_dim: (ELEMENTWISE_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let config = elementwise(pairs);
         // SAFETY: the arguments match the kernel's signature; the view covers every row.
         unsafe { launch.launch(config) }.w()?;
         Ok(())
