@@ -9,6 +9,7 @@ use clap::Args;
 
 use crate::catalog::Catalog;
 use crate::device::DeviceChoice;
+use crate::engine::KvLayout;
 use crate::routing::TraditionLayers;
 
 /// Where the catalog comes from: `--catalog FILE`, else `./models.toml`, else the compiled-in one.
@@ -67,6 +68,15 @@ pub struct ServeArgs {
     /// Most prompt tokens processed per engine step (chunked prefill).
     #[arg(long, env = "WICK_PREFILL_CHUNK", default_value_t = 512)]
     pub prefill_chunk: usize,
+    /// KV cache layout: `slots` (a full context per sequence), `paged` (blocks shared by all
+    /// sequences under --kv-budget), or `auto` (paged on a CUDA GPU, slots elsewhere).
+    #[arg(long, env = "WICK_KV_CACHE", value_enum, default_value_t = KvLayout::Auto)]
+    pub kv_cache: KvLayout,
+    /// Memory for the paged KV cache of each loaded model, e.g. `8GiB`: sequences share it
+    /// block by block, so more of them fit than full contexts would allow. It must hold one
+    /// full context. Default: --parallel full contexts.
+    #[arg(long, env = "WICK_KV_BUDGET")]
+    pub kv_budget: Option<bytesize::ByteSize>,
     /// Largest request body, in bytes.
     #[arg(long, env = "WICK_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
     pub body_limit: usize,
@@ -202,6 +212,8 @@ impl ServeArgs {
             queue: 64,
             ctx_size: None,
             prefill_chunk: 512,
+            kv_cache: KvLayout::Auto,
+            kv_budget: None,
             body_limit: 4 * 1024 * 1024,
             threads: None,
             max_loaded_models: 3,

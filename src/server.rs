@@ -82,6 +82,8 @@ impl Server {
                 max_sequences: args.parallel.max(1),
                 queue_capacity: args.queue.max(1),
                 prefill_chunk: args.prefill_chunk,
+                kv_layout: args.kv_cache,
+                kv_budget: args.kv_budget.map(|b| b.as_u64()),
             },
             RegistryLimits {
                 max_loaded: args.max_loaded_models.max(1),

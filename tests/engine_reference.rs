@@ -19,7 +19,7 @@ use std::sync::Arc;
 use candle_core::Device;
 use serde_json::Value;
 use wick::catalog::Catalog;
-use wick::engine::{Backend, Engine, EngineConfig, GenerateRequest, SamplingParams};
+use wick::engine::{Backend, Engine, EngineConfig, GenerateRequest, KvLayout, SamplingParams};
 use wick::model::{KvPool, KvShape, LoadedModel, ModelFrontend, SeqChunk};
 use wick::template::ChatMessage;
 
@@ -121,6 +121,72 @@ fn teacher_forced(loaded: &LoadedModel, cases: &[Case]) -> Vec<Vec<(usize, f32)>
         .collect()
 }
 
+/// The paged layout's logits (prompts in chunks of 16, then one token a step) against the
+/// slots layout's, position by position along llama.cpp's tokens: on the CPU both attend
+/// with the same arithmetic over the same f16-rounded keys and values, so they agree to the
+/// bit (activation quantization would turn any difference into visible ones).
+fn paged_logits_match_slots(model: (&str, &str)) {
+    let loaded = load(model);
+    let model = &loaded.weights;
+    let c = model.config().clone();
+    let shape = KvShape {
+        n_layers: c.n_layers,
+        n_kv_heads: c.n_kv_heads,
+        head_dim: c.head_dim,
+        capacity: 256,
+    };
+    let mut worst = 0f32;
+    for case in cases(model_file(&loaded)) {
+        let mut slots = KvPool::new(shape, 1, Device::Cpu);
+        let mut paged = KvPool::paged(shape, 1, shape.blocks_per_context(), Device::Cpu).unwrap();
+        let (s, p) = (
+            slots.acquire().unwrap().unwrap(),
+            paged.acquire().unwrap().unwrap(),
+        );
+        let tokens: Vec<u32> = case
+            .prompt_ids
+            .iter()
+            .chain(&case.output_ids)
+            .copied()
+            .collect();
+        let mut start = 0;
+        while start < tokens.len() {
+            let end = if start < case.prompt_ids.len() {
+                (start + 16).min(case.prompt_ids.len())
+            } else {
+                start + 1
+            };
+            let chunk = |slot| SeqChunk {
+                slot,
+                start,
+                tokens: &tokens[start..end],
+                want_logits: true,
+            };
+            assert!(paged.reserve(p, end));
+            let a = model.forward(&[chunk(s)], &slots).unwrap();
+            let b = model.forward(&[chunk(p)], &paged).unwrap();
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            worst = worst.max(diff.to_scalar::<f32>().unwrap());
+            start = end;
+        }
+    }
+    assert_eq!(worst, 0.0, "logits differ by up to {worst}");
+}
+
+fn model_file(loaded: &LoadedModel) -> &'static str {
+    [SMOLLM2, QWEN_CODER]
+        .iter()
+        .find(|(id, _)| *id == loaded.frontend.id)
+        .map(|(_, file)| *file)
+        .expect("a fixture model")
+}
+
+#[test]
+fn paged_logits_match_the_slots_layout() {
+    paged_logits_match_slots(SMOLLM2);
+    paged_logits_match_slots(QWEN_CODER);
+}
+
 /// Teacher-forced agreement with llama.cpp on every greedy run of the fixture: every
 /// disagreement must be a near-tie, and at most `max_differing` positions may disagree.
 fn logits_agree_with_llamacpp(model: (&str, &str), max_differing: usize) {
@@ -182,12 +248,12 @@ async fn greedy(engine: &Engine, prompt: Vec<u32>) -> String {
 /// where the two disagree on the top choice (a near-tie, checked by the teacher-forced
 /// tests); after it the answers part ways. Run all at once, the engine batches them in shared
 /// steps and must give the same text as alone.
-async fn engine_greedy_follows_llamacpp(model: (&str, &str)) {
+async fn engine_greedy_follows_llamacpp(model: (&str, &str), config: EngineConfig) {
     let loaded = load(model);
     let cases = cases(model.1);
     let ties = teacher_forced(&loaded, &cases);
     let frontend: Arc<ModelFrontend> = loaded.frontend.clone();
-    let engine = Engine::start(loaded, EngineConfig::default()).unwrap();
+    let engine = Engine::start(loaded, config).unwrap();
     let prompts: Vec<Vec<u32>> = cases
         .iter()
         .map(|c| frontend.tokenizer.encode(&c.prompt).unwrap())
@@ -214,12 +280,32 @@ async fn engine_greedy_follows_llamacpp(model: (&str, &str)) {
 
 #[tokio::test]
 async fn engine_greedy_is_the_same_alone_and_batched_and_follows_llamacpp() {
-    engine_greedy_follows_llamacpp(SMOLLM2).await;
+    engine_greedy_follows_llamacpp(SMOLLM2, EngineConfig::default()).await;
 }
 
 #[tokio::test]
 async fn qwen_coder_engine_greedy_is_the_same_alone_and_batched_and_follows_llamacpp() {
-    engine_greedy_follows_llamacpp(QWEN_CODER).await;
+    engine_greedy_follows_llamacpp(QWEN_CODER, EngineConfig::default()).await;
+}
+
+/// The paged KV cache (a GPU's layout) on the CPU, through the CPU references of wick's
+/// CUDA kernels: rotary, the block write and paged attention over every row of the batch.
+fn paged() -> EngineConfig {
+    EngineConfig {
+        kv_layout: KvLayout::Paged,
+        prefill_chunk: 16,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn paged_engine_greedy_is_the_same_alone_and_batched_and_follows_llamacpp() {
+    engine_greedy_follows_llamacpp(SMOLLM2, paged()).await;
+}
+
+#[tokio::test]
+async fn qwen_coder_paged_engine_greedy_is_the_same_alone_and_batched_and_follows_llamacpp() {
+    engine_greedy_follows_llamacpp(QWEN_CODER, paged()).await;
 }
 
 /// The tier_3 model (qwen2, 12 heads of 128) loads and answers a tiny question sensibly.
@@ -262,6 +348,15 @@ async fn qwen_coder_1_5b_answers_a_tiny_question() {
 
 #[tokio::test]
 async fn a_cached_prefix_gives_the_same_output_as_an_uncached_one() {
+    cached_prefix_is_reused(EngineConfig::default()).await;
+}
+
+#[tokio::test]
+async fn a_cached_prefix_in_paged_blocks_gives_the_same_output_as_an_uncached_one() {
+    cached_prefix_is_reused(paged()).await;
+}
+
+async fn cached_prefix_is_reused(config: EngineConfig) {
     let loaded = load(SMOLLM2);
     let frontend: Arc<ModelFrontend> = loaded.frontend.clone();
     // One slot, so every request after the first finds the previous one's cache.
@@ -269,7 +364,7 @@ async fn a_cached_prefix_gives_the_same_output_as_an_uncached_one() {
         loaded,
         EngineConfig {
             max_sequences: 1,
-            ..Default::default()
+            ..config.clone()
         },
     )
     .unwrap();
@@ -297,7 +392,7 @@ async fn a_cached_prefix_gives_the_same_output_as_an_uncached_one() {
     let b_warm = greedy(&engine, b.clone()).await;
     let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     assert_eq!(engine.health().prefix_cache_hits - hits_before, shared);
-    let fresh = Engine::start(load(SMOLLM2), EngineConfig::default()).unwrap();
+    let fresh = Engine::start(load(SMOLLM2), config).unwrap();
     assert_eq!(
         b_warm,
         greedy(&fresh, b).await,

@@ -65,6 +65,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             max_sequences: 1,
             queue_capacity: 1,
             prefill_chunk: 512,
+            ..EngineConfig::default()
         },
         RegistryLimits {
             max_loaded: 1,

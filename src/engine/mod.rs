@@ -98,6 +98,11 @@ pub struct Health {
     /// Tokens held in the KV slots of running sequences, and what all slots could hold.
     pub kv_tokens: usize,
     pub kv_capacity_tokens: usize,
+    /// The KV cache's layout: `slots` or `paged`.
+    pub kv_layout: &'static str,
+    /// Sequences whose cache was given up for older ones when a paged cache ran short (each
+    /// recomputes its tokens later and goes on), since the start.
+    pub preempted: usize,
 }
 
 /// The seam between the API and whatever generates tokens.
@@ -115,6 +120,11 @@ pub struct EngineConfig {
     /// Most prompt tokens processed in one step, so a long prompt does not stall the
     /// sequences already generating.
     pub prefill_chunk: usize,
+    /// The KV cache's layout.
+    pub kv_layout: KvLayout,
+    /// Bytes the paged layout takes (all layers, keys and values). None: enough for
+    /// `max_sequences` full contexts.
+    pub kv_budget: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -123,8 +133,91 @@ impl Default for EngineConfig {
             max_sequences: 4,
             queue_capacity: 64,
             prefill_chunk: 512,
+            kv_layout: KvLayout::Auto,
+            kv_budget: None,
         }
     }
+}
+
+impl EngineConfig {
+    /// Bytes the KV cache of a model with `shape` takes at most on `device`.
+    pub fn kv_bytes(&self, shape: &KvShape, device: &candle_core::Device) -> u64 {
+        match self.kv_layout.resolve(device) {
+            KvLayout::Paged => self.kv_budget.unwrap_or(
+                (self.max_sequences * shape.blocks_per_context() * shape.block_bytes()) as u64,
+            ),
+            _ => (self.max_sequences.max(1) * shape.slot_bytes()) as u64,
+        }
+    }
+}
+
+/// `--kv-cache`: how the KV cache is laid out (see `model::kv_cache`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvLayout {
+    /// Paged on a CUDA GPU (its kernels read blocks), slots elsewhere.
+    #[default]
+    Auto,
+    /// One full-context region per sequence.
+    Slots,
+    /// Fixed-size blocks shared by all sequences under `--kv-budget`.
+    Paged,
+}
+
+impl KvLayout {
+    /// The layout `Auto` means on `device`.
+    pub fn resolve(self, device: &candle_core::Device) -> KvLayout {
+        match self {
+            KvLayout::Auto if device.is_cuda() => KvLayout::Paged,
+            KvLayout::Auto => KvLayout::Slots,
+            other => other,
+        }
+    }
+}
+
+/// The pool for a model's cache shape under `config`. A paged budget must hold at least one
+/// full context, so a sequence alone can always run to the end of its context.
+fn kv_pool(
+    shape: KvShape,
+    config: &EngineConfig,
+    device: &candle_core::Device,
+) -> anyhow::Result<KvPool> {
+    if config.kv_layout.resolve(device) == KvLayout::Slots {
+        if config.kv_budget.is_some() {
+            tracing::warn!("--kv-budget applies to the paged KV cache only; it is ignored");
+        }
+        tracing::info!(
+            slots = config.max_sequences,
+            slot_mib = shape.slot_bytes() / (1 << 20),
+            "KV cache: slots allocated on first use"
+        );
+        return Ok(KvPool::new(shape, config.max_sequences, device.clone()));
+    }
+    let num_blocks = match config.kv_budget {
+        Some(bytes) => (bytes / shape.block_bytes() as u64) as usize,
+        None => config.max_sequences * shape.blocks_per_context(),
+    };
+    if num_blocks < shape.blocks_per_context() {
+        anyhow::bail!(
+            "--kv-budget holds {} tokens, less than one context of {}: raise --kv-budget or \
+             lower --ctx-size (one token takes {} bytes)",
+            num_blocks * crate::model::kv_cache::BLOCK_TOKENS,
+            shape.capacity,
+            shape.block_bytes() / crate::model::kv_cache::BLOCK_TOKENS
+        );
+    }
+    tracing::info!(
+        blocks = num_blocks,
+        tokens = num_blocks * crate::model::kv_cache::BLOCK_TOKENS,
+        mib = num_blocks * shape.block_bytes() / (1 << 20),
+        sequences = config.max_sequences,
+        "KV cache: paged, allocated now"
+    );
+    Ok(KvPool::paged(
+        shape,
+        config.max_sequences,
+        num_blocks,
+        device.clone(),
+    )?)
 }
 
 /// Counters shared between the engine thread and handles.
@@ -137,6 +230,7 @@ struct Stats {
     prompt_tokens: AtomicUsize,
     prefix_cache_hits: AtomicUsize,
     kv_tokens: AtomicUsize,
+    preempted: AtomicUsize,
 }
 
 struct Submission {
@@ -149,8 +243,9 @@ pub struct Engine {
     stats: Arc<Stats>,
     queue_capacity: usize,
     slots: usize,
-    /// Tokens one slot holds.
-    slot_tokens: usize,
+    /// Tokens the whole cache holds.
+    kv_capacity_tokens: usize,
+    kv_layout: &'static str,
 }
 
 impl Engine {
@@ -164,12 +259,15 @@ impl Engine {
             head_dim: c.head_dim,
             capacity: frontend.context_length,
         };
-        tracing::info!(
-            slots = config.max_sequences,
-            slot_mib = shape.slot_bytes() / (1 << 20),
-            "KV cache: slots allocated on first use"
+        let kv = kv_pool(shape, &config, weights.device())?;
+        let (kv_capacity_tokens, kv_layout) = (
+            kv.capacity_tokens(),
+            if kv.paged_kv().is_some() {
+                "paged"
+            } else {
+                "slots"
+            },
         );
-        let kv = KvPool::new(shape, config.max_sequences, weights.device().clone());
         let (submit, incoming) = sync_channel(config.queue_capacity);
         let stats = Arc::new(Stats::default());
         stats.alive.store(true, Ordering::SeqCst);
@@ -193,7 +291,8 @@ impl Engine {
             stats,
             queue_capacity: config.queue_capacity,
             slots: config.max_sequences,
-            slot_tokens: shape.capacity,
+            kv_capacity_tokens,
+            kv_layout,
         })
     }
 }
@@ -230,7 +329,9 @@ impl Backend for Engine {
             prompt_tokens: self.stats.prompt_tokens.load(Ordering::SeqCst),
             prefix_cache_hits: self.stats.prefix_cache_hits.load(Ordering::SeqCst),
             kv_tokens: self.stats.kv_tokens.load(Ordering::SeqCst),
-            kv_capacity_tokens: self.slots * self.slot_tokens,
+            kv_capacity_tokens: self.kv_capacity_tokens,
+            kv_layout: self.kv_layout,
+            preempted: self.stats.preempted.load(Ordering::SeqCst),
         }
     }
 }

@@ -28,9 +28,10 @@ impl PrefixCache {
         }
     }
 
-    /// Choose among `free` slots (non-empty) for `prompt`.
-    pub fn choose(&self, free: &[usize], prompt: &[u32]) -> Choice {
-        let shared = |slot: usize| common_prefix(&self.contents[slot], prompt);
+    /// Choose among `free` slots (non-empty) for `prompt`; `held(slot)`: how many of its
+    /// first tokens the slot still holds (a paged cache lends idle slots' blocks away).
+    pub fn choose(&self, free: &[usize], prompt: &[u32], held: impl Fn(usize) -> usize) -> Choice {
+        let shared = |slot: usize| common_prefix(&self.contents[slot], prompt).min(held(slot));
         let best = free
             .iter()
             .copied()
@@ -66,17 +67,33 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 mod tests {
     use super::*;
 
+    /// Slots that hold everything they were recorded with.
+    const ALL: fn(usize) -> usize = |_| usize::MAX;
+
     #[test]
     fn longest_shared_prefix_wins_and_the_last_token_always_runs() {
         let mut cache = PrefixCache::new(3);
         cache.record(0, &[1, 2, 3, 4]);
         cache.record(1, &[1, 2, 9]);
-        let choice = cache.choose(&[0, 1, 2], &[1, 2, 3, 4, 5]);
+        let choice = cache.choose(&[0, 1, 2], &[1, 2, 3, 4, 5], ALL);
         assert_eq!(choice, Choice { slot: 0, reused: 4 });
         // The same prompt again: everything but its last token comes from the cache.
         assert_eq!(
-            cache.choose(&[0, 1], &[1, 2, 3, 4]),
+            cache.choose(&[0, 1], &[1, 2, 3, 4], ALL),
             Choice { slot: 0, reused: 3 }
+        );
+    }
+
+    #[test]
+    fn a_slot_shares_only_what_it_still_holds() {
+        let mut cache = PrefixCache::new(2);
+        cache.record(0, &[1, 2, 3, 4, 5, 6]);
+        cache.record(1, &[1, 2, 3, 9]);
+        // Slot 0 lent all but its first two tokens' room away: slot 1 shares more now.
+        let held = |slot: usize| if slot == 0 { 2 } else { usize::MAX };
+        assert_eq!(
+            cache.choose(&[0, 1], &[1, 2, 3, 4, 5, 6, 7], held),
+            Choice { slot: 1, reused: 3 }
         );
     }
 
@@ -85,7 +102,10 @@ mod tests {
         let mut cache = PrefixCache::new(3);
         cache.record(0, &[5]);
         cache.record(1, &[6]);
-        assert_eq!(cache.choose(&[0, 1, 2], &[7]).slot, 2);
-        assert_eq!(cache.choose(&[0, 1], &[7]), Choice { slot: 0, reused: 0 });
+        assert_eq!(cache.choose(&[0, 1, 2], &[7], ALL).slot, 2);
+        assert_eq!(
+            cache.choose(&[0, 1], &[7], ALL),
+            Choice { slot: 0, reused: 0 }
+        );
     }
 }

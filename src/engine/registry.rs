@@ -166,8 +166,7 @@ impl ModelRegistry {
             capacity: loaded.frontend.context_length,
         };
         let embeddings = (config.vocab_size * config.hidden * 4) as u64;
-        let bytes =
-            file_bytes + embeddings + (kv.slot_bytes() * self.engine.max_sequences.max(1)) as u64;
+        let bytes = file_bytes + embeddings + self.engine.kv_bytes(&kv, &self.device);
         let frontend = loaded.frontend.clone();
         let engine = Engine::start(loaded, self.engine.clone())?;
         tracing::info!(model = %entry.id, mib = bytes >> 20, "model ready");

@@ -1,6 +1,13 @@
 //! The engine loop: admits waiting requests into free KV slots between steps, builds each
 //! step's batch (every generating sequence's next token plus prompt chunks within a token
 //! budget), runs the model once for the batch, and retires finished or cancelled sequences.
+//!
+//! With a paged KV cache, memory is the other budget: a request is admitted when the blocks
+//! for its prompt are to be had, each step makes room for the tokens it writes, and when the
+//! blocks run out the newest sequences give theirs up to older ones (preemption by
+//! recomputation, as vLLM does: the preempted sequence keeps its state and output, and feeds
+//! all its tokens again once blocks are free). The oldest sequence can always go on, since
+//! the budget holds at least one full context.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -22,6 +29,11 @@ pub struct Scheduler {
     stats: Arc<Stats>,
     waiting: VecDeque<Submission>,
     running: Vec<Sequence>,
+    /// Admissions so far: the next sequence's `admitted`.
+    admissions: u64,
+    /// The last step left a sequence out for want of KV blocks: admit nobody new until it
+    /// runs again.
+    starved: bool,
 }
 
 impl Scheduler {
@@ -41,6 +53,8 @@ impl Scheduler {
             stats,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            admissions: 0,
+            starved: false,
         }
     }
 
@@ -134,11 +148,23 @@ impl Scheduler {
                     .send(Event::Error("the prompt has no tokens".into()));
                 continue;
             }
+            let kv = &self.kv;
             let choice = self
                 .prefix
-                .choose(self.kv.free_slots(), &submission.request.prompt);
+                .choose(kv.free_slots(), &submission.request.prompt, |slot| {
+                    kv.held_tokens(slot)
+                });
+            if !self.has_room_for(&submission.request.prompt) {
+                // Oldest first: it waits for blocks, and so does everything behind it.
+                self.stats.waiting.fetch_add(1, Ordering::SeqCst);
+                self.waiting.push_front(submission);
+                break;
+            }
             match self.kv.acquire_slot(choice.slot) {
                 Ok(()) => {
+                    // Blocks past the reused prefix go back to the pool for anyone.
+                    self.kv.truncate(choice.slot, choice.reused);
+                    self.admissions += 1;
                     let prompt_len = submission.request.prompt.len();
                     self.stats
                         .prompt_tokens
@@ -151,6 +177,7 @@ impl Scheduler {
                         submission.events,
                         choice.slot,
                         choice.reused,
+                        self.admissions,
                     ));
                 }
                 Err(e) => {
@@ -162,22 +189,98 @@ impl Scheduler {
         }
     }
 
-    /// One batched forward pass and the sampling that follows it.
-    fn step(&mut self) {
-        // Which sequences take part, and how many of their pending tokens.
+    /// Whether a paged cache has the blocks for `prompt`, with a block to spare per running
+    /// sequence so that admitting it does not at once preempt them, and no sequence is
+    /// waiting for blocks already. Always true for the slots layout.
+    ///
+    /// The blocks of the prefix it reuses count on both sides (the chosen slot is idle, so
+    /// they are among the available ones), hence the whole prompt.
+    fn has_room_for(&self, prompt: &[u32]) -> bool {
+        let Some(available) = self.kv.available_blocks() else {
+            return true;
+        };
+        let block = crate::model::kv_cache::BLOCK_TOKENS;
+        !self.starved && prompt.len().div_ceil(block) + self.running.len() <= available
+    }
+
+    /// Which sequences take part in this step and how many of their pending tokens, oldest
+    /// first, with room made in the cache for what they write.
+    fn plan_step(&mut self) -> Vec<(usize, usize)> {
+        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        order.sort_by_key(|&i| self.running[i].admitted);
         let mut budget = self.prefill_chunk;
         let mut plan: Vec<(usize, usize)> = Vec::with_capacity(self.running.len());
-        for (i, seq) in self.running.iter().enumerate() {
-            if seq.is_prefilling() {
-                if budget == 0 {
-                    continue;
-                }
-                let take = seq.pending().len().min(budget);
-                budget -= take;
-                plan.push((i, take));
+        self.starved = false;
+        for &i in &order {
+            let seq = &self.running[i];
+            let take = if seq.is_prefilling() {
+                seq.pending().len().min(budget)
             } else {
-                plan.push((i, 1));
+                1
+            };
+            if take == 0 {
+                continue;
             }
+            let end = seq.cached + take;
+            loop {
+                let seq = &self.running[i];
+                if self.kv.reserve(seq.slot, end) {
+                    if self.running[i].is_prefilling() {
+                        budget -= take;
+                    }
+                    plan.push((i, take));
+                    break;
+                }
+                // Short of blocks: the newest sequence that holds any gives them up, if it
+                // is newer than this one (it is then not in the plan yet).
+                let admitted = seq.admitted;
+                let victim = order
+                    .iter()
+                    .copied()
+                    .filter(|&j| {
+                        let other = &self.running[j];
+                        other.admitted > admitted && self.kv.held_tokens(other.slot) > 0
+                    })
+                    .max_by_key(|&j| self.running[j].admitted);
+                match victim {
+                    Some(j) => self.preempt(j),
+                    // Nothing newer to take from: it waits for blocks.
+                    None => {
+                        self.starved = true;
+                        break;
+                    }
+                }
+            }
+        }
+        plan
+    }
+
+    fn preempt(&mut self, index: usize) {
+        let seq = &mut self.running[index];
+        tracing::debug!(
+            slot = seq.slot,
+            tokens = seq.tokens.len(),
+            "sequence preempted"
+        );
+        self.kv.truncate(seq.slot, 0);
+        seq.preempt();
+        self.stats.preempted.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// One batched forward pass and the sampling that follows it.
+    fn step(&mut self) {
+        let plan = self.plan_step();
+        if plan.is_empty() {
+            // Only possible when the oldest sequence cannot get blocks although nobody
+            // newer holds any: its own tokens exceed the whole cache (the budget is checked
+            // to hold a context at start, so this is a defect, reported, not a hang).
+            let oldest = (0..self.running.len())
+                .min_by_key(|&i| self.running[i].admitted)
+                .expect("step runs with sequences");
+            return self.fail_batch(
+                &[(oldest, 0)],
+                "the KV cache (--kv-budget) cannot hold this sequence".into(),
+            );
         }
         let batch: Vec<SeqChunk<'_>> = plan
             .iter()

@@ -16,6 +16,8 @@ pub struct Sequence {
     /// Tokens already written to the KV slot.
     pub cached: usize,
     pub slot: usize,
+    /// Admission order: the scheduler serves older sequences first and preempts newer ones.
+    pub admitted: u64,
     max_tokens: usize,
     ignore_eos: bool,
     deadline: Option<std::time::Instant>,
@@ -39,6 +41,7 @@ impl Sequence {
         events: UnboundedSender<Event>,
         slot: usize,
         reused: usize,
+        admitted: u64,
     ) -> Self {
         let prompt_len = request.prompt.len();
         let sampler = Sampler::new(request.sampling, &request.prompt);
@@ -47,6 +50,7 @@ impl Sequence {
             prompt_len,
             cached: reused,
             slot,
+            admitted,
             max_tokens: request.max_tokens,
             ignore_eos: request.ignore_eos,
             sampler,
@@ -73,8 +77,16 @@ impl Sequence {
         &self.tokens[self.cached..]
     }
 
+    /// More than one token to feed: the rest of a prompt, or everything again after a
+    /// preemption; a step takes a chunk of them.
     pub fn is_prefilling(&self) -> bool {
-        self.cached < self.prompt_len
+        self.pending().len() > 1
+    }
+
+    /// Its cache was taken for older sequences: every token, generated ones included, is
+    /// fed again before it samples its next one. What it sent and its sampling state stay.
+    pub fn preempt(&mut self) {
+        self.cached = 0;
     }
 
     fn generated(&self) -> usize {

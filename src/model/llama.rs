@@ -14,8 +14,10 @@ use std::io::{Read, Seek};
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::cuda::paged_attention::paged_attention;
+use super::cuda::paged_kv::{self, write_kv};
 use super::cuda::rope::rope_in_place;
-use super::kv_cache::KvPool;
+use super::kv_cache::{KvPool, PagedKv, BLOCK_TOKENS};
 use super::ops::{self, RopeStyle, RopeTables};
 use super::quant::{Linear, LinearGroup};
 use super::{Model, ModelConfig, SeqChunk};
@@ -153,8 +155,8 @@ impl Llama {
     }
 
     /// Attention for every sequence of the batch: the projections ran once for all rows;
-    /// each sequence then attends over its own slot of the cache. `positions` (CUDA only):
-    /// each row's position, for wick's rotary kernel.
+    /// each sequence then attends over its own slot of the cache. `step`: what the paged
+    /// layout or wick's rotary kernel needs of the batch, uploaded once a step.
     fn attention(
         &self,
         index: usize,
@@ -162,7 +164,7 @@ impl Llama {
         h: &Tensor,
         batch: &[SeqChunk<'_>],
         kv: &KvPool,
-        positions: Option<&Tensor>,
+        step: &StepTensors<'_>,
     ) -> Result<Tensor> {
         let [mut q, mut k, mut v]: [Tensor; 3] =
             layer.qkv.forward(h)?.try_into().expect("three projections");
@@ -171,12 +173,37 @@ impl Llama {
             k = k.broadcast_add(bk)?;
             v = v.broadcast_add(bv)?;
         }
-        let out = if self.device.is_cpu() {
-            self.attention_host(index, &q, &k, &v, batch, kv)?
-        } else {
-            self.attention_tensors(index, &q, &k, &v, batch, kv, positions)?
+        let out = match step {
+            StepTensors::Paged(paged) => self.attention_paged(index, &q, &k, &v, paged)?,
+            _ if self.device.is_cpu() => self.attention_host(index, &q, &k, &v, batch, kv)?,
+            StepTensors::Positions(positions) => {
+                self.attention_tensors(index, &q, &k, &v, batch, kv, Some(positions))?
+            }
+            StepTensors::None => self.attention_tensors(index, &q, &k, &v, batch, kv, None)?,
         };
         layer.wo.forward(&out)
+    }
+
+    /// Paged layout: every row of the batch, prompt chunks and decode tokens alike, is
+    /// one query over its sequence's blocks up to its own position (which is what makes a
+    /// prompt chunk causal), so rotary, the cache write and attention are one launch each
+    /// for the whole batch.
+    fn attention_paged(
+        &self,
+        index: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        step: &PagedStep<'_>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        // q and k are this layer's own projections (fresh tensors): nothing else sees them
+        // change.
+        rope_in_place(q, &step.positions, &self.rope, c.n_heads)?;
+        rope_in_place(k, &step.positions, &self.rope, c.n_kv_heads)?;
+        let (cache, shape) = (step.kv.cache(index), step.kv.layer_shape());
+        write_kv(cache, shape, k, v, &step.slots)?;
+        paged_attention(q, cache, shape, c.n_heads, &step.tables, &step.lens)
     }
 
     /// CPU: rotary, the cache write and attention on plain slices, one token at a time,
@@ -318,19 +345,17 @@ impl Model for Llama {
         // All new tokens of all sequences form one matrix, so every weight is read once per
         // step however many sequences run.
         let mut x = self.embeddings.index_select(&ids, 0)?;
-        // Every row's position, uploaded once a step for wick's rotary kernel (CUDA only).
-        let positions = if self.device.is_cuda() {
-            let positions: Vec<u32> = batch
-                .iter()
-                .flat_map(|s| (s.start..s.start + s.tokens.len()).map(|p| p as u32))
-                .collect();
-            Some(Tensor::new(positions.as_slice(), &self.device)?)
-        } else {
-            None
+        let step = match kv.paged_kv() {
+            Some(paged) => StepTensors::Paged(PagedStep::new(batch, paged, &self.device)?),
+            // Every row's position, for wick's rotary kernel.
+            None if self.device.is_cuda() => {
+                StepTensors::Positions(Tensor::new(positions(batch).as_slice(), &self.device)?)
+            }
+            None => StepTensors::None,
         };
         for (index, layer) in self.layers.iter().enumerate() {
             let h = ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            x = (x + self.attention(index, layer, &h, batch, kv, positions.as_ref())?)?;
+            x = (x + self.attention(index, layer, &h, batch, kv, &step)?)?;
             let h = ops::rms_norm(&x, &layer.ffn_norm, eps)?;
             let [gate, up]: [Tensor; 2] = layer
                 .gate_up
@@ -355,5 +380,72 @@ impl Model for Llama {
         let rows = Tensor::new(last_rows.as_slice(), &self.device)?;
         let last = ops::rms_norm(&x.index_select(&rows, 0)?, &self.output_norm, eps)?;
         self.output.forward(&last)?.to_dtype(DType::F32)
+    }
+}
+
+/// Every row's position in its sequence, in batch order.
+fn positions(batch: &[SeqChunk<'_>]) -> Vec<u32> {
+    batch
+        .iter()
+        .flat_map(|s| (s.start..s.start + s.tokens.len()).map(|p| p as u32))
+        .collect()
+}
+
+/// What a step's attention needs of the batch beyond the projections, uploaded once.
+enum StepTensors<'a> {
+    Paged(PagedStep<'a>),
+    /// Rows' positions, for wick's rotary kernel on a CUDA device with the slots layout.
+    Positions(Tensor),
+    None,
+}
+
+/// The paged layout's view of one step: per row of the batch, its position, the cache slot
+/// its key and value go to, its sequence's block table (padded to the batch's longest) and
+/// how many cached tokens it attends over (its position + 1).
+struct PagedStep<'a> {
+    kv: &'a PagedKv,
+    positions: Tensor,
+    slots: Tensor,
+    tables: Tensor,
+    lens: Tensor,
+}
+
+impl<'a> PagedStep<'a> {
+    fn new(batch: &[SeqChunk<'_>], kv: &'a PagedKv, device: &Device) -> Result<Self> {
+        let positions = positions(batch);
+        let width = batch
+            .iter()
+            .map(|s| (s.start + s.tokens.len()).div_ceil(BLOCK_TOKENS))
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let (mut slots, mut tables, mut lens) = (Vec::new(), Vec::new(), Vec::new());
+        for seq in batch {
+            let table = kv.table(seq.slot);
+            let end = seq.start + seq.tokens.len();
+            if end > table.len() * BLOCK_TOKENS {
+                candle_core::bail!(
+                    "KV slot {} holds {} tokens, the step needs {end}",
+                    seq.slot,
+                    table.len() * BLOCK_TOKENS
+                );
+            }
+            let row_table: Vec<u32> = (0..width)
+                .map(|i| table.get(i).copied().unwrap_or(0))
+                .collect();
+            for position in seq.start..end {
+                slots.push(paged_kv::slot(table, position));
+                tables.extend_from_slice(&row_table);
+                lens.push(position as u32 + 1);
+            }
+        }
+        let rows = lens.len();
+        Ok(Self {
+            kv,
+            positions: Tensor::new(positions.as_slice(), device)?,
+            slots: Tensor::new(slots.as_slice(), device)?,
+            tables: Tensor::from_vec(tables, (rows, width), device)?,
+            lens: Tensor::new(lens.as_slice(), device)?,
+        })
     }
 }

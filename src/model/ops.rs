@@ -220,8 +220,9 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// One query row over the first `visible` keys and values (`(data, offset, row stride)`),
-/// into `out`, in a fixed order.
-fn attend(
+/// into `out`, in a fixed order. The paged cache's reference attends with it too, so both
+/// layouts give the same bits on the CPU.
+pub fn attend(
     q: &[f32],
     (kd, k_base, k_stride): (&[f32], usize, usize),
     (vd, v_base, v_stride): (&[f32], usize, usize),

@@ -10,6 +10,7 @@ use half::f16;
 use super::operands::{cpu_contiguous, cpu_rows, Held};
 use super::paged_kv::{slot, PagedShape, BLOCK_TOKENS};
 use super::rows::Rows;
+use crate::model::ops;
 
 /// Head sizes the kernel is built for.
 pub const KERNEL_HEAD_DIMS: [usize; 3] = [64, 128, 256];
@@ -48,8 +49,9 @@ pub fn paged_attention(
 }
 
 /// The reference: softmax(q·K / sqrt(head_dim)) V for each (sequence, head), keys and
-/// values read from their blocks, in f32 from the cache's f16. `q` rows are `q_stride`
-/// apart; `out` is `[n_seqs, n_heads * head_dim]`.
+/// values read from their blocks, in f32 from the cache's f16, added up by wick's own CPU
+/// attention ([`ops::attend`]): on the CPU the paged layout gives the slots layout's bits.
+/// `q` rows are `q_stride` apart; `out` is `[n_seqs, n_heads * head_dim]`.
 pub fn paged_attention_host(
     q: &[f32],
     q_stride: usize,
@@ -61,8 +63,7 @@ pub fn paged_attention_host(
 ) -> Result<()> {
     let hd = shape.head_dim;
     let group = n_heads / shape.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut scores = Vec::new();
+    let (mut keys, mut values, mut scores) = (Vec::new(), Vec::new(), Vec::new());
     for (s, &len) in seqs.lens.iter().enumerate() {
         let len = len as usize;
         let table = &seqs.tables[s * seqs.table_stride..][..seqs.table_stride];
@@ -81,34 +82,33 @@ pub fn paged_attention_host(
                 shape.num_blocks
             );
         }
-        for h in 0..n_heads {
-            let query = &q[s * q_stride + h * hd..][..hd];
-            let dst = &mut out[(s * n_heads + h) * hd..][..hd];
-            dst.fill(0.0);
-            if len == 0 {
-                continue;
+        scores.resize(len, 0f32);
+        for kv in 0..shape.n_kv_heads {
+            // This kv head's keys and values in position order, as a contiguous cache
+            // holds them.
+            keys.clear();
+            values.clear();
+            for position in 0..len {
+                let at = shape.offset(slot(table, position) as usize, kv);
+                keys.extend(cache[at..][..hd].iter().map(|x| x.to_f32()));
+                values.extend(cache[shape.plane() + at..][..hd].iter().map(|x| x.to_f32()));
             }
-            let kv = h / group;
-            let at = |position: usize| shape.offset(slot(table, position) as usize, kv);
-            scores.clear();
-            scores.extend((0..len).map(|j| {
-                let key = &cache[at(j)..][..hd];
-                let dot: f32 = query.iter().zip(key).map(|(a, b)| a * b.to_f32()).sum();
-                dot * scale
-            }));
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for score in scores.iter_mut() {
-                *score = (*score - max).exp();
-                sum += *score;
-            }
-            for (j, &p) in scores.iter().enumerate() {
-                let value = &cache[shape.plane() + at(j)..][..hd];
-                for (acc, v) in dst.iter_mut().zip(value) {
-                    *acc += p * v.to_f32();
+            for h in kv * group..(kv + 1) * group {
+                let query = &q[s * q_stride + h * hd..][..hd];
+                let dst = &mut out[(s * n_heads + h) * hd..][..hd];
+                if len == 0 {
+                    dst.fill(0.0);
+                    continue;
                 }
+                ops::attend(
+                    query,
+                    (&keys, 0, hd),
+                    (&values, 0, hd),
+                    len,
+                    &mut scores,
+                    dst,
+                );
             }
-            dst.iter_mut().for_each(|x| *x /= sum);
         }
     }
     Ok(())
