@@ -84,6 +84,7 @@ impl Server {
                 prefill_chunk: args.prefill_chunk,
                 kv_layout: args.kv_cache,
                 kv_budget: args.kv_budget.map(|b| b.as_u64()),
+                device_sampling: None,
             },
             RegistryLimits {
                 max_loaded: args.max_loaded_models.max(1),

@@ -10,6 +10,13 @@ use wick::engine::{Backend, Engine, EngineConfig, Event, GenerateRequest, Sampli
 use wick::model::ModelFrontend;
 
 fn engine(slots: usize) -> (Engine, std::sync::Arc<ModelFrontend>) {
+    engine_with(EngineConfig {
+        max_sequences: slots,
+        ..Default::default()
+    })
+}
+
+fn engine_with(config: EngineConfig) -> (Engine, std::sync::Arc<ModelFrontend>) {
     wick::config::init_threads(None);
     let path = common::model_file("SmolLM2-135M-Instruct.Q4_1.gguf");
     let mut entry = Catalog::builtin()
@@ -19,10 +26,6 @@ fn engine(slots: usize) -> (Engine, std::sync::Arc<ModelFrontend>) {
     entry.context_length = 1024;
     let loaded = wick::model::load(&path, &entry, &Device::Cpu).expect("model loads");
     let frontend = loaded.frontend.clone();
-    let config = EngineConfig {
-        max_sequences: slots,
-        ..Default::default()
-    };
     (Engine::start(loaded, config).unwrap(), frontend)
 }
 
@@ -135,4 +138,56 @@ async fn cancelling_in_the_middle_of_a_batch_leaves_the_rest_correct() {
         engine.health()
     );
     assert_eq!(text_of(&engine, probe).await, alone, "after the cancels");
+}
+
+/// Sampling where the logits are (a GPU's path, here through the sampling kernel's CPU
+/// reference) picks the host sampler's tokens for the same seeds: greedy, top-k, top-p,
+/// min-p and temperature alone; requests that need their logits on the host
+/// (log-probabilities, penalties) sample there in the same batch.
+#[tokio::test]
+async fn sampling_on_the_device_picks_what_the_host_sampler_picks() {
+    let (host, frontend) = engine(7);
+    let (device, _) = engine_with(EngineConfig {
+        max_sequences: 7,
+        device_sampling: Some(true),
+        ..Default::default()
+    });
+    let question = |q: &str| chat(&frontend, q);
+    let mut requests = Vec::new();
+    for (i, (temperature, top_k, top_p, min_p)) in [
+        (0.0, 0, 1.0, 0.0),
+        (0.8, 0, 0.9, 0.0),
+        (1.0, 0, 1.0, 0.0),
+        (0.7, 0, 1.0, 0.05),
+        (1.2, 0, 0.95, 0.02),
+        (1.0, 40, 1.0, 0.0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = request(
+            question("Tell me about cats."),
+            temperature,
+            40 + i as u64,
+            40,
+        );
+        r.sampling.top_p = top_p;
+        r.sampling.top_k = top_k;
+        r.sampling.min_p = min_p;
+        requests.push(r);
+    }
+    let mut host_only = request(question("Tell me about dogs."), 0.9, 7, 40);
+    host_only.sampling.top_k = 0;
+    host_only.sampling.logprobs = Some(2);
+    host_only.sampling.presence_penalty = 0.5;
+    requests.push(host_only);
+
+    let mut expected = Vec::new();
+    for r in &requests {
+        expected.push(text_of(&host, r.clone()).await);
+    }
+    let together =
+        futures::future::join_all(requests.iter().map(|r| text_of(&device, r.clone()))).await;
+    assert_eq!(together, expected);
+    assert!(expected.iter().all(|t| !t.is_empty()), "{expected:?}");
 }

@@ -125,6 +125,10 @@ pub struct EngineConfig {
     /// Bytes the paged layout takes (all layers, keys and values). None: enough for
     /// `max_sequences` full contexts.
     pub kv_budget: Option<u64>,
+    /// Sample with wick's sampling kernel on the model's device, so only token ids cross to
+    /// the host (requests with penalties, bias, log-probabilities or a grammar still sample
+    /// on the host). None: on a CUDA device only; on the CPU the kernel's CPU reference runs.
+    pub device_sampling: Option<bool>,
 }
 
 impl Default for EngineConfig {
@@ -135,6 +139,7 @@ impl Default for EngineConfig {
             prefill_chunk: 512,
             kv_layout: KvLayout::Auto,
             kv_budget: None,
+            device_sampling: None,
         }
     }
 }
@@ -273,6 +278,7 @@ impl Engine {
         stats.alive.store(true, Ordering::SeqCst);
         let thread_stats = stats.clone();
         let prefill_chunk = config.prefill_chunk.max(1);
+        let device_sampling = config.device_sampling.unwrap_or(weights.device().is_cuda());
         std::thread::Builder::new()
             .name("wick-engine".into())
             .spawn(move || {
@@ -281,6 +287,7 @@ impl Engine {
                     frontend,
                     kv,
                     prefill_chunk,
+                    device_sampling,
                     thread_stats.clone(),
                 );
                 scheduler.run(incoming);

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::model::cuda::sampling::{fixed_weight, weight_target, RowSampling};
+
 /// Sampling settings of one request; they stay with that request inside a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -80,6 +82,8 @@ pub struct Sampler {
     scores: Vec<f32>,
     /// Reused between steps so sampling allocates nothing per token.
     candidates: Vec<(u32, f32)>,
+    /// The candidates' fixed-point weights, likewise reused.
+    weights: Vec<(u32, u64)>,
 }
 
 impl Sampler {
@@ -102,6 +106,7 @@ impl Sampler {
             prompt,
             scores: Vec::new(),
             candidates: Vec::new(),
+            weights: Vec::new(),
         }
     }
 
@@ -123,6 +128,40 @@ impl Sampler {
             .map(|top| log_softmax_at(&self.scores, token, top));
         *self.generated.entry(token).or_default() += 1;
         Sampled { token, logprob }
+    }
+
+    /// This step's settings and draw for a sampler that runs where the logits are (the
+    /// device's sampling kernel), when nothing of the request needs them on the host: no
+    /// bias, no penalty, no log-probabilities. It draws the uniform number as [`Self::sample`]
+    /// would (one for a non-greedy step, none for a greedy one), so a seed picks the same
+    /// tokens either way; call [`Self::record`] with the token it picked.
+    pub fn device_row(&mut self) -> Option<RowSampling> {
+        let p = &self.params;
+        let host_only = !p.logit_bias.is_empty()
+            || p.repetition_penalty != 1.0
+            || p.presence_penalty != 0.0
+            || p.frequency_penalty != 0.0
+            || p.logprobs.is_some();
+        if host_only {
+            return None;
+        }
+        let greedy = p.temperature <= 0.0 || p.top_k == 1;
+        let mut row = RowSampling {
+            temperature: p.temperature,
+            top_k: u32::try_from(p.top_k).unwrap_or(u32::MAX),
+            top_p: p.top_p,
+            min_p: p.min_p,
+            uniform: 0.0,
+        };
+        if !greedy {
+            row.uniform = self.rng.random::<f32>();
+        }
+        Some(row)
+    }
+
+    /// A token picked elsewhere from this sampler's [`Self::device_row`].
+    pub fn record(&mut self, token: u32) {
+        *self.generated.entry(token).or_default() += 1;
     }
 
     /// `scores` = the logits with bias and penalties applied.
@@ -159,55 +198,66 @@ impl Sampler {
     }
 
     /// Draw from `scores` (already divided by the temperature) after top-k, min-p, top-p.
+    ///
+    /// The arithmetic is the device sampler's (`model::cuda::sampling`, its definition):
+    /// weights `exp(score - max)` as 64-bit fixed point, summed exactly; every cut ranks
+    /// tokens most likely first, then lower index; the draw walks the top-p set in that
+    /// order and any other set in index order. So the same seed picks the same token on the
+    /// CPU and on a GPU, and no f32 running sum over a 150k vocabulary drifts.
     fn draw(&mut self) -> u32 {
+        let by_rank = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         self.candidates.clear();
         self.candidates
             .extend(self.scores.iter().enumerate().map(|(i, &l)| (i as u32, l)));
-        let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
         let k = self.params.top_k;
         if k > 0 && k < self.candidates.len() {
-            self.candidates.select_nth_unstable_by(k - 1, by_logit_desc);
+            self.candidates.select_nth_unstable_by(k - 1, by_rank);
             self.candidates.truncate(k);
         }
-        // Softmax over the candidates, in place.
+        let top_p = self.params.top_p < 1.0;
+        if top_p {
+            self.candidates.sort_unstable_by(by_rank);
+        } else {
+            self.candidates.sort_unstable_by_key(|c| c.0);
+        }
         let max = self
             .candidates
             .iter()
             .map(|c| c.1)
             .fold(f32::NEG_INFINITY, f32::max);
-        let mut total = 0.0;
-        for c in self.candidates.iter_mut() {
-            c.1 = (c.1 - max).exp();
-            total += c.1;
+        let min_p = self.params.min_p;
+        self.weights.clear();
+        self.weights
+            .extend(self.candidates.iter().filter_map(|&(token, score)| {
+                let w = (score - max).exp();
+                // The most likely token has weight exp(0) = 1, so min-p compares directly.
+                let fixed = if w >= min_p { fixed_weight(w) } else { 0 };
+                (fixed > 0).then_some((token, fixed))
+            }));
+        if top_p {
+            let total: u64 = self.weights.iter().map(|w| w.1).sum();
+            let target = weight_target(self.params.top_p, total);
+            let mut running = 0;
+            let keep = self
+                .weights
+                .iter()
+                .position(|w| {
+                    running += w.1;
+                    running >= target
+                })
+                .map_or(self.weights.len(), |i| i + 1);
+            self.weights.truncate(keep);
         }
-        if self.params.min_p > 0.0 {
-            // The most likely candidate has weight exp(0) = 1.
-            let floor = self.params.min_p;
-            self.candidates.retain(|c| c.1 >= floor);
-            total = self.candidates.iter().map(|c| c.1).sum();
-        }
-        if self.params.top_p < 1.0 {
-            self.candidates.sort_unstable_by(by_logit_desc);
-            let mut mass = 0.0;
-            let mut keep = self.candidates.len();
-            for (i, c) in self.candidates.iter().enumerate() {
-                mass += c.1 / total;
-                if mass >= self.params.top_p {
-                    keep = i + 1;
-                    break;
-                }
+        let total: u64 = self.weights.iter().map(|w| w.1).sum();
+        let target = weight_target(self.rng.random::<f32>(), total);
+        let mut running = 0;
+        for &(token, weight) in &self.weights {
+            running += weight;
+            if running >= target {
+                return token;
             }
-            self.candidates.truncate(keep);
-            total = self.candidates.iter().map(|c| c.1).sum();
         }
-        let mut target = self.rng.random::<f32>() * total;
-        for c in &self.candidates {
-            target -= c.1;
-            if target <= 0.0 {
-                return c.0;
-            }
-        }
-        self.candidates.last().map(|c| c.0).unwrap_or(0)
+        argmax(&self.scores)
     }
 }
 

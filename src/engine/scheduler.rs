@@ -18,6 +18,9 @@ use std::sync::Arc;
 use super::prefix_cache::PrefixCache;
 use super::sequence::{Progress, Sequence};
 use super::{Event, Stats, Submission};
+use candle_core::Tensor;
+
+use crate::model::cuda::sampling::{sample_rows, RowSampling};
 use crate::model::{KvPool, Model, ModelFrontend, SeqChunk};
 
 pub struct Scheduler {
@@ -34,6 +37,8 @@ pub struct Scheduler {
     /// The last step left a sequence out for want of KV blocks: admit nobody new until it
     /// runs again.
     starved: bool,
+    /// Sample on the model's device where a request allows it (see [`outputs`]).
+    device_sampling: bool,
 }
 
 impl Scheduler {
@@ -42,6 +47,7 @@ impl Scheduler {
         frontend: Arc<ModelFrontend>,
         kv: KvPool,
         prefill_chunk: usize,
+        device_sampling: bool,
         stats: Arc<Stats>,
     ) -> Self {
         Self {
@@ -55,6 +61,7 @@ impl Scheduler {
             running: Vec::new(),
             admissions: 0,
             starved: false,
+            device_sampling,
         }
     }
 
@@ -282,6 +289,20 @@ impl Scheduler {
                 "the KV cache (--kv-budget) cannot hold this sequence".into(),
             );
         }
+        // Per sampling sequence, in plan order: its draw for the device's sampler, or None
+        // when its logits go to the host. Drawn before the step, in a fixed order, so a
+        // seed gives the same tokens however the batch is made.
+        let mut draws: Vec<Option<RowSampling>> = Vec::new();
+        for &(i, take) in &plan {
+            let seq = &mut self.running[i];
+            if take == seq.pending().len() {
+                draws.push(if self.device_sampling {
+                    seq.device_row()
+                } else {
+                    None
+                });
+            }
+        }
         let batch: Vec<SeqChunk<'_>> = plan
             .iter()
             .map(|&(i, take)| {
@@ -298,29 +319,30 @@ impl Scheduler {
 
         let (model, kv) = (&self.model, &self.kv);
         let result = catch_unwind(AssertUnwindSafe(|| {
-            model.forward(&batch, kv)?.to_vec2::<f32>()
+            let logits = model.forward(&batch, kv)?;
+            outputs(&logits, &draws)
         }));
         drop(batch);
-        let logits = match result {
-            Ok(Ok(logits)) => logits,
+        let outputs = match result {
+            Ok(Ok(outputs)) => outputs,
             Ok(Err(e)) => return self.fail_batch(&plan, format!("model step failed: {e}")),
             Err(_) => return self.fail_batch(&plan, "model step panicked".into()),
         };
 
-        let mut rows = logits.into_iter();
+        let mut outputs = outputs.into_iter();
         let mut finished = Vec::new();
+        let (tokenizer, context) = (&self.frontend.tokenizer, self.frontend.context_length);
         for (&(i, take), wants_logits) in plan.iter().zip(wants) {
             let seq = &mut self.running[i];
             seq.cached += take;
             if !wants_logits {
                 continue;
             }
-            let mut row = rows.next().expect("one logits row per sampling sequence");
-            if let Progress::Finished = seq.advance(
-                &mut row,
-                &self.frontend.tokenizer,
-                self.frontend.context_length,
-            ) {
+            let progress = match outputs.next().expect("one output per sampling sequence") {
+                Output::Token(token) => seq.accept(token, tokenizer, context),
+                Output::Logits(mut row) => seq.advance(&mut row, tokenizer, context),
+            };
+            if let Progress::Finished = progress {
                 finished.push(i);
             }
         }
@@ -347,4 +369,51 @@ impl Scheduler {
         }
         self.publish_counts();
     }
+}
+
+/// What a step gives a sampling sequence: the token the device picked, or its logits.
+enum Output {
+    Token(u32),
+    Logits(Vec<f32>),
+}
+
+/// Split a step's logits (`[sampling sequences, vocab]`, on the model's device) by `draws`:
+/// rows with a draw are sampled where they are, and only their token ids cross to the host;
+/// the other rows are copied over whole.
+fn outputs(logits: &Tensor, draws: &[Option<RowSampling>]) -> candle_core::Result<Vec<Output>> {
+    let device_rows: Vec<u32> = (0..draws.len() as u32)
+        .filter(|&r| draws[r as usize].is_some())
+        .collect();
+    if device_rows.is_empty() {
+        return Ok(logits
+            .to_vec2::<f32>()?
+            .into_iter()
+            .map(Output::Logits)
+            .collect());
+    }
+    let settings: Vec<RowSampling> = draws.iter().flatten().copied().collect();
+    let picked = if device_rows.len() == draws.len() {
+        sample_rows(logits, &settings)?
+    } else {
+        let rows = Tensor::new(device_rows.as_slice(), logits.device())?;
+        sample_rows(&logits.index_select(&rows, 0)?, &settings)?
+    };
+    let host_rows: Vec<u32> = (0..draws.len() as u32)
+        .filter(|&r| draws[r as usize].is_none())
+        .collect();
+    let mut host = if host_rows.is_empty() {
+        Vec::new()
+    } else {
+        let rows = Tensor::new(host_rows.as_slice(), logits.device())?;
+        logits.index_select(&rows, 0)?.to_vec2::<f32>()?
+    }
+    .into_iter();
+    let mut picked = picked.into_iter();
+    Ok(draws
+        .iter()
+        .map(|draw| match draw {
+            Some(_) => Output::Token(picked.next().expect("one token per draw")),
+            None => Output::Logits(host.next().expect("one row per host row")),
+        })
+        .collect())
 }

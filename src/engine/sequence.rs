@@ -7,6 +7,7 @@ use super::constraint::Constraint;
 use super::sampler::Sampler;
 use super::stop::{StopMatcher, StopOutcome};
 use super::{Event, FinishReason, GenerateRequest, Usage};
+use crate::model::cuda::sampling::RowSampling;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 pub struct Sequence {
@@ -100,6 +101,16 @@ impl Sequence {
         }
     }
 
+    /// This step's settings and draw for the device's sampler, when nothing of this
+    /// sequence needs its logits on the host (a grammar does, and so do penalties, bias and
+    /// log-probabilities); then [`Self::accept`] takes the token it picks.
+    pub fn device_row(&mut self) -> Option<RowSampling> {
+        if self.constraint.is_some() {
+            return None;
+        }
+        self.sampler.device_row()
+    }
+
     /// Sample the next token from this sequence's logits and emit what it produces.
     pub fn advance(
         &mut self,
@@ -111,7 +122,22 @@ impl Sequence {
             return self.fail(format!("constrained decoding failed: {e}"));
         }
         let sampled = self.sampler.sample(logits);
-        let token = sampled.token;
+        self.take(sampled.token, sampled.logprob, tokenizer, context_length)
+    }
+
+    /// Emit what a token the device sampled (from [`Self::device_row`]) produces.
+    pub fn accept(&mut self, token: u32, tokenizer: &Tokenizer, context_length: usize) -> Progress {
+        self.sampler.record(token);
+        self.take(token, None, tokenizer, context_length)
+    }
+
+    fn take(
+        &mut self,
+        token: u32,
+        logprob: Option<super::TokenLogprob>,
+        tokenizer: &Tokenizer,
+        context_length: usize,
+    ) -> Progress {
         if !self.ignore_eos && tokenizer.stop_ids().contains(&token) {
             return self.finish(FinishReason::Stop);
         }
@@ -119,7 +145,7 @@ impl Sequence {
             return self.fail(format!("constrained decoding failed: {e}"));
         }
         self.tokens.push(token);
-        if let Some(logprob) = sampled.logprob {
+        if let Some(logprob) = logprob {
             let _ = self.events.send(Event::Logprob(logprob));
         }
         let text = match self.decoder.push(tokenizer, token) {

@@ -3,15 +3,14 @@
 //! `kernels/sampling.cu`. The host draws that number from the request's seeded generator,
 //! as the CPU sampler draws its own, so a seed gives the same tokens run after run.
 //!
-//! [`sample_row`] is the reference and the definition. For the same draw it picks what the
-//! CPU sampler ([`crate::engine`]'s) picks: greedy rows, rows cut by top-p (both walk the
-//! candidates from the most likely), and rows cut by neither top-p nor top-k (both walk
-//! them in index order), up to the rounding of the sums where the draw falls within about
-//! 1e-7 of a boundary between two tokens. A row cut by top-k alone draws from the same
-//! distribution but walks it in index order, where the CPU sampler walks the order its
-//! partial sort leaves, which is arbitrary. Weights are summed as 64-bit fixed point
-//! (`w * 2^40`), exactly, so the kernel's sums do not depend on thread order; a weight below
-//! 2^-40 of the top token's counts as 0.
+//! [`sample_row`] is the reference and the definition, and the CPU sampler
+//! ([`crate::engine`]'s) draws with the same arithmetic: for the same draw both pick the same
+//! token, whatever the cuts. Weights are summed as 64-bit fixed point (`w * 2^40`), exactly,
+//! so the kernel's sums do not depend on thread order; a weight below 2^-40 of the top
+//! token's counts as 0. Every cut ranks tokens most likely first, then lower index; the draw
+//! walks a top-p set in that order and any other set in index order. On a GPU only the
+//! exponentials' last bits can differ from the CPU's, which moves a pick only where the draw
+//! falls within about 1e-7 of a boundary between two tokens.
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
@@ -91,7 +90,7 @@ pub fn candidates(logits: &[f32], row: &RowSampling) -> Vec<(u32, u64)> {
     for &i in &order[..kept] {
         let w = (scaled[i as usize] - max).exp();
         if w >= row.min_p {
-            weight[i as usize] = fixed(w);
+            weight[i as usize] = fixed_weight(w);
         }
     }
     if row.top_p < 1.0 {
@@ -139,7 +138,7 @@ fn order_key(f: f32) -> u32 {
 }
 
 /// A weight in [0, 1] as 64-bit fixed point with 40 fractional bits, truncated.
-fn fixed(w: f32) -> u64 {
+pub fn fixed_weight(w: f32) -> u64 {
     (w * (1u64 << 40) as f32) as u64
 }
 
@@ -305,21 +304,23 @@ mod tests {
 
     #[test]
     fn reference_draws_what_the_cpu_sampler_draws_for_the_same_number() {
-        // Settings where the two walk the candidates in the same order: no cut (index
-        // order), min-p (index order), top-p with and without top-k and min-p (most likely
-        // first), greedy.
+        // Every kind of cut, alone and together, and greedy; a model-sized vocabulary too,
+        // where an f32 running sum would drift.
         let settings = [
             row(1.0, 0, 1.0, 0.0, 0.0),
             row(0.7, 0, 1.0, 0.0, 0.0),
             row(1.0, 0, 1.0, 0.05, 0.0),
             row(1.0, 0, 0.9, 0.0, 0.0),
+            row(1.3, 20, 1.0, 0.0, 0.0),
             row(0.8, 40, 0.8, 0.0, 0.0),
+            row(0.9, 50, 1.0, 0.1, 0.0),
             row(1.2, 0, 0.95, 0.02, 0.0),
             row(0.0, 0, 1.0, 0.0, 0.0),
         ];
         for (i, setting) in settings.iter().enumerate() {
             for seed in 0..200u64 {
-                let l = logits(500, seed * 31 + i as u64);
+                let vocab = if seed % 20 == 0 { 152_000 } else { 500 };
+                let l = logits(vocab, seed * 31 + i as u64);
                 let (want, u) = cpu_sampler(&l, setting, seed);
                 let got = sample_row(
                     &l,
@@ -332,7 +333,6 @@ mod tests {
             }
         }
     }
-
     #[test]
     fn top_k_alone_keeps_the_sampler_candidates_and_their_odds() {
         let l = logits(300, 5);
