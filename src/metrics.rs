@@ -25,6 +25,8 @@ pub const RUNNING_SEQUENCES: &str = "wick_running_sequences";
 pub const KV_CACHE_TOKENS: &str = "wick_kv_cache_tokens";
 pub const KV_CACHE_USAGE: &str = "wick_kv_cache_usage_ratio";
 pub const PREFIX_CACHE_HITS: &str = "wick_prefix_cache_hit_tokens_total";
+/// Sequences that gave their paged KV blocks up to older ones (and recomputed later).
+pub const KV_PREEMPTIONS: &str = "wick_kv_preemptions_total";
 pub const MODELS_LOADED: &str = "wick_models_loaded";
 pub const OPEN_CONNECTIONS: &str = "wick_open_connections";
 /// This process's resident memory, bytes (Linux).
@@ -78,7 +80,9 @@ pub fn render(models: &ModelRegistry) -> String {
             .set(served.map_or(0.0, |m| m.load_time.as_secs_f64()));
         if served.is_some() {
             // The engine's own running total; a reloaded model starts again from zero.
-            counter!(PREFIX_CACHE_HITS, "model" => model).absolute(h.prefix_cache_hits as u64);
+            counter!(PREFIX_CACHE_HITS, "model" => model.clone())
+                .absolute(h.prefix_cache_hits as u64);
+            counter!(KV_PREEMPTIONS, "model" => model).absolute(h.preempted as u64);
         }
     }
     if let Some(bytes) = resident_bytes() {

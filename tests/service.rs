@@ -294,6 +294,7 @@ async fn metrics_move_after_a_request() {
         "wick_models_loaded",
         "wick_model_load_duration_seconds",
         "wick_prefix_cache_hit_tokens_total",
+        "wick_kv_preemptions_total",
     ] {
         assert!(after.contains(gauge), "{gauge} missing:\n{after}");
     }

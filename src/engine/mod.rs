@@ -147,7 +147,7 @@ impl Default for EngineConfig {
 impl EngineConfig {
     /// Bytes the KV cache of a model with `shape` takes at most on `device`.
     pub fn kv_bytes(&self, shape: &KvShape, device: &candle_core::Device) -> u64 {
-        match self.kv_layout.resolve(device) {
+        match self.kv_layout.resolve(device, shape) {
             KvLayout::Paged => self.kv_budget.unwrap_or(
                 (self.max_sequences * shape.blocks_per_context() * shape.block_bytes()) as u64,
             ),
@@ -159,7 +159,8 @@ impl EngineConfig {
 /// `--kv-cache`: how the KV cache is laid out (see `model::kv_cache`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum KvLayout {
-    /// Paged on a CUDA GPU (its kernels read blocks), slots elsewhere.
+    /// Paged on a CUDA GPU (its kernels read blocks; head sizes 64, 128 and 256), slots
+    /// elsewhere.
     #[default]
     Auto,
     /// One full-context region per sequence.
@@ -169,10 +170,13 @@ pub enum KvLayout {
 }
 
 impl KvLayout {
-    /// The layout `Auto` means on `device`.
-    pub fn resolve(self, device: &candle_core::Device) -> KvLayout {
+    /// The layout `Auto` means on `device` for a cache of `shape`: paged where wick's paged
+    /// attention kernel covers the head size.
+    pub fn resolve(self, device: &candle_core::Device, shape: &KvShape) -> KvLayout {
+        let kernel_fits =
+            crate::model::cuda::paged_attention::KERNEL_HEAD_DIMS.contains(&shape.head_dim);
         match self {
-            KvLayout::Auto if device.is_cuda() => KvLayout::Paged,
+            KvLayout::Auto if device.is_cuda() && kernel_fits => KvLayout::Paged,
             KvLayout::Auto => KvLayout::Slots,
             other => other,
         }
@@ -186,7 +190,7 @@ fn kv_pool(
     config: &EngineConfig,
     device: &candle_core::Device,
 ) -> anyhow::Result<KvPool> {
-    if config.kv_layout.resolve(device) == KvLayout::Slots {
+    if config.kv_layout.resolve(device, &shape) == KvLayout::Slots {
         if config.kv_budget.is_some() {
             tracing::warn!("--kv-budget applies to the paged KV cache only; it is ignored");
         }
@@ -196,6 +200,14 @@ fn kv_pool(
             "KV cache: slots allocated on first use"
         );
         return Ok(KvPool::new(shape, config.max_sequences, device.clone()));
+    }
+    let kernel_dims = crate::model::cuda::paged_attention::KERNEL_HEAD_DIMS;
+    if device.is_cuda() && !kernel_dims.contains(&shape.head_dim) {
+        anyhow::bail!(
+            "--kv-cache paged on a CUDA GPU needs heads of {kernel_dims:?}; this model's are {}: \
+             use --kv-cache slots",
+            shape.head_dim
+        );
     }
     let num_blocks = match config.kv_budget {
         Some(bytes) => (bytes / shape.block_bytes() as u64) as usize,
