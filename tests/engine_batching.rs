@@ -4,8 +4,6 @@
 
 mod common;
 
-use candle_core::Device;
-use wick::catalog::Catalog;
 use wick::engine::{Backend, Engine, EngineConfig, Event, GenerateRequest, SamplingParams};
 use wick::model::ModelFrontend;
 
@@ -17,14 +15,7 @@ fn engine(slots: usize) -> (Engine, std::sync::Arc<ModelFrontend>) {
 }
 
 fn engine_with(config: EngineConfig) -> (Engine, std::sync::Arc<ModelFrontend>) {
-    wick::config::init_threads(None);
-    let path = common::model_file("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let mut entry = Catalog::builtin()
-        .get("smollm2-135m-instruct")
-        .unwrap()
-        .clone();
-    entry.context_length = 1024;
-    let loaded = wick::model::load(&path, &entry, &Device::Cpu).expect("model loads");
+    let loaded = common::load_smollm2(1024);
     let frontend = loaded.frontend.clone();
     (Engine::start(loaded, config).unwrap(), frontend)
 }

@@ -7,8 +7,6 @@ mod common;
 
 use std::sync::Arc;
 
-use candle_core::Device;
-use wick::catalog::Catalog;
 use wick::engine::{Backend, Engine, EngineConfig, GenerateRequest, KvLayout, SamplingParams};
 use wick::model::{KvShape, LoadedModel, ModelFrontend};
 
@@ -16,14 +14,7 @@ use wick::model::{KvShape, LoadedModel, ModelFrontend};
 const CONTEXT: usize = 256;
 
 fn load() -> LoadedModel {
-    wick::config::init_threads(None);
-    let path = common::model_file("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let mut entry = Catalog::builtin()
-        .get("smollm2-135m-instruct")
-        .unwrap()
-        .clone();
-    entry.context_length = CONTEXT;
-    wick::model::load(&path, &entry, &Device::Cpu).expect("model loads")
+    common::load_smollm2(CONTEXT)
 }
 
 /// Bytes of `blocks` KV blocks of the loaded model.

@@ -151,3 +151,16 @@ pub fn sdk_request<T: serde::de::DeserializeOwned>(mut body: serde_json::Value) 
     }
     serde_json::from_value(body).expect("a valid SDK request")
 }
+
+/// The real SmolLM2-135M-Instruct on the CPU (fetched through the catalog on first use), its
+/// context capped at `context` tokens so an engine's KV cache stays small.
+pub fn load_smollm2(context: usize) -> wick::model::LoadedModel {
+    init_threads(None);
+    let path = model_file("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut entry = wick::catalog::Catalog::builtin()
+        .get("smollm2-135m-instruct")
+        .expect("the built-in catalog has SmolLM2")
+        .clone();
+    entry.context_length = context;
+    wick::model::load(&path, &entry, &candle_core::Device::Cpu).expect("model loads")
+}
