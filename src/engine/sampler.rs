@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::model::cuda::sampling::{fixed_weight, weight_target, RowSampling};
+use crate::model::cuda::sampling::{argmax, fixed_weight, weight_target, RowSampling};
 
 /// Sampling settings of one request; they stay with that request inside a batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -210,14 +210,17 @@ impl Sampler {
         self.candidates
             .extend(self.scores.iter().enumerate().map(|(i, &l)| (i as u32, l)));
         let k = self.params.top_k;
-        if k > 0 && k < self.candidates.len() {
+        let cut_by_k = k > 0 && k < self.candidates.len();
+        if cut_by_k {
             self.candidates.select_nth_unstable_by(k - 1, by_rank);
             self.candidates.truncate(k);
         }
         let top_p = self.params.top_p < 1.0;
         if top_p {
             self.candidates.sort_unstable_by(by_rank);
-        } else {
+        } else if cut_by_k {
+            // The partial sort left the k in no particular order; the walk wants index order
+            // (uncut candidates are in it already).
             self.candidates.sort_unstable_by_key(|c| c.0);
         }
         let max = self
@@ -287,16 +290,6 @@ fn log_softmax_at(scores: &[f32], chosen: u32, top: usize) -> TokenLogprob {
         logprob: scores[chosen as usize] - log_z,
         top: best,
     }
-}
-
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[cfg(test)]

@@ -116,8 +116,8 @@ pub fn candidates(logits: &[f32], row: &RowSampling) -> Vec<(u32, u64)> {
     }
 }
 
-/// The first index of the largest logit, as the CPU sampler's argmax.
-fn argmax(logits: &[f32]) -> u32 {
+/// The first index of the largest logit: greedy's pick, on every path.
+pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &l) in logits.iter().enumerate() {
         if l > logits[best] {
