@@ -19,7 +19,7 @@ use super::cuda::paged_kv::{self, write_kv};
 use super::cuda::rope::rope_in_place;
 use super::kv_cache::{KvPool, PagedKv, BLOCK_TOKENS};
 use super::ops::{self, RopeStyle, RopeTables};
-use super::quant::{Linear, LinearGroup};
+use super::quant::{Linear, LinearGroup, QMatrix};
 use super::{Model, ModelConfig, SeqChunk};
 
 /// What sets one member of the family apart from another.
@@ -56,12 +56,21 @@ struct Layer {
 pub struct Llama {
     config: ModelConfig,
     device: Device,
-    /// Token embeddings, dequantized once: a lookup per token is cheaper than a matmul.
-    embeddings: Tensor,
+    embeddings: Embeddings,
     layers: Vec<Layer>,
     output_norm: Tensor,
     output: Linear,
     rope: RopeTables,
+}
+
+/// Token embeddings. On the CPU they stay in their GGUF format (a 151,936 × 1536 table is
+/// 0.9 GB as f32) and a looked-up row is dequantized when a token needs it.
+enum Embeddings {
+    /// The output projection's own matrix (tied embeddings): held once for both uses.
+    Output,
+    Quantized(QMatrix),
+    /// Dequantized once: formats without wick kernels, and GPU devices.
+    Dense(Tensor),
 }
 
 struct Reader<'a, R> {
@@ -98,13 +107,24 @@ impl Llama {
             file,
             device,
         };
-        let embeddings = r.f32("token_embd.weight")?;
         // Small models tie the output projection to the embeddings (SmolLM2 has no
         // output.weight): then the quantized embedding matrix serves as the projection.
-        let output = if r.has("output.weight") {
-            r.linear("output.weight")?
+        let tied = !r.has("output.weight");
+        let output = r.linear(if tied {
+            "token_embd.weight"
         } else {
-            r.linear("token_embd.weight")?
+            "output.weight"
+        })?;
+        let embeddings = match &output {
+            Linear::Own(_) if tied => Embeddings::Output,
+            _ if device.is_cpu() => {
+                let table = r.qtensor("token_embd.weight")?;
+                match QMatrix::from_qtensor(&table)? {
+                    Some(matrix) => Embeddings::Quantized(matrix),
+                    None => Embeddings::Dense(table.dequantize(device)?),
+                }
+            }
+            _ => Embeddings::Dense(r.f32("token_embd.weight")?),
         };
         let output_norm = r.f32("output_norm.weight")?;
         let mut layers = Vec::with_capacity(config.n_layers);
@@ -326,6 +346,30 @@ impl Llama {
     }
 }
 
+impl Llama {
+    /// The embedding rows of `ids`, `[ids, hidden]`.
+    fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        let matrix = match (&self.embeddings, &self.output) {
+            (Embeddings::Dense(table), _) => {
+                return table.index_select(&Tensor::new(ids, &self.device)?, 0)
+            }
+            (Embeddings::Quantized(m), _) | (Embeddings::Output, Linear::Own(m)) => m,
+            (Embeddings::Output, Linear::Candle(_)) => {
+                unreachable!("tied embeddings are read from the output only when wick owns it")
+            }
+        };
+        let hidden = matrix.k();
+        let mut x = vec![0f32; ids.len() * hidden];
+        for (&id, row) in ids.iter().zip(x.chunks_exact_mut(hidden)) {
+            if id as usize >= matrix.rows() {
+                candle_core::bail!("token id {id} is outside the vocabulary");
+            }
+            matrix.dequantize_row(id as usize, row);
+        }
+        Tensor::from_vec(x, (ids.len(), hidden), &self.device)
+    }
+}
+
 impl Model for Llama {
     fn config(&self) -> &ModelConfig {
         &self.config
@@ -341,10 +385,9 @@ impl Model for Llama {
             .iter()
             .flat_map(|s| s.tokens.iter().copied())
             .collect();
-        let ids = Tensor::new(ids.as_slice(), &self.device)?;
         // All new tokens of all sequences form one matrix, so every weight is read once per
         // step however many sequences run.
-        let mut x = self.embeddings.index_select(&ids, 0)?;
+        let mut x = self.embed(&ids)?;
         let step = match kv.paged_kv() {
             Some(paged) => StepTensors::Paged(PagedStep::new(batch, paged, &self.device)?),
             // Every row's position, for wick's rotary kernel.

@@ -1,8 +1,8 @@
 //! Activations quantized to int8 in blocks of 32, the form the integer dot products of
 //! [`super::kernels`] consume. Struct-of-arrays, so kernels can combine per-block scales
 //! with whole-row vector operations: per block a scale `d`, `s = d * Σq` (for weight formats
-//! with an offset), the integer sum `Σq` (for weights stored with an offset of 128), and the
-//! 32 values.
+//! with an offset), the integer sum `Σq` (for weights stored with an offset), the sums of
+//! its two halves (for Q6_K, whose scales cover 16 values), and the 32 values.
 
 /// Values per block, shared by every weight format wick's own kernels handle.
 pub const BLOCK: usize = 32;
@@ -14,6 +14,8 @@ pub struct QRows {
     pub d: Vec<f32>,
     pub s: Vec<f32>,
     pub sum: Vec<i32>,
+    /// Σq of values 0..16 in the low 16 bits, of values 16..32 in the high 16 bits.
+    pub halves: Vec<i32>,
     pub qs: Vec<[i8; BLOCK]>,
 }
 
@@ -23,6 +25,7 @@ pub struct QRow<'a> {
     pub d: &'a [f32],
     pub s: &'a [f32],
     pub sum: &'a [i32],
+    pub halves: &'a [i32],
     pub qs: &'a [[i8; BLOCK]],
 }
 
@@ -41,6 +44,14 @@ fn round_half_away(x: f32) -> i32 {
     }
 }
 
+impl QRow<'_> {
+    /// Σq of block `b`'s values 0..16 and 16..32.
+    pub fn half_sums(&self, b: usize) -> [i32; 2] {
+        let h = self.halves[b];
+        [h as i16 as i32, (h >> 16) as i16 as i32]
+    }
+}
+
 impl QRows {
     /// Quantize `x` (`rows * k` values, `k` a multiple of 32).
     pub fn quantize(x: &[f32], k: usize) -> Self {
@@ -51,18 +62,22 @@ impl QRows {
             d: vec![0.0; n],
             s: vec![0.0; n],
             sum: vec![0; n],
+            halves: vec![0; n],
             qs: vec![[0; BLOCK]; n],
         };
         for (i, chunk) in x.chunks_exact(BLOCK).enumerate() {
             let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, &v) in out.qs[i].iter_mut().zip(chunk) {
+            let mut halves = [0i32; 2];
+            for (j, (q, &v)) in out.qs[i].iter_mut().zip(chunk).enumerate() {
                 let r = round_half_away(v * inv);
                 *q = r as i8;
-                sum += r;
+                halves[j / 16] += r;
             }
+            let sum = halves[0] + halves[1];
+            // Each half sum is at most 16·127 in size: it fits an i16.
+            out.halves[i] = (halves[0] as i16 as u16 as u32 | (halves[1] as u32) << 16) as i32;
             // Scales rounded to f16 as in GGUF's own activation blocks (Q8_0/Q8_1): the
             // values then match llama.cpp's to the bit, and outputs stay closest to it.
             out.d[i] = half::f16::from_f32(d).to_f32();
@@ -82,6 +97,7 @@ impl QRows {
             d: &self.d[range.clone()],
             s: &self.s[range.clone()],
             sum: &self.sum[range.clone()],
+            halves: &self.halves[range.clone()],
             qs: &self.qs[range],
         }
     }

@@ -1,17 +1,22 @@
 //! Products of one weight panel (16 rows, see [`super::panel`]) with one to [`TOKENS`]
 //! int8-quantized activation rows, for each instruction set: AVX-512 VNNI (`vpdpbusd`, one
-//! row per 32-bit lane), AVX2 (`vpmaddubsw` + `vpmaddwd`, a panel as two halves), and portable
-//! scalar code that is also the reference in tests.
+//! row per 32-bit lane; Q4_1 and Q8_0), AVX2 (`vpmaddubsw` + `vpmaddwd`, a panel as two
+//! halves; every format), and portable scalar code that is also the reference in tests.
 //!
-//! Per block, each row's integer dot product is exact on every path; it is then scaled and
-//! accumulated in the same order with fused multiply-adds, so every path gives the scalar
-//! reference's result to the bit:
-//!   acc = fma(Σ q·qx, d·dx, acc);  Q4_1 then also  acc = fma(m, sx, acc)
-//! where a Q4_1 weight is `d·q + m` and an activation block has scale `dx`, values `qx` and
-//! `sx = dx·Σqx`.
+//! Per 32-value block, each row's integer dot product of its unsigned stored values `u`
+//! with the activation's `q` is exact on every path (K-quant sub-block scales are applied
+//! to it as integers); it is then scaled and accumulated in the same order with fused
+//! multiply-adds, so every path gives the scalar reference's result to the bit. With `dx`
+//! the activation block's scale, `Σq` its integer sum and `sx = dx·Σq`:
+//! - Q4_0, Q5_0, Q8_0 (`w = d·(u - o)`, o = 8, 16, 128): `acc = fma(Σu·q - o·Σq, d·dx, acc)`
+//! - Q4_1 (`w = d·u + m`): `acc = fma(Σu·q, d·dx, acc)`, then `acc = fma(m, sx, acc)`
+//! - Q4_K, Q5_K (`w = d·sc·u - dmin·min`): `acc = fma(sc·Σu·q, d·dx, acc)`, then
+//!   `acc = fma(-(dmin·min), sx, acc)`
+//! - Q6_K (`w = d·sc_h·(u - 32)`, a scale per 16 values): with `A`/`B` the two halves,
+//!   `acc = fma(scA·(ΣAu·q - 32·ΣAq) + scB·(ΣBu·q - 32·ΣBq), d·dx, acc)`
 
 use super::activation::{QRow, BLOCK};
-use super::panel::{Panel, GROUP, PANEL};
+use super::panel::{Panel, PANEL};
 use super::Format;
 
 /// Activation rows per register tile: each panel block is loaded and unpacked once for up
@@ -68,45 +73,32 @@ pub fn panel(
 ) {
     debug_assert!((1..=TOKENS).contains(&xs.len()));
     debug_assert!(supported(isa));
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => {
-            macro_rules! tokens {
-                ($t:literal) => {{
-                    let xs: &[QRow<'_>; $t] = xs.try_into().expect("token count");
-                    // SAFETY: `supported(isa)`: the CPU has these features.
-                    unsafe {
-                        match format {
-                            Format::Q4_1 => x86::q4_1_vnni::<$t>(p, xs, out),
-                            Format::Q8_0 => x86::q8_0_vnni::<$t>(p, xs, out),
-                        }
-                    }
-                }};
-            }
-            match xs.len() {
-                1 => tokens!(1),
-                2 => tokens!(2),
-                3 => tokens!(3),
-                _ => tokens!(4),
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            for (x, o) in xs.iter().zip(out.iter_mut()) {
-                // SAFETY: `supported(isa)`: the CPU has these features.
-                unsafe {
-                    match format {
-                        Format::Q4_1 => x86::q4_1_avx2(p, x, o),
-                        Format::Q8_0 => x86::q8_0_avx2(p, x, o),
-                    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! tokens {
+            ($f:ident) => {
+                match xs.len() {
+                    1 => x86::$f::<1>(format, p, xs.try_into().expect("1"), out),
+                    2 => x86::$f::<2>(format, p, xs.try_into().expect("2"), out),
+                    3 => x86::$f::<3>(format, p, xs.try_into().expect("3"), out),
+                    _ => x86::$f::<4>(format, p, xs.try_into().expect("4"), out),
                 }
-            }
+            };
         }
-        _ => {
-            for (x, o) in xs.iter().zip(out.iter_mut()) {
-                scalar(format, p, x, o);
-            }
+        let vnni = isa == Isa::Avx512Vnni && matches!(format, Format::Q4_1 | Format::Q8_0);
+        if vnni {
+            // SAFETY: `supported(isa)`: the CPU has these features.
+            unsafe { tokens!(vnni) };
+            return;
         }
+        if isa != Isa::Scalar {
+            // SAFETY: AVX-512 VNNI machines have AVX2 too; `supported(isa)` checked it.
+            unsafe { tokens!(avx2) };
+            return;
+        }
+    }
+    for (x, o) in xs.iter().zip(out.iter_mut()) {
+        scalar(format, p, x, o);
     }
 }
 
@@ -115,27 +107,46 @@ pub fn scalar(format: Format, p: Panel<'_>, x: &QRow<'_>, out: &mut [f32; PANEL]
     for (r, o) in out.iter_mut().enumerate() {
         let mut acc = 0f32;
         for b in 0..p.blocks {
-            let dot: i32 = (0..BLOCK)
-                .map(|j| p.weight(format, r, b, j) * x.qs[b][j] as i32)
-                .sum();
-            acc = (dot as f32).mul_add(p.d(r, b) * x.d[b], acc);
-            if format == Format::Q4_1 {
-                acc = p.m(r, b).mul_add(x.s[b], acc);
+            let mut halves = [0i32; 2];
+            for (j, &q) in x.qs[b].iter().enumerate() {
+                halves[j / 16] += p.value(format, r, b, j) * q as i32;
             }
+            let [lo, hi] = halves;
+            let scale = p.d(format, r, b) * x.d[b];
+            let sum = x.sum[b];
+            acc = match format {
+                Format::Q4_0 => ((lo + hi - 8 * sum) as f32).mul_add(scale, acc),
+                Format::Q5_0 => ((lo + hi - 16 * sum) as f32).mul_add(scale, acc),
+                Format::Q8_0 => ((lo + hi - 128 * sum) as f32).mul_add(scale, acc),
+                Format::Q4_1 => {
+                    let acc = ((lo + hi) as f32).mul_add(scale, acc);
+                    p.m(format, r, b).mul_add(x.s[b], acc)
+                }
+                Format::Q4K | Format::Q5K => {
+                    let dot = (lo + hi) * p.sc(format, r, b, 0);
+                    let acc = (dot as f32).mul_add(scale, acc);
+                    let min = p.m(format, r, b) * p.min(r, b) as f32;
+                    (-min).mul_add(x.s[b], acc)
+                }
+                Format::Q6K => {
+                    let [sa, sb] = x.half_sums(b);
+                    let (ca, cb) = (p.sc(format, r, b, 0), p.sc(format, r, b, 1));
+                    let dot = ca * (lo - 32 * sa) + cb * (hi - 32 * sb);
+                    (dot as f32).mul_add(scale, acc)
+                }
+            };
         }
         *o = acc;
     }
+    debug_assert_eq!(BLOCK, 32);
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Panel, QRow, GROUP, PANEL, TOKENS};
-
-    /// Bytes of one block of a panel's values: Q4_1 packs two values per byte.
-    const Q4_1_BYTES: usize = PANEL * 16;
-    const Q8_0_BYTES: usize = PANEL * 32;
+    use super::{Format, Panel, QRow, PANEL, TOKENS};
+    use crate::model::quant::panel::{GROUP, SUPER};
 
     /// Four activation bytes (values `4g..4g+4` of a block) in every 32-bit lane.
     #[inline(always)]
@@ -164,56 +175,46 @@ mod x86 {
         _mm512_cvtph_ps(_mm256_loadu_si256(ptr as *const __m256i))
     }
 
+    /// Q4_1 and Q8_0 on AVX-512 VNNI (the caller routes other formats to AVX2).
     #[target_feature(enable = "avx512f,avx512vnni,avx512bw,avx2,fma,f16c")]
-    pub unsafe fn q4_1_vnni<const T: usize>(
+    pub unsafe fn vnni<const T: usize>(
+        format: Format,
         p: Panel<'_>,
         xs: &[QRow<'_>; T],
         out: &mut [[f32; PANEL]; TOKENS],
     ) {
+        let bytes = format.panel_block_bytes();
         let mask = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..p.blocks {
-            let q = p.qs.as_ptr().add(b * Q4_1_BYTES);
-            // Chunk c holds group c in its low nibbles and group c + 4 in its high ones.
-            let mut w = [_mm512_setzero_si512(); 8];
-            for c in 0..4 {
-                let v = _mm512_loadu_si512(q.add(c * GROUP) as *const __m512i);
-                w[c] = _mm512_and_si512(v, mask);
-                w[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
-            }
+            let q = p.qs.as_ptr().add(b * bytes);
             let d = scales(p.d.as_ptr().add(b * PANEL));
-            let m = scales(p.m.as_ptr().add(b * PANEL));
-            for (acc, x) in acc.iter_mut().zip(xs) {
-                let dot = block_dot(&w, x, b);
-                let scale = _mm512_mul_ps(d, _mm512_set1_ps(*x.d.get_unchecked(b)));
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
-                *acc = _mm512_fmadd_ps(m, _mm512_set1_ps(*x.s.get_unchecked(b)), *acc);
-            }
-        }
-        for (o, acc) in out.iter_mut().zip(acc) {
-            _mm512_storeu_ps(o.as_mut_ptr(), acc);
-        }
-    }
-
-    #[target_feature(enable = "avx512f,avx512vnni,avx512bw,avx2,fma,f16c")]
-    pub unsafe fn q8_0_vnni<const T: usize>(
-        p: Panel<'_>,
-        xs: &[QRow<'_>; T],
-        out: &mut [[f32; PANEL]; TOKENS],
-    ) {
-        let mut acc = [_mm512_setzero_ps(); T];
-        for b in 0..p.blocks {
-            let q = p.qs.as_ptr().add(b * Q8_0_BYTES);
-            // Values are stored offset by 128 (unsigned, as `vpdpbusd` wants them), so each
-            // dot product is 128·Σqx too large.
-            let w: [__m512i; 8] =
-                std::array::from_fn(|g| _mm512_loadu_si512(q.add(g * GROUP) as *const __m512i));
-            let d = scales(p.d.as_ptr().add(b * PANEL));
-            for (acc, x) in acc.iter_mut().zip(xs) {
-                let offset = _mm512_set1_epi32(*x.sum.get_unchecked(b) << 7);
-                let dot = _mm512_sub_epi32(block_dot(&w, x, b), offset);
-                let scale = _mm512_mul_ps(d, _mm512_set1_ps(*x.d.get_unchecked(b)));
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
+            if format == Format::Q4_1 {
+                // Chunk c holds group c in its low nibbles and group c + 4 in its high ones.
+                let mut w = [_mm512_setzero_si512(); 8];
+                for c in 0..4 {
+                    let v = _mm512_loadu_si512(q.add(c * GROUP) as *const __m512i);
+                    w[c] = _mm512_and_si512(v, mask);
+                    w[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+                }
+                let m = scales(p.m.as_ptr().add(b * PANEL));
+                for (acc, x) in acc.iter_mut().zip(xs) {
+                    let dot = block_dot(&w, x, b);
+                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(*x.d.get_unchecked(b)));
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
+                    *acc = _mm512_fmadd_ps(m, _mm512_set1_ps(*x.s.get_unchecked(b)), *acc);
+                }
+            } else {
+                // Values are stored offset by 128 (unsigned, as `vpdpbusd` wants them), so
+                // each dot product is 128·Σqx too large.
+                let w: [__m512i; 8] =
+                    std::array::from_fn(|g| _mm512_loadu_si512(q.add(g * GROUP) as *const __m512i));
+                for (acc, x) in acc.iter_mut().zip(xs) {
+                    let offset = _mm512_set1_epi32(*x.sum.get_unchecked(b) << 7);
+                    let dot = _mm512_sub_epi32(block_dot(&w, x, b), offset);
+                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(*x.d.get_unchecked(b)));
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
+                }
             }
         }
         for (o, acc) in out.iter_mut().zip(acc) {
@@ -222,50 +223,195 @@ mod x86 {
     }
 
     /// Per 32-bit lane, Σ of its four unsigned × signed byte products (pairs summed to i16
-    /// first: at most 2·255·127, so nothing saturates).
+    /// first: at most 2·255·127, so nothing saturates), each pair's i16 sum multiplied by
+    /// the lane's i16 in `mul` (one, or a K-quant scale).
     #[inline(always)]
-    unsafe fn dot_u8_i8(w: __m256i, a: __m256i) -> __m256i {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
+    unsafe fn dot_u8_i8(w: __m256i, a: __m256i, mul: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), mul)
     }
 
-    /// AVX2 takes a panel as two halves of eight rows (the low and high 32 bytes of every
-    /// 64-byte group).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_1_avx2(p: Panel<'_>, x: &QRow<'_>, out: &mut [f32; PANEL]) {
-        let mask = _mm256_set1_epi8(0x0F);
-        for half in 0..2 {
-            let mut acc = _mm256_setzero_ps();
-            for b in 0..p.blocks {
-                let q = p.qs.as_ptr().add(b * Q4_1_BYTES + half * 32);
-                let mut dot = _mm256_setzero_si256();
-                for c in 0..4 {
-                    let v = _mm256_loadu_si256(q.add(c * GROUP) as *const __m256i);
-                    let lo = _mm256_and_si256(v, mask);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-                    let a_lo = _mm256_set1_epi32(group(x, b, c));
-                    let a_hi = _mm256_set1_epi32(group(x, b, c + 4));
-                    dot = _mm256_add_epi32(dot, dot_u8_i8(lo, a_lo));
-                    dot = _mm256_add_epi32(dot, dot_u8_i8(hi, a_hi));
-                }
-                let at = b * PANEL + half * 8;
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(p.d.as_ptr().add(at) as *const __m128i));
-                let m = _mm256_cvtph_ps(_mm_loadu_si128(p.m.as_ptr().add(at) as *const __m128i));
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x.d.get_unchecked(b)));
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc);
-                acc = _mm256_fmadd_ps(m, _mm256_set1_ps(*x.s.get_unchecked(b)), acc);
-            }
-            _mm256_storeu_ps(out.as_mut_ptr().add(half * 8), acc);
+    /// Shift each 32-bit lane left by `n` (right by `-n`); `n` is a constant once the
+    /// chunk loops are unrolled.
+    #[inline(always)]
+    unsafe fn shift(v: __m256i, n: i32) -> __m256i {
+        if n >= 0 {
+            _mm256_sll_epi32(v, _mm_cvtsi32_si128(n))
+        } else {
+            _mm256_srl_epi32(v, _mm_cvtsi32_si128(-n))
         }
     }
 
+    /// Eight f16 scales of one half panel.
+    #[inline(always)]
+    unsafe fn half_scales(ptr: *const u16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(ptr as *const __m128i))
+    }
+
+    /// Every format on AVX2, one half panel (eight rows, the low or high 32 bytes of every
+    /// 64-byte group) at a time.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q8_0_avx2(p: Panel<'_>, x: &QRow<'_>, out: &mut [f32; PANEL]) {
-        let flip = _mm256_set1_epi8(-128);
+    pub unsafe fn avx2<const T: usize>(
+        format: Format,
+        p: Panel<'_>,
+        xs: &[QRow<'_>; T],
+        out: &mut [[f32; PANEL]; TOKENS],
+    ) {
+        match format {
+            Format::Q8_0 => q8_0::<T>(p, xs, out),
+            Format::Q4_0 => nibbles::<T, Q4_0>(p, xs, out),
+            Format::Q4_1 => nibbles::<T, Q4_1>(p, xs, out),
+            Format::Q5_0 => nibbles::<T, Q5_0>(p, xs, out),
+            Format::Q4K => nibbles::<T, Q4K>(p, xs, out),
+            Format::Q5K => nibbles::<T, Q5K>(p, xs, out),
+            Format::Q6K => nibbles::<T, Q6K>(p, xs, out),
+        }
+    }
+
+    const Q4_0: u8 = 0;
+    const Q4_1: u8 = 1;
+    const Q5_0: u8 = 2;
+    const Q4K: u8 = 3;
+    const Q5K: u8 = 4;
+    const Q6K: u8 = 5;
+
+    /// The formats built on 4-bit chunks (plus high bits), `F` one of the constants above.
+    #[inline(always)]
+    unsafe fn nibbles<const T: usize, const F: u8>(
+        p: Panel<'_>,
+        xs: &[QRow<'_>; T],
+        out: &mut [[f32; PANEL]; TOKENS],
+    ) {
+        let format = match F {
+            Q4_0 => Format::Q4_0,
+            Q4_1 => Format::Q4_1,
+            Q5_0 => Format::Q5_0,
+            Q4K => Format::Q4K,
+            Q5K => Format::Q5K,
+            _ => Format::Q6K,
+        };
+        let bytes = format.panel_block_bytes();
+        let kquant = F == Q4K || F == Q5K;
+        let mask = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        // Q6_K's scale pairs `[scA, scB]` as i16 per lane → each one in both i16 halves.
+        #[rustfmt::skip]
+        let pick_a = _mm256_setr_epi8(
+            0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13,
+            0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13,
+        );
+        let pick_b = _mm256_add_epi8(pick_a, _mm256_set1_epi8(2));
         for half in 0..2 {
-            let mut acc = _mm256_setzero_ps();
+            let mut acc = [_mm256_setzero_ps(); T];
             for b in 0..p.blocks {
-                let q = p.qs.as_ptr().add(b * Q8_0_BYTES + half * 32);
-                let mut dot = _mm256_setzero_si256();
+                let q = p.qs.as_ptr().add(b * bytes + half * 32);
+                let unit = if F >= Q4K { b / SUPER } else { b };
+                let at = unit * PANEL + half * 8;
+                let d = half_scales(p.d.as_ptr().add(at));
+                // Q6_K: `[scA, scB]` as two i16 in each row's lane.
+                let pairs = if F == Q6K {
+                    let at = (b * PANEL + half * 8) * 2;
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(p.sc.as_ptr().add(at) as _))
+                } else {
+                    _mm256_setzero_si256()
+                };
+                let (mul_lo, mul_hi) = if kquant {
+                    let sc = _mm_loadl_epi64(p.sc.as_ptr().add(b * PANEL + half * 8) as _);
+                    let sc = _mm256_cvtepu8_epi32(sc);
+                    let sc = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
+                    (sc, sc)
+                } else if F == Q6K {
+                    (
+                        _mm256_shuffle_epi8(pairs, pick_a),
+                        _mm256_shuffle_epi8(pairs, pick_b),
+                    )
+                } else {
+                    (ones, ones)
+                };
+                let high = q.add(4 * GROUP);
+                let h0 = if F == Q5_0 || F == Q5K || F == Q6K {
+                    _mm256_loadu_si256(high as *const __m256i)
+                } else {
+                    _mm256_setzero_si256()
+                };
+                let h1 = if F == Q6K {
+                    _mm256_loadu_si256(high.add(GROUP) as *const __m256i)
+                } else {
+                    _mm256_setzero_si256()
+                };
+                let mut dot = [_mm256_setzero_si256(); T];
+                for c in 0..4 {
+                    let v = _mm256_loadu_si256(q.add(c * GROUP) as *const __m256i);
+                    let mut lo = _mm256_and_si256(v, mask);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                    if F == Q5_0 || F == Q5K {
+                        let bit = _mm256_set1_epi8(0x10);
+                        lo = _mm256_or_si256(lo, _mm256_and_si256(shift(h0, 4 - c as i32), bit));
+                        hi = _mm256_or_si256(hi, _mm256_and_si256(shift(h0, -(c as i32)), bit));
+                    } else if F == Q6K {
+                        let bits = _mm256_set1_epi8(0x30);
+                        let n = 4 - 2 * c as i32;
+                        lo = _mm256_or_si256(lo, _mm256_and_si256(shift(h0, n), bits));
+                        hi = _mm256_or_si256(hi, _mm256_and_si256(shift(h1, n), bits));
+                    }
+                    for (dot, x) in dot.iter_mut().zip(xs) {
+                        let a_lo = _mm256_set1_epi32(group(x, b, c));
+                        let a_hi = _mm256_set1_epi32(group(x, b, c + 4));
+                        *dot = _mm256_add_epi32(*dot, dot_u8_i8(lo, a_lo, mul_lo));
+                        *dot = _mm256_add_epi32(*dot, dot_u8_i8(hi, a_hi, mul_hi));
+                    }
+                }
+                let mins = if kquant {
+                    let m = _mm_loadl_epi64(p.mins.as_ptr().add(b * PANEL + half * 8) as _);
+                    let m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m));
+                    _mm256_mul_ps(half_scales(p.m.as_ptr().add(at)), m)
+                } else if F == Q4_1 {
+                    half_scales(p.m.as_ptr().add(at))
+                } else {
+                    _mm256_setzero_ps()
+                };
+                for ((acc, dot), x) in acc.iter_mut().zip(dot).zip(xs) {
+                    let sum = *x.sum.get_unchecked(b);
+                    let dot = match F {
+                        Q4_0 => _mm256_sub_epi32(dot, _mm256_set1_epi32(sum << 3)),
+                        Q5_0 => _mm256_sub_epi32(dot, _mm256_set1_epi32(sum << 4)),
+                        Q6K => {
+                            // scA·ΣAq + scB·ΣBq per lane, from the packed half sums.
+                            let sums = _mm256_set1_epi32(*x.halves.get_unchecked(b));
+                            let offset = _mm256_madd_epi16(pairs, sums);
+                            _mm256_sub_epi32(dot, _mm256_slli_epi32(offset, 5))
+                        }
+                        _ => dot,
+                    };
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x.d.get_unchecked(b)));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, *acc);
+                    let sx = _mm256_set1_ps(*x.s.get_unchecked(b));
+                    if kquant {
+                        *acc = _mm256_fnmadd_ps(mins, sx, *acc);
+                    } else if F == Q4_1 {
+                        *acc = _mm256_fmadd_ps(mins, sx, *acc);
+                    }
+                }
+            }
+            for (o, acc) in out.iter_mut().zip(acc) {
+                _mm256_storeu_ps(o.as_mut_ptr().add(half * 8), acc);
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn q8_0<const T: usize>(
+        p: Panel<'_>,
+        xs: &[QRow<'_>; T],
+        out: &mut [[f32; PANEL]; TOKENS],
+    ) {
+        let bytes = Format::Q8_0.panel_block_bytes();
+        let flip = _mm256_set1_epi8(-128);
+        let ones = _mm256_set1_epi16(1);
+        for half in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..p.blocks {
+                let q = p.qs.as_ptr().add(b * bytes + half * 32);
+                let mut dot = [_mm256_setzero_si256(); T];
                 for g in 0..8 {
                     // Back to signed values, then the weight's sign moves onto the activation
                     // so the byte products take unsigned × signed (activations never hold
@@ -274,16 +420,22 @@ mod x86 {
                         _mm256_loadu_si256(q.add(g * GROUP) as *const __m256i),
                         flip,
                     );
-                    let a = _mm256_set1_epi32(group(x, b, g));
-                    let prod = dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
-                    dot = _mm256_add_epi32(dot, prod);
+                    let w_abs = _mm256_sign_epi8(w, w);
+                    for (dot, x) in dot.iter_mut().zip(xs) {
+                        let a = _mm256_set1_epi32(group(x, b, g));
+                        let prod = dot_u8_i8(w_abs, _mm256_sign_epi8(a, w), ones);
+                        *dot = _mm256_add_epi32(*dot, prod);
+                    }
                 }
-                let at = b * PANEL + half * 8;
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(p.d.as_ptr().add(at) as *const __m128i));
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x.d.get_unchecked(b)));
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc);
+                let d = half_scales(p.d.as_ptr().add(b * PANEL + half * 8));
+                for ((acc, dot), x) in acc.iter_mut().zip(dot).zip(xs) {
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x.d.get_unchecked(b)));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, *acc);
+                }
             }
-            _mm256_storeu_ps(out.as_mut_ptr().add(half * 8), acc);
+            for (o, acc) in out.iter_mut().zip(acc) {
+                _mm256_storeu_ps(o.as_mut_ptr().add(half * 8), acc);
+            }
         }
     }
 }

@@ -1,8 +1,9 @@
-//! Quantized linear layers. The weight formats of the catalog's models that candle runs
-//! slowly on the CPU (Q4_1 has no SIMD path there at all) get wick's own kernels: weights
-//! repacked once at load, activations quantized to int8 once per step and shared by every
-//! output row, rows split across the compute threads. Other formats, and every non-CPU
-//! device, keep candle's `QMatMul`.
+//! Quantized linear layers. Every weight format that common GGUF files hold (Q4_0, Q4_1,
+//! Q5_0, Q8_0, Q4_K, Q5_K, Q6_K: all of a Q4_K_M or Q5_K_M file) gets wick's own kernels on
+//! the CPU: weights repacked once at load, activations quantized to int8 once per step and
+//! shared by every output row, rows split across the compute threads. Other formats (the
+//! 2- and 3-bit K-quants, IQ formats, Q5_1, Q8_1), and every non-CPU device, keep candle's
+//! `QMatMul`.
 
 pub mod activation;
 pub mod kernels;
@@ -21,81 +22,126 @@ pub struct QMatrix {
     panels: Panels,
 }
 
+/// The GGUF weight formats wick's kernels take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    Q4_0,
     Q4_1,
+    Q5_0,
     Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl Format {
+    pub fn of(dtype: GgmlDType) -> Option<Self> {
+        Some(match dtype {
+            GgmlDType::Q4_0 => Format::Q4_0,
+            GgmlDType::Q4_1 => Format::Q4_1,
+            GgmlDType::Q5_0 => Format::Q5_0,
+            GgmlDType::Q8_0 => Format::Q8_0,
+            GgmlDType::Q4K => Format::Q4K,
+            GgmlDType::Q5K => Format::Q5K,
+            GgmlDType::Q6K => Format::Q6K,
+            _ => return None,
+        })
+    }
 }
 
 impl QMatrix {
     /// Repack a GGUF tensor, if its format is one wick has kernels for.
     pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
-        let format = match t.dtype() {
-            GgmlDType::Q4_1 => Format::Q4_1,
-            GgmlDType::Q8_0 => Format::Q8_0,
-            _ => return Ok(None),
+        let Some(format) = Format::of(t.dtype()) else {
+            return Ok(None);
         };
         let (rows, k) = t.shape().dims2()?;
-        if k % BLOCK != 0 {
+        if k % format.gguf_block().0 != 0 {
             return Ok(None);
         }
-        let panels = Panels::repack(format, rows, k / BLOCK, &t.data()?)?;
+        let panels = Panels::repack(format, rows, k / BLOCK, &t.data()?)
+            .map_err(candle_core::Error::wrap)?;
         Ok(Some(Self { panels }))
     }
 
     /// `y[t][r] = Σ_k w[r][k] x[t][k]` for activations already quantized (`t` rows);
     /// `y` is `[t, rows]`.
     pub fn matmul_quantized(&self, x: &QRows, y: &mut [f32]) {
-        let tokens = x.rows();
-        let rows = self.rows();
-        debug_assert_eq!(y.len(), tokens * rows);
-        let isa = kernels::isa();
-        let format = self.panels.format();
-        let pool = pool::Pool::global();
-        // Whole panels per task; a few tasks per thread so an unlucky thread does not hold
-        // up the loop.
-        let panels = self.panels.panels();
-        let per_task = panels.div_ceil(pool.threads() * 4).max(1);
-        let out = SharedOut(y.as_mut_ptr());
-        pool.run(panels.div_ceil(per_task), &|task| {
-            let out = &out;
-            for p in task * per_task..((task + 1) * per_task).min(panels) {
-                let panel = self.panels.panel(p);
-                let first_row = p * PANEL;
-                let live = PANEL.min(rows - first_row);
-                // Tokens in register tiles: each panel block is read and unpacked once per
-                // TOKENS tokens.
-                for first in (0..tokens).step_by(TOKENS) {
-                    let n = (tokens - first).min(TOKENS);
-                    let xs: [QRow<'_>; TOKENS] =
-                        std::array::from_fn(|j| x.row((first + j).min(tokens - 1)));
-                    let mut v = [[0f32; PANEL]; TOKENS];
-                    kernels::panel(isa, format, panel, &xs[..n], &mut v);
-                    for (j, v) in v.iter().take(n).enumerate() {
-                        // SAFETY: each (token, row) is written by exactly one task, inside `y`.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                v.as_ptr(),
-                                out.0.add((first + j) * rows + first_row),
-                                live,
-                            )
-                        };
-                    }
-                }
-            }
-        });
+        matmul_many(&[self], x, &mut [y]);
     }
 
     pub fn rows(&self) -> usize {
         self.panels.rows()
     }
 
-    /// Stack matrices that share an input into one (rows of the first, then the next...),
-    /// when the layout allows it.
-    fn stack(parts: &[&QMatrix]) -> Option<QMatrix> {
-        let panels: Vec<&Panels> = parts.iter().map(|p| &p.panels).collect();
-        Panels::stack(&panels).map(|panels| QMatrix { panels })
+    /// Values per row.
+    pub fn k(&self) -> usize {
+        self.panels.blocks() * BLOCK
     }
+
+    /// Bytes of weights held.
+    pub fn bytes(&self) -> usize {
+        self.panels.bytes()
+    }
+
+    /// Row `r` as f32, exactly as GGUF's dequantization gives it (an embedding lookup).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let format = self.panels.format();
+        let panel = self.panels.panel(r / PANEL);
+        for (j, o) in out.iter_mut().enumerate().take(self.k()) {
+            *o = panel.weight(format, r % PANEL, j / BLOCK, j % BLOCK);
+        }
+    }
+}
+
+/// Products of several matrices with one input, in one parallel loop: the panels of all of
+/// them are the loop's tasks, so the threads meet once instead of once per matrix. `ys[i]`
+/// is `[tokens, rows of matrix i]`.
+fn matmul_many(matrices: &[&QMatrix], x: &QRows, ys: &mut [&mut [f32]]) {
+    let tokens = x.rows();
+    let isa = kernels::isa();
+    let pool = pool::Pool::global();
+    // Whole panels per task; a few tasks per thread so an unlucky thread does not hold up
+    // the loop. Tasks never span two matrices.
+    let total: usize = matrices.iter().map(|m| m.panels.panels()).sum();
+    let per_task = total.div_ceil(pool.threads() * 4).max(1);
+    let mut tasks = Vec::new();
+    for (i, m) in matrices.iter().enumerate() {
+        debug_assert_eq!(ys[i].len(), tokens * m.rows());
+        for first in (0..m.panels.panels()).step_by(per_task) {
+            tasks.push((i, first, (first + per_task).min(m.panels.panels())));
+        }
+    }
+    let outs: Vec<SharedOut> = ys.iter_mut().map(|y| SharedOut(y.as_mut_ptr())).collect();
+    pool.run(tasks.len(), &|task| {
+        let (i, from, to) = tasks[task];
+        let (m, out) = (matrices[i], &outs[i]);
+        let (rows, format) = (m.rows(), m.panels.format());
+        for p in from..to {
+            let panel = m.panels.panel(p);
+            let first_row = p * PANEL;
+            let live = PANEL.min(rows - first_row);
+            // Tokens in register tiles: each panel block is read and unpacked once per
+            // TOKENS tokens (a prompt's tokens reuse the panel from cache).
+            for first in (0..tokens).step_by(TOKENS) {
+                let n = (tokens - first).min(TOKENS);
+                let xs: [QRow<'_>; TOKENS] =
+                    std::array::from_fn(|j| x.row((first + j).min(tokens - 1)));
+                let mut v = [[0f32; PANEL]; TOKENS];
+                kernels::panel(isa, format, panel, &xs[..n], &mut v);
+                for (j, v) in v.iter().take(n).enumerate() {
+                    // SAFETY: each (token, row) is written by exactly one task, inside `y`.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            v.as_ptr(),
+                            out.0.add((first + j) * rows + first_row),
+                            live,
+                        )
+                    };
+                }
+            }
+        }
+    });
 }
 
 /// A raw output pointer shared by the tasks of one pool loop, each of which writes its own
@@ -108,13 +154,7 @@ unsafe impl Send for SharedOut {}
 /// A linear layer without bias: wick's kernels where it has them, candle's otherwise.
 pub enum Linear {
     Own(QMatrix),
-    Candle {
-        matmul: QMatMul,
-        /// Run one token at a time: candle's CPU product of several rows takes another
-        /// path than that of one row for some formats (Q6_K), so a sequence's logits would
-        /// depend on what it is batched with.
-        row_by_row: bool,
-    },
+    Candle(QMatMul),
 }
 
 impl Linear {
@@ -124,19 +164,18 @@ impl Linear {
                 return Ok(Self::Own(matrix));
             }
         }
-        let row_by_row = device.is_cpu() && t.dtype() == GgmlDType::Q6K;
-        Ok(Self::Candle {
-            matmul: QMatMul::from_qtensor(t)?,
-            row_by_row,
-        })
+        Ok(Self::Candle(QMatMul::from_qtensor(t)?))
     }
 
     /// `x`: `[tokens, k]` → `[tokens, rows]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Candle { matmul, row_by_row } => {
+            Self::Candle(matmul) => {
+                // candle's CPU product of several rows can take another path than that of
+                // one row, so a token's logits would depend on what it is batched with:
+                // on the CPU, one token at a time.
                 let tokens = x.dim(0)?;
-                if *row_by_row && tokens > 1 {
+                if x.device().is_cpu() && tokens > 1 {
                     let rows = (0..tokens)
                         .map(|t| matmul.forward(&x.narrow(0, t, 1)?))
                         .collect::<Result<Vec<_>>>()?;
@@ -145,63 +184,64 @@ impl Linear {
                     matmul.forward(x)
                 }
             }
-            Self::Own(m) => {
-                let (tokens, k) = x.dims2()?;
-                let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let q = QRows::quantize(&xs, k);
-                let mut y = vec![0f32; tokens * m.rows()];
-                m.matmul_quantized(&q, &mut y);
-                Tensor::from_vec(y, (tokens, m.rows()), x.device())
-            }
+            Self::Own(m) => Ok(LinearGroup::own(&[m], x)?.remove(0)),
+        }
+    }
+
+    /// Bytes of weights held by wick's kernels (candle's own tensors are not counted).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Own(m) => m.bytes(),
+            Self::Candle(_) => 0,
         }
     }
 }
 
-/// Linear layers that read the same input (q, k and v; gate and up), run as one stacked
-/// matrix when wick's kernels hold them all: the input is quantized once and the threads
-/// meet once instead of once per layer.
-pub enum LinearGroup {
-    Stacked { matrix: Linear, widths: Vec<usize> },
-    Separate(Vec<Linear>),
+/// Linear layers that read the same input (q, k and v; gate and up): when wick's kernels
+/// hold them all, the input is quantized once and one parallel loop runs them all.
+pub struct LinearGroup {
+    parts: Vec<Linear>,
 }
 
 impl LinearGroup {
     pub fn new(parts: Vec<Linear>) -> Self {
-        let own: Vec<&QMatrix> = parts
+        Self { parts }
+    }
+
+    fn own(matrices: &[&QMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
+        let (tokens, k) = x.dims2()?;
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let q = QRows::quantize(&xs, k);
+        let mut ys: Vec<Vec<f32>> = matrices
             .iter()
-            .filter_map(|p| match p {
-                Linear::Own(m) => Some(m),
-                Linear::Candle { .. } => None,
-            })
+            .map(|m| vec![0f32; tokens * m.rows()])
             .collect();
-        if own.len() == parts.len() {
-            if let Some(stacked) = QMatrix::stack(&own) {
-                return Self::Stacked {
-                    widths: own.iter().map(|m| m.rows()).collect(),
-                    matrix: Linear::Own(stacked),
-                };
-            }
-        }
-        Self::Separate(parts)
+        let mut views: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
+        matmul_many(matrices, &q, &mut views);
+        ys.into_iter()
+            .zip(matrices)
+            .map(|(y, m)| Tensor::from_vec(y, (tokens, m.rows()), x.device()))
+            .collect()
     }
 
     /// One output per layer, in the order given to `new`.
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        match self {
-            Self::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
-            Self::Stacked { matrix, widths } => {
-                let y = matrix.forward(x)?;
-                let mut offset = 0;
-                widths
-                    .iter()
-                    .map(|&w| {
-                        let part = y.narrow(1, offset, w);
-                        offset += w;
-                        part
-                    })
-                    .collect()
-            }
+        let own: Vec<&QMatrix> = self
+            .parts
+            .iter()
+            .filter_map(|p| match p {
+                Linear::Own(m) => Some(m),
+                Linear::Candle(_) => None,
+            })
+            .collect();
+        if own.len() == self.parts.len() {
+            return Self::own(&own, x);
         }
+        self.parts.iter().map(|p| p.forward(x)).collect()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.parts.iter().map(Linear::bytes).sum()
     }
 }
 
@@ -210,21 +250,41 @@ mod tests {
     use super::kernels::Isa;
     use super::*;
 
+    /// Every format with wick kernels, as candle names them.
+    const FORMATS: [GgmlDType; 7] = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ];
+
     fn to_vec(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
 
-    /// wick's kernels against candle's quantized matmul and the exact product of the same
-    /// weights: both quantize the activations to int8 blocks, so they agree to rounding.
-    fn check(dtype: GgmlDType) {
-        // Not a whole number of panels: the last panel is padded.
-        check_shape(dtype, 98, 256);
-        // An odd number of blocks.
-        check_shape(dtype, 32, 96);
+    /// K-quants need whole super-blocks of 256 values.
+    fn min_k(dtype: GgmlDType) -> usize {
+        Format::of(dtype).unwrap().gguf_block().0
     }
 
-    fn check_shape(dtype: GgmlDType, rows: usize, k: usize) {
+    /// Weights with a spread of magnitudes per row (as real layers have), so sub-block
+    /// scales and mins differ.
+    fn weights(rows: usize, k: usize) -> Tensor {
         let w = Tensor::randn(0f32, 1f32, (rows, k), &Device::Cpu).unwrap();
+        let scale: Vec<f32> = (0..rows * k)
+            .map(|i| 0.2 + ((i / 16) * 7919 % 13) as f32 / 4.0)
+            .collect();
+        let scale = Tensor::from_vec(scale, (rows, k), &Device::Cpu).unwrap();
+        (w * scale).unwrap()
+    }
+
+    /// wick's kernels against candle's quantized matmul and the exact product of the same
+    /// weights: both quantize the activations to int8 blocks, so they agree to rounding.
+    fn check_shape(dtype: GgmlDType, rows: usize, k: usize) {
+        let w = weights(rows, k);
         let qt = QTensor::quantize(&w, dtype).unwrap();
         let candle = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
         let own = Linear::Own(
@@ -251,20 +311,35 @@ mod tests {
                 let tolerance = 5e-3 * size[i];
                 assert!(
                     (got[i] - exact[i]).abs() <= tolerance,
-                    "{dtype:?} vs exact at {i}"
+                    "{dtype:?} vs exact at {i}: {} vs {}",
+                    got[i],
+                    exact[i]
                 );
                 assert!(
                     (got[i] - want[i]).abs() <= tolerance,
-                    "{dtype:?} vs candle at {i}"
+                    "{dtype:?} vs candle at {i}: {} vs {}",
+                    got[i],
+                    want[i]
                 );
             }
+        }
+    }
+
+    #[test]
+    fn every_format_matches_candle_and_the_exact_product() {
+        for dtype in FORMATS {
+            let k = min_k(dtype);
+            // Not a whole number of panels: the last panel is padded.
+            check_shape(dtype, 98, 2 * k.max(128));
+            // An odd number of blocks (or super-blocks).
+            check_shape(dtype, 32, 3 * k);
         }
     }
 
     /// Every instruction set, for every number of tokens in a register tile, gives the
     /// scalar reference's result to the bit.
     fn check_paths(dtype: GgmlDType, rows: usize, k: usize) {
-        let w = Tensor::randn(0f32, 1f32, (rows, k), &Device::Cpu).unwrap();
+        let w = weights(rows, k);
         let own = QMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap())
             .unwrap()
             .expect("supported format");
@@ -272,6 +347,7 @@ mod tests {
         let q = QRows::quantize(&x, k);
         let xs: Vec<QRow<'_>> = (0..TOKENS).map(|t| q.row(t)).collect();
         let format = own.panels.format();
+        let mut checked = 0;
         for p in 0..own.panels.panels() {
             let panel = own.panels.panel(p);
             let mut want = [[0f32; PANEL]; TOKENS];
@@ -290,58 +366,57 @@ mod tests {
                         want[..tokens],
                         "{dtype:?} {isa:?} {tokens} tokens"
                     );
+                    checked += 1;
                 }
             }
         }
+        // The machine running the tests has at least one SIMD path (x86-64 with AVX2).
+        #[cfg(target_arch = "x86_64")]
+        assert!(checked > 0, "no SIMD path was checked");
+        let _ = checked;
     }
 
     #[test]
     fn every_instruction_set_matches_the_reference() {
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            check_paths(dtype, 40, 256);
-            check_paths(dtype, 16, 96);
+        for dtype in FORMATS {
+            let k = min_k(dtype);
+            check_paths(dtype, 40, 2 * k.max(128));
+            check_paths(dtype, 16, 3 * k);
         }
     }
 
     #[test]
     fn the_panel_layout_holds_the_gguf_values() {
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let (rows, k) = (20, 64);
-            let w = Tensor::randn(0f32, 1f32, (rows, k), &Device::Cpu).unwrap();
+        for dtype in FORMATS {
+            let (rows, k) = (20, 2 * min_k(dtype).max(64));
+            let w = weights(rows, k);
             let qt = QTensor::quantize(&w, dtype).unwrap();
             let dense = to_vec(&qt.dequantize(&Device::Cpu).unwrap());
             let own = QMatrix::from_qtensor(&qt).unwrap().unwrap();
-            let format = own.panels.format();
+            let mut row = vec![0f32; k];
             for r in 0..rows {
-                let panel = own.panels.panel(r / PANEL);
+                own.dequantize_row(r, &mut row);
                 for j in 0..k {
-                    let (b, lane) = (j / BLOCK, r % PANEL);
-                    let q = panel.weight(format, lane, b, j % BLOCK) as f32;
-                    let value = match format {
-                        Format::Q4_1 => panel.d(lane, b) * q + panel.m(lane, b),
-                        Format::Q8_0 => panel.d(lane, b) * q,
-                    };
-                    assert_eq!(value, dense[r * k + j], "{dtype:?} row {r} col {j}");
+                    assert_eq!(row[j], dense[r * k + j], "{dtype:?} row {r} col {j}");
                 }
             }
         }
     }
 
     #[test]
-    fn a_stacked_group_gives_each_layer_its_own_output() {
-        let x = Tensor::randn(0f32, 1f32, (3, 64), &Device::Cpu).unwrap();
-        let layer = |rows| {
-            let w = Tensor::randn(0f32, 1f32, (rows, 64), &Device::Cpu).unwrap();
-            Linear::new(
-                QTensor::quantize(&w, GgmlDType::Q4_1).unwrap(),
-                &Device::Cpu,
-            )
-            .unwrap()
+    fn a_group_gives_each_layer_its_own_output() {
+        let x = Tensor::randn(0f32, 1f32, (3, 256), &Device::Cpu).unwrap();
+        let layer = |rows, dtype| {
+            let w = Tensor::randn(0f32, 1f32, (rows, 256), &Device::Cpu).unwrap();
+            Linear::new(QTensor::quantize(&w, dtype).unwrap(), &Device::Cpu).unwrap()
         };
-        let (a, b) = (layer(16), layer(32));
-        let want = [a.forward(&x).unwrap(), b.forward(&x).unwrap()];
-        let group = LinearGroup::new(vec![a, b]);
-        assert!(matches!(group, LinearGroup::Stacked { .. }));
+        let parts = vec![
+            layer(16, GgmlDType::Q4K),
+            layer(40, GgmlDType::Q5_0),
+            layer(8, GgmlDType::Q8_0),
+        ];
+        let want: Vec<Tensor> = parts.iter().map(|p| p.forward(&x).unwrap()).collect();
+        let group = LinearGroup::new(parts);
         for (got, want) in group.forward(&x).unwrap().iter().zip(&want) {
             let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
             assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
@@ -352,12 +427,9 @@ mod tests {
     /// formats included.
     #[test]
     fn a_token_s_output_does_not_depend_on_its_batch() {
-        for dtype in [
-            GgmlDType::Q4_1,
-            GgmlDType::Q8_0,
-            GgmlDType::Q6K,
-            GgmlDType::Q5_0,
-        ] {
+        let mut dtypes = FORMATS.to_vec();
+        dtypes.extend([GgmlDType::Q5_1, GgmlDType::Q3K]);
+        for dtype in dtypes {
             let w = Tensor::randn(0f32, 1f32, (64, 512), &Device::Cpu).unwrap();
             let layer = Linear::new(QTensor::quantize(&w, dtype).unwrap(), &Device::Cpu).unwrap();
             let x = Tensor::randn(0f32, 1f32, (5, 512), &Device::Cpu).unwrap();
@@ -367,15 +439,5 @@ mod tests {
                 assert_eq!(&alone, row, "{dtype:?} token {t}");
             }
         }
-    }
-
-    #[test]
-    fn q4_1_matches_candle() {
-        check(GgmlDType::Q4_1);
-    }
-
-    #[test]
-    fn q8_0_matches_candle() {
-        check(GgmlDType::Q8_0);
     }
 }

@@ -5,16 +5,26 @@
 //! no horizontal reduction. A panel's blocks follow each other in memory, so a thread streams
 //! through its panels in one sequential pass (plus the scales beside them).
 //!
-//! Per panel and block:
-//! - Q4_1: 4 groups of 64 bytes; lane `r` of group `c` holds GGUF bytes `4c..4c+4` of row
-//!   `r`'s block, i.e. values `4c..4c+4` in the low nibbles and `16+4c..16+4c+4` in the high.
-//! - Q8_0: 8 groups of 64 bytes; lane `r` of group `g` holds values `4g..4g+4` of row `r`,
+//! Every format is cut into blocks of 32 values (a K-quant super-block of 256 is eight of
+//! them) and each value is stored as an unsigned integer `u`; the format then says how `u`
+//! becomes a weight (see [`Format`]). Per panel and 32-value block:
+//! - 4-bit part (every format but Q8_0): 4 chunks of 64 bytes; lane `r` of chunk `c` holds
+//!   values `4c..4c+4` of row `r` in the low nibbles and values `16+4c..16+4c+4` in the high.
+//! - fifth bit (Q5_0, Q5_K): 64 bytes, one 32-bit word per lane whose byte `i` holds bit 4
+//!   of value `4c+i` in its bit `c` and of value `16+4c+i` in its bit `4+c` (c = 0..3), so
+//!   one shift and a mask put a chunk's fifth bits in place.
+//! - bits 4 and 5 (Q6_K): 2 × 64 bytes, words as above with two bits per value: the first
+//!   64 bytes for values 0..15 (bits `2c, 2c+1` of byte `i` for value `4c+i`), then 16..31.
+//! - Q8_0: 8 chunks of 64 bytes; lane `r` of chunk `g` holds values `4g..4g+4` of row `r`,
 //!   stored plus 128 (unsigned, as the AVX-512 VNNI instruction takes them).
-//! - Scales `d` (and Q4_1's offsets `m`) as f16, sixteen per block, in their own arrays.
+//! - Scales beside the values, sixteen per block (or per super-block), in their own arrays:
+//!   `d` (f16), `m` (f16: Q4_1's offset, or a K-quant's `dmin` per super-block), `sc`
+//!   (K-quant sub-block scales: Q4_K/Q5_K one unsigned byte per block, Q6_K two signed
+//!   bytes per block, for values 0..15 and 16..31, row after row) and `mins` (Q4_K/Q5_K).
 //!
-//! The byte count stays GGUF's own (Q4_1 0.625, Q8_0 1.0625 bytes per weight).
+//! Legacy formats keep GGUF's byte count; the K-quants take 1/8 bit per weight more than
+//! GGUF (their 6-bit scales and mins unpacked to bytes, so a kernel reads them directly).
 
-use candle_core::Result;
 use half::f16;
 
 use super::activation::BLOCK;
@@ -24,21 +34,166 @@ use super::Format;
 pub const PANEL: usize = 16;
 /// Bytes of one group of four values across a panel's rows.
 pub const GROUP: usize = PANEL * 4;
+/// 32-value blocks per K-quant super-block.
+pub const SUPER: usize = 8;
+
+/// Why a tensor cannot be repacked.
+#[derive(Debug)]
+pub struct RepackError(pub String);
+
+impl std::fmt::Display for RepackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RepackError {}
 
 impl Format {
-    /// Bytes of one block of a panel's values.
+    /// Bytes of one block of a panel's values (4-bit part, then the high bits).
     pub fn panel_block_bytes(self) -> usize {
         match self {
-            Format::Q4_1 => PANEL * BLOCK / 2,
             Format::Q8_0 => PANEL * BLOCK,
+            _ => PANEL * BLOCK / 2 + self.high_bits() * PANEL * 4,
         }
     }
 
-    /// GGUF block: its header (f16 scale, and Q4_1's f16 offset) and value bytes.
-    fn gguf_block(self) -> (usize, usize) {
+    /// Bits each value keeps above its low four (Q8_0 stores whole bytes instead).
+    pub fn high_bits(self) -> usize {
         match self {
-            Format::Q4_1 => (4, 16),
-            Format::Q8_0 => (2, 32),
+            Format::Q5_0 | Format::Q5K => 1,
+            Format::Q6K => 2,
+            _ => 0,
+        }
+    }
+
+    /// Whether `d` (and `m`) belong to a super-block of [`SUPER`] blocks.
+    pub fn super_blocks(self) -> bool {
+        matches!(self, Format::Q4K | Format::Q5K | Format::Q6K)
+    }
+
+    /// Values and bytes of one GGUF block.
+    pub fn gguf_block(self) -> (usize, usize) {
+        match self {
+            Format::Q4_0 => (32, 18),
+            Format::Q4_1 => (32, 20),
+            Format::Q5_0 => (32, 22),
+            Format::Q8_0 => (32, 34),
+            Format::Q4K => (256, 144),
+            Format::Q5K => (256, 176),
+            Format::Q6K => (256, 210),
+        }
+    }
+
+    /// `sc` bytes per block and row.
+    fn scale_bytes(self) -> usize {
+        match self {
+            Format::Q4K | Format::Q5K => 1,
+            Format::Q6K => 2,
+            _ => 0,
+        }
+    }
+}
+
+/// One 32-value block of one row, decoded from GGUF: unsigned values and what scales them.
+#[derive(Clone, Copy, Default)]
+struct Decoded {
+    u: [u8; BLOCK],
+    d: u16,
+    m: u16,
+    sc: [u8; 2],
+    min: u8,
+}
+
+fn f16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+/// A K-quant's 6-bit scale and min of sub-block `j` (0..8) from its 12 packed bytes.
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Decode one GGUF block into its 32-value blocks (one, or eight for a K-quant).
+fn decode(format: Format, raw: &[u8], out: &mut [Decoded]) {
+    match format {
+        Format::Q4_0 | Format::Q4_1 => {
+            let head = if format == Format::Q4_1 { 4 } else { 2 };
+            let o = &mut out[0];
+            o.d = f16_at(raw, 0);
+            if format == Format::Q4_1 {
+                o.m = f16_at(raw, 2);
+            }
+            for (j, &q) in raw[head..head + 16].iter().enumerate() {
+                o.u[j] = q & 0x0F;
+                o.u[j + 16] = q >> 4;
+            }
+        }
+        Format::Q5_0 => {
+            let o = &mut out[0];
+            o.d = f16_at(raw, 0);
+            let qh = u32::from_le_bytes([raw[2], raw[3], raw[4], raw[5]]);
+            for (j, &q) in raw[6..22].iter().enumerate() {
+                o.u[j] = (q & 0x0F) | (((qh >> j) & 1) << 4) as u8;
+                o.u[j + 16] = (q >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8;
+            }
+        }
+        Format::Q8_0 => {
+            let o = &mut out[0];
+            o.d = f16_at(raw, 0);
+            for (u, &q) in o.u.iter_mut().zip(&raw[2..34]) {
+                *u = q ^ 0x80;
+            }
+        }
+        Format::Q4K | Format::Q5K => {
+            let (d, dmin, scales) = (f16_at(raw, 0), f16_at(raw, 2), &raw[4..16]);
+            let (qh, qs) = if format == Format::Q5K {
+                (&raw[16..48], &raw[48..176])
+            } else {
+                (&[][..], &raw[16..144])
+            };
+            for (s, o) in out.iter_mut().enumerate().take(SUPER) {
+                // Sub-blocks 2i and 2i+1 share 32 bytes: low nibbles, then high nibbles.
+                let q = &qs[32 * (s / 2)..][..32];
+                let shift = 4 * (s % 2);
+                for l in 0..BLOCK {
+                    let mut u = (q[l] >> shift) & 0x0F;
+                    if !qh.is_empty() {
+                        u |= ((qh[l] >> s) & 1) << 4;
+                    }
+                    o.u[l] = u;
+                }
+                (o.sc[0], o.min) = scale_min_k4(s, scales);
+                o.d = d;
+                o.m = dmin;
+            }
+        }
+        Format::Q6K => {
+            let (ql, qh, scales, d) = (
+                &raw[..128],
+                &raw[128..192],
+                &raw[192..208],
+                f16_at(raw, 208),
+            );
+            for n in 0..2 {
+                let (ql, qh, sc) = (&ql[64 * n..], &qh[32 * n..], &scales[8 * n..]);
+                for k in 0..4 {
+                    let o = &mut out[4 * n + k];
+                    for l in 0..BLOCK {
+                        let low = (ql[l + 32 * (k % 2)] >> (4 * (k / 2))) & 0x0F;
+                        o.u[l] = low | (((qh[l] >> (2 * k)) & 3) << 4);
+                    }
+                    o.sc = [sc[2 * k], sc[2 * k + 1]];
+                    o.d = d;
+                }
+            }
         }
     }
 }
@@ -56,8 +211,9 @@ pub struct Panels {
     blocks: usize,
     qs: Vec<Line>,
     d: Vec<u16>,
-    /// Q4_1's offsets (empty for Q8_0).
     m: Vec<u16>,
+    sc: Vec<u8>,
+    mins: Vec<u8>,
 }
 
 /// One panel's view.
@@ -67,84 +223,155 @@ pub struct Panel<'a> {
     pub qs: &'a [u8],
     pub d: &'a [u16],
     pub m: &'a [u16],
+    pub sc: &'a [u8],
+    pub mins: &'a [u8],
 }
 
 impl Panel<'_> {
-    /// Value `j` of row `r`'s block `b`, as a signed integer.
-    pub fn weight(&self, format: Format, r: usize, b: usize, j: usize) -> i32 {
-        let base = b * format.panel_block_bytes() + r * 4 + j % 4;
+    /// The stored unsigned value `j` of row `r`'s block `b` (see the module's layout).
+    pub fn value(&self, format: Format, r: usize, b: usize, j: usize) -> i32 {
+        let block = &self.qs[b * format.panel_block_bytes()..];
+        let (c, i) = ((j % 16) / 4, j % 4);
+        if format == Format::Q8_0 {
+            return block[(j / 4) * GROUP + r * 4 + i] as i32;
+        }
+        let byte = block[c * GROUP + r * 4 + i];
+        let low = if j < 16 { byte & 0x0F } else { byte >> 4 };
+        let high = match format.high_bits() {
+            1 => (block[4 * GROUP + r * 4 + i] >> (c + 4 * (j / 16))) & 1,
+            2 => (block[(4 + j / 16) * GROUP + r * 4 + i] >> (2 * c)) & 3,
+            _ => 0,
+        };
+        (low | (high << 4)) as i32
+    }
+
+    /// Index of the `d`/`m` scales of block `b`, row `r`.
+    fn scale_at(format: Format, r: usize, b: usize) -> usize {
+        let unit = if format.super_blocks() { b / SUPER } else { b };
+        unit * PANEL + r
+    }
+
+    pub fn d(&self, format: Format, r: usize, b: usize) -> f32 {
+        f16::from_bits(self.d[Self::scale_at(format, r, b)]).to_f32()
+    }
+
+    pub fn m(&self, format: Format, r: usize, b: usize) -> f32 {
+        f16::from_bits(self.m[Self::scale_at(format, r, b)]).to_f32()
+    }
+
+    /// A K-quant's sub-block scale: Q4_K/Q5_K's (`half` ignored), or Q6_K's for values
+    /// `16·half..16·half+16`.
+    pub fn sc(&self, format: Format, r: usize, b: usize, half: usize) -> i32 {
         match format {
-            Format::Q4_1 => {
-                let byte = self.qs[base + (j % 16) / 4 * GROUP];
-                if j < 16 {
-                    (byte & 0x0F) as i32
-                } else {
-                    (byte >> 4) as i32
-                }
-            }
-            Format::Q8_0 => (self.qs[base + j / 4 * GROUP] ^ 0x80) as i8 as i32,
+            Format::Q6K => self.sc[(b * PANEL + r) * 2 + half] as i8 as i32,
+            _ => self.sc[b * PANEL + r] as i32,
         }
     }
 
-    pub fn d(&self, r: usize, b: usize) -> f32 {
-        f16::from_bits(self.d[b * PANEL + r]).to_f32()
+    pub fn min(&self, r: usize, b: usize) -> i32 {
+        self.mins[b * PANEL + r] as i32
     }
 
-    pub fn m(&self, r: usize, b: usize) -> f32 {
-        f16::from_bits(self.m[b * PANEL + r]).to_f32()
+    /// Weight `j` of row `r`'s block `b`, computed as GGUF's own dequantization does.
+    pub fn weight(&self, format: Format, r: usize, b: usize, j: usize) -> f32 {
+        let u = self.value(format, r, b, j);
+        let d = self.d(format, r, b);
+        match format {
+            Format::Q4_0 => (u - 8) as f32 * d,
+            Format::Q5_0 => (u - 16) as f32 * d,
+            Format::Q8_0 => (u - 128) as f32 * d,
+            Format::Q4_1 => u as f32 * d + self.m(format, r, b),
+            Format::Q4K | Format::Q5K => {
+                let scale = d * self.sc(format, r, b, 0) as f32;
+                let min = self.m(format, r, b) * self.min(r, b) as f32;
+                scale * u as f32 - min
+            }
+            Format::Q6K => d * self.sc(format, r, b, j / 16) as f32 * (u - 32) as f32,
+        }
     }
 }
 
 impl Panels {
     /// Repack GGUF blocks (`raw`, row after row) of a `[rows, blocks * 32]` matrix.
-    pub fn repack(format: Format, rows: usize, blocks: usize, raw: &[u8]) -> Result<Self> {
-        let (header, body) = format.gguf_block();
-        if raw.len() != rows * blocks * (header + body) {
-            candle_core::bail!(
+    pub fn repack(
+        format: Format,
+        rows: usize,
+        blocks: usize,
+        raw: &[u8],
+    ) -> Result<Self, RepackError> {
+        let (values, bytes) = format.gguf_block();
+        let per_gguf = values / BLOCK;
+        if blocks % per_gguf != 0 || raw.len() != rows * blocks / per_gguf * bytes {
+            return Err(RepackError(format!(
                 "unexpected {format:?} data size for {rows} rows of {blocks} blocks"
-            );
+            )));
         }
         let panels = rows.div_ceil(PANEL);
         let block_bytes = format.panel_block_bytes();
-        let mut qs = vec![Line([0; 64]); panels * blocks * block_bytes / 64];
-        let mut d = vec![0u16; panels * blocks * PANEL];
-        let mut m = vec![0u16; if format == Format::Q4_1 { d.len() } else { 0 }];
-        // SAFETY: `Line` is 64 plain bytes; the view covers exactly the vector's storage.
-        let bytes =
-            unsafe { std::slice::from_raw_parts_mut(qs.as_mut_ptr() as *mut u8, qs.len() * 64) };
-        if format == Format::Q8_0 {
-            // Padding rows hold the value 0 too.
-            bytes.fill(0x80);
-        }
-        for (i, block) in raw.chunks_exact(header + body).enumerate() {
-            let (row, b) = (i / blocks, i % blocks);
-            let (panel, lane) = (row / PANEL, row % PANEL);
-            let scale = (panel * blocks + b) * PANEL + lane;
-            d[scale] = u16::from_le_bytes([block[0], block[1]]);
-            if format == Format::Q4_1 {
-                m[scale] = u16::from_le_bytes([block[2], block[3]]);
-            }
-            let out = (panel * blocks + b) * block_bytes + lane * 4;
-            for (g, four) in block[header..].chunks_exact(4).enumerate() {
-                let dst = &mut bytes[out + g * GROUP..][..4];
-                match format {
-                    Format::Q4_1 => dst.copy_from_slice(four),
-                    Format::Q8_0 => {
-                        for (o, v) in dst.iter_mut().zip(four) {
-                            *o = v ^ 0x80;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(Self {
+        let units = if format.super_blocks() {
+            blocks / SUPER
+        } else {
+            blocks
+        };
+        let with_m = matches!(format, Format::Q4_1 | Format::Q4K | Format::Q5K);
+        let with_mins = matches!(format, Format::Q4K | Format::Q5K);
+        let mut out = Self {
             format,
             rows,
             blocks,
-            qs,
-            d,
-            m,
-        })
+            qs: vec![Line([0; 64]); panels * blocks * block_bytes / 64],
+            d: vec![0; panels * units * PANEL],
+            m: vec![0; if with_m { panels * units * PANEL } else { 0 }],
+            sc: vec![0; panels * blocks * PANEL * format.scale_bytes()],
+            mins: vec![
+                0;
+                if with_mins {
+                    panels * blocks * PANEL
+                } else {
+                    0
+                }
+            ],
+        };
+        // SAFETY: `Line` is 64 plain bytes; the view covers exactly the vector's storage.
+        let qs = unsafe {
+            std::slice::from_raw_parts_mut(out.qs.as_mut_ptr() as *mut u8, out.qs.len() * 64)
+        };
+        if format == Format::Q8_0 {
+            // Padding rows hold the value 0 too.
+            qs.fill(0x80);
+        }
+        let mut decoded = [Decoded::default(); SUPER];
+        for (i, raw) in raw.chunks_exact(bytes).enumerate() {
+            let row = i / (blocks / per_gguf);
+            let first = (i % (blocks / per_gguf)) * per_gguf;
+            let (panel, r) = (row / PANEL, row % PANEL);
+            decode(format, raw, &mut decoded);
+            for (s, dec) in decoded.iter().take(per_gguf).enumerate() {
+                let b = first + s;
+                let at = panel * blocks + b;
+                let unit = if format.super_blocks() { b / SUPER } else { b };
+                let scale = (panel * units + unit) * PANEL + r;
+                out.d[scale] = dec.d;
+                if with_m {
+                    out.m[scale] = dec.m;
+                }
+                match format.scale_bytes() {
+                    1 => out.sc[at * PANEL + r] = dec.sc[0],
+                    2 => out.sc[(at * PANEL + r) * 2..][..2].copy_from_slice(&dec.sc),
+                    _ => {}
+                }
+                if with_mins {
+                    out.mins[at * PANEL + r] = dec.min;
+                }
+                write_values(
+                    format,
+                    &dec.u,
+                    &mut qs[at * block_bytes..][..block_bytes],
+                    r,
+                );
+            }
+        }
+        Ok(out)
     }
 
     pub fn format(&self) -> Format {
@@ -163,6 +390,11 @@ impl Panels {
         self.rows.div_ceil(PANEL)
     }
 
+    /// Bytes this matrix holds.
+    pub fn bytes(&self) -> usize {
+        self.qs.len() * 64 + (self.d.len() + self.m.len()) * 2 + self.sc.len() + self.mins.len()
+    }
+
     pub fn panel(&self, i: usize) -> Panel<'_> {
         let nb = self.blocks;
         let bytes = nb * self.format.panel_block_bytes();
@@ -170,7 +402,21 @@ impl Panels {
         let all = unsafe {
             std::slice::from_raw_parts(self.qs.as_ptr() as *const u8, self.qs.len() * 64)
         };
-        let scales = i * nb * PANEL..(i + 1) * nb * PANEL;
+        let units = if self.format.super_blocks() {
+            nb / SUPER
+        } else {
+            nb
+        };
+        let scales = i * units * PANEL..(i + 1) * units * PANEL;
+        let per_block = |v: &[u8], width: usize| -> usize {
+            if v.is_empty() {
+                0
+            } else {
+                nb * PANEL * width
+            }
+        };
+        let sc = per_block(&self.sc, self.format.scale_bytes());
+        let mins = per_block(&self.mins, 1);
         Panel {
             blocks: nb,
             qs: &all[i * bytes..(i + 1) * bytes],
@@ -180,26 +426,35 @@ impl Panels {
             } else {
                 &self.m[scales]
             },
+            sc: &self.sc[i * sc..(i + 1) * sc],
+            mins: &self.mins[i * mins..(i + 1) * mins],
         }
     }
+}
 
-    /// Matrices that share an input as one (rows of the first, then the next...), when
-    /// their formats and widths agree and each fills whole panels.
-    pub fn stack(parts: &[&Panels]) -> Option<Panels> {
-        let first = parts.first()?;
-        if parts
-            .iter()
-            .any(|p| p.format != first.format || p.blocks != first.blocks || p.rows % PANEL != 0)
-        {
-            return None;
+/// Write row `r`'s 32 unsigned values of one block into the panel block `out`.
+fn write_values(format: Format, u: &[u8; BLOCK], out: &mut [u8], r: usize) {
+    if format == Format::Q8_0 {
+        for (j, &v) in u.iter().enumerate() {
+            out[(j / 4) * GROUP + r * 4 + j % 4] = v;
         }
-        Some(Panels {
-            format: first.format,
-            rows: parts.iter().map(|p| p.rows).sum(),
-            blocks: first.blocks,
-            qs: parts.iter().flat_map(|p| p.qs.iter().copied()).collect(),
-            d: parts.iter().flat_map(|p| p.d.iter().copied()).collect(),
-            m: parts.iter().flat_map(|p| p.m.iter().copied()).collect(),
-        })
+        return;
+    }
+    for c in 0..4 {
+        for i in 0..4 {
+            let (lo, hi) = (u[4 * c + i], u[16 + 4 * c + i]);
+            out[c * GROUP + r * 4 + i] = (lo & 0x0F) | (hi << 4);
+            match format.high_bits() {
+                1 => {
+                    let bits = ((lo >> 4) & 1) << c | ((hi >> 4) & 1) << (4 + c);
+                    out[4 * GROUP + r * 4 + i] |= bits;
+                }
+                2 => {
+                    out[4 * GROUP + r * 4 + i] |= ((lo >> 4) & 3) << (2 * c);
+                    out[5 * GROUP + r * 4 + i] |= ((hi >> 4) & 3) << (2 * c);
+                }
+                _ => {}
+            }
+        }
     }
 }
