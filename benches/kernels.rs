@@ -57,7 +57,7 @@ fn main() {
         let mats: Vec<QMatrix> = (0..copies)
             .map(|_| {
                 let w = Tensor::randn(0f32, 1f32, (rows, k), &Device::Cpu).unwrap();
-                QMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap())
+                wick::model::quant::repack(&QTensor::quantize(&w, dtype).unwrap())
                     .unwrap()
                     .expect("a format with wick kernels")
             })

@@ -119,7 +119,7 @@ impl Llama {
             Linear::Own(_) if tied => Embeddings::Output,
             _ if device.is_cpu() => {
                 let table = r.qtensor("token_embd.weight")?;
-                match QMatrix::from_qtensor(&table)? {
+                match super::quant::repack(&table)? {
                     Some(matrix) => Embeddings::Quantized(matrix),
                     None => Embeddings::Dense(table.dequantize(device)?),
                 }

@@ -1,155 +1,43 @@
 //! Quantized linear layers. Every weight format that common GGUF files hold (Q4_0, Q4_1,
-//! Q5_0, Q8_0, Q4_K, Q5_K, Q6_K: all of a Q4_K_M or Q5_K_M file) gets wick's own kernels on
-//! the CPU: weights repacked once at load, activations quantized to int8 once per step and
-//! shared by every output row, rows split across the compute threads. Other formats (the
-//! 2- and 3-bit K-quants, IQ formats, Q5_1, Q8_1), and every non-CPU device, keep candle's
-//! `QMatMul`.
+//! Q5_0, Q8_0, Q4_K, Q5_K, Q6_K: all of a Q4_K_M or Q5_K_M file) runs on wick's own kernels
+//! on the CPU (the `wick-quant` crate, crates/quant). Other formats (the 2- and 3-bit
+//! K-quants, IQ formats, Q5_1, Q8_1, f16/f32 matrices), and every non-CPU device, keep
+//! candle's `QMatMul`.
 
-pub mod activation;
-pub mod kernels;
-pub mod panel;
-pub mod pool;
+pub use wick_quant::{activation, kernels, matmul_many, panel, pool, Format, QMatrix, SharedOut};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use activation::{QRow, QRows, BLOCK};
-use kernels::TOKENS;
-use panel::{Panels, PANEL};
+use activation::QRows;
 
-/// A weight matrix `[rows, k]` in wick's own panel layout.
-pub struct QMatrix {
-    panels: Panels,
+/// The kernels' format of a GGUF tensor type, where wick has kernels for it.
+pub fn format_of(dtype: GgmlDType) -> Option<Format> {
+    Some(match dtype {
+        GgmlDType::Q4_0 => Format::Q4_0,
+        GgmlDType::Q4_1 => Format::Q4_1,
+        GgmlDType::Q5_0 => Format::Q5_0,
+        GgmlDType::Q8_0 => Format::Q8_0,
+        GgmlDType::Q4K => Format::Q4K,
+        GgmlDType::Q5K => Format::Q5K,
+        GgmlDType::Q6K => Format::Q6K,
+        _ => return None,
+    })
 }
 
-/// The GGUF weight formats wick's kernels take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Q4_0,
-    Q4_1,
-    Q5_0,
-    Q8_0,
-    Q4K,
-    Q5K,
-    Q6K,
+/// Repack a GGUF tensor for wick's kernels, if its format is one they take.
+pub fn repack(t: &QTensor) -> Result<Option<QMatrix>> {
+    let Some(format) = format_of(t.dtype()) else {
+        return Ok(None);
+    };
+    let (rows, k) = t.shape().dims2()?;
+    if !k.is_multiple_of(format.gguf_block().0) {
+        return Ok(None);
+    }
+    QMatrix::repack(format, rows, k, &t.data()?)
+        .map(Some)
+        .map_err(candle_core::Error::wrap)
 }
-
-impl Format {
-    pub fn of(dtype: GgmlDType) -> Option<Self> {
-        Some(match dtype {
-            GgmlDType::Q4_0 => Format::Q4_0,
-            GgmlDType::Q4_1 => Format::Q4_1,
-            GgmlDType::Q5_0 => Format::Q5_0,
-            GgmlDType::Q8_0 => Format::Q8_0,
-            GgmlDType::Q4K => Format::Q4K,
-            GgmlDType::Q5K => Format::Q5K,
-            GgmlDType::Q6K => Format::Q6K,
-            _ => return None,
-        })
-    }
-}
-
-impl QMatrix {
-    /// Repack a GGUF tensor, if its format is one wick has kernels for.
-    pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
-        let Some(format) = Format::of(t.dtype()) else {
-            return Ok(None);
-        };
-        let (rows, k) = t.shape().dims2()?;
-        if k % format.gguf_block().0 != 0 {
-            return Ok(None);
-        }
-        let panels = Panels::repack(format, rows, k / BLOCK, &t.data()?)
-            .map_err(candle_core::Error::wrap)?;
-        Ok(Some(Self { panels }))
-    }
-
-    /// `y[t][r] = Σ_k w[r][k] x[t][k]` for activations already quantized (`t` rows);
-    /// `y` is `[t, rows]`.
-    pub fn matmul_quantized(&self, x: &QRows, y: &mut [f32]) {
-        matmul_many(&[self], x, &mut [y]);
-    }
-
-    pub fn rows(&self) -> usize {
-        self.panels.rows()
-    }
-
-    /// Values per row.
-    pub fn k(&self) -> usize {
-        self.panels.blocks() * BLOCK
-    }
-
-    /// Bytes of weights held.
-    pub fn bytes(&self) -> usize {
-        self.panels.bytes()
-    }
-
-    /// Row `r` as f32, exactly as GGUF's dequantization gives it (an embedding lookup).
-    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        let format = self.panels.format();
-        let panel = self.panels.panel(r / PANEL);
-        for (j, o) in out.iter_mut().enumerate().take(self.k()) {
-            *o = panel.weight(format, r % PANEL, j / BLOCK, j % BLOCK);
-        }
-    }
-}
-
-/// Products of several matrices with one input, in one parallel loop: the panels of all of
-/// them are the loop's tasks, so the threads meet once instead of once per matrix. `ys[i]`
-/// is `[tokens, rows of matrix i]`.
-fn matmul_many(matrices: &[&QMatrix], x: &QRows, ys: &mut [&mut [f32]]) {
-    let tokens = x.rows();
-    let isa = kernels::isa();
-    let pool = pool::Pool::global();
-    // Whole panels per task; a few tasks per thread so an unlucky thread does not hold up
-    // the loop. Tasks never span two matrices.
-    let total: usize = matrices.iter().map(|m| m.panels.panels()).sum();
-    let per_task = total.div_ceil(pool.threads() * 4).max(1);
-    let mut tasks = Vec::new();
-    for (i, m) in matrices.iter().enumerate() {
-        debug_assert_eq!(ys[i].len(), tokens * m.rows());
-        for first in (0..m.panels.panels()).step_by(per_task) {
-            tasks.push((i, first, (first + per_task).min(m.panels.panels())));
-        }
-    }
-    let outs: Vec<SharedOut> = ys.iter_mut().map(|y| SharedOut(y.as_mut_ptr())).collect();
-    pool.run(tasks.len(), &|task| {
-        let (i, from, to) = tasks[task];
-        let (m, out) = (matrices[i], &outs[i]);
-        let (rows, format) = (m.rows(), m.panels.format());
-        for p in from..to {
-            let panel = m.panels.panel(p);
-            let first_row = p * PANEL;
-            let live = PANEL.min(rows - first_row);
-            // Tokens in register tiles: each panel block is read and unpacked once per
-            // TOKENS tokens (a prompt's tokens reuse the panel from cache).
-            for first in (0..tokens).step_by(TOKENS) {
-                let n = (tokens - first).min(TOKENS);
-                let xs: [QRow<'_>; TOKENS] =
-                    std::array::from_fn(|j| x.row((first + j).min(tokens - 1)));
-                let mut v = [[0f32; PANEL]; TOKENS];
-                kernels::panel(isa, format, panel, &xs[..n], &mut v);
-                for (j, v) in v.iter().take(n).enumerate() {
-                    // SAFETY: each (token, row) is written by exactly one task, inside `y`.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            v.as_ptr(),
-                            out.0.add((first + j) * rows + first_row),
-                            live,
-                        )
-                    };
-                }
-            }
-        }
-    });
-}
-
-/// A raw output pointer shared by the tasks of one pool loop, each of which writes its own
-/// disjoint part of the buffer.
-pub(crate) struct SharedOut(pub(crate) *mut f32);
-// SAFETY: the tasks write disjoint elements (see its users).
-unsafe impl Sync for SharedOut {}
-unsafe impl Send for SharedOut {}
 
 /// A linear layer without bias: wick's kernels where it has them, candle's otherwise.
 pub enum Linear {
@@ -160,7 +48,7 @@ pub enum Linear {
 impl Linear {
     pub fn new(t: QTensor, device: &Device) -> Result<Self> {
         if device.is_cpu() {
-            if let Some(matrix) = QMatrix::from_qtensor(&t)? {
+            if let Some(matrix) = repack(&t)? {
                 return Ok(Self::Own(matrix));
             }
         }
@@ -247,8 +135,10 @@ impl LinearGroup {
 
 #[cfg(test)]
 mod tests {
-    use super::kernels::Isa;
+    use super::kernels::{Isa, TOKENS};
+    use super::panel::PANEL;
     use super::*;
+    use activation::QRow;
 
     /// Every format with wick kernels, as candle names them.
     const FORMATS: [GgmlDType; 7] = [
@@ -267,7 +157,7 @@ mod tests {
 
     /// K-quants need whole super-blocks of 256 values.
     fn min_k(dtype: GgmlDType) -> usize {
-        Format::of(dtype).unwrap().gguf_block().0
+        format_of(dtype).unwrap().gguf_block().0
     }
 
     /// Weights with a spread of magnitudes per row (as real layers have), so sub-block
@@ -287,11 +177,7 @@ mod tests {
         let w = weights(rows, k);
         let qt = QTensor::quantize(&w, dtype).unwrap();
         let candle = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
-        let own = Linear::Own(
-            QMatrix::from_qtensor(&qt)
-                .unwrap()
-                .expect("supported format"),
-        );
+        let own = Linear::Own(repack(&qt).unwrap().expect("supported format"));
         let dense = qt.dequantize(&Device::Cpu).unwrap();
         // More tokens than one register tile, and a partial tile.
         for tokens in [1, 3, TOKENS + 2] {
@@ -340,16 +226,16 @@ mod tests {
     /// scalar reference's result to the bit.
     fn check_paths(dtype: GgmlDType, rows: usize, k: usize) {
         let w = weights(rows, k);
-        let own = QMatrix::from_qtensor(&QTensor::quantize(&w, dtype).unwrap())
+        let own = repack(&QTensor::quantize(&w, dtype).unwrap())
             .unwrap()
             .expect("supported format");
         let x = to_vec(&Tensor::randn(0f32, 1f32, (TOKENS, k), &Device::Cpu).unwrap());
         let q = QRows::quantize(&x, k);
         let xs: Vec<QRow<'_>> = (0..TOKENS).map(|t| q.row(t)).collect();
-        let format = own.panels.format();
+        let format = own.format();
         let mut checked = 0;
-        for p in 0..own.panels.panels() {
-            let panel = own.panels.panel(p);
+        for p in 0..own.panels().panels() {
+            let panel = own.panels().panel(p);
             let mut want = [[0f32; PANEL]; TOKENS];
             for (x, o) in xs.iter().zip(want.iter_mut()) {
                 kernels::scalar(format, panel, x, o);
@@ -392,7 +278,7 @@ mod tests {
             let w = weights(rows, k);
             let qt = QTensor::quantize(&w, dtype).unwrap();
             let dense = to_vec(&qt.dequantize(&Device::Cpu).unwrap());
-            let own = QMatrix::from_qtensor(&qt).unwrap().unwrap();
+            let own = repack(&qt).unwrap().unwrap();
             let mut row = vec![0f32; k];
             for r in 0..rows {
                 own.dequantize_row(r, &mut row);

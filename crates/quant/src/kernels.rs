@@ -146,7 +146,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{Format, Panel, QRow, PANEL, TOKENS};
-    use crate::model::quant::panel::{GROUP, SUPER};
+    use crate::panel::{GROUP, SUPER};
 
     /// Four activation bytes (values `4g..4g+4` of a block) in every 32-bit lane.
     #[inline(always)]

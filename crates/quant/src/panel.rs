@@ -301,7 +301,7 @@ impl Panels {
     ) -> Result<Self, RepackError> {
         let (values, bytes) = format.gguf_block();
         let per_gguf = values / BLOCK;
-        if blocks % per_gguf != 0 || raw.len() != rows * blocks / per_gguf * bytes {
+        if !blocks.is_multiple_of(per_gguf) || raw.len() != rows * blocks / per_gguf * bytes {
             return Err(RepackError(format!(
                 "unexpected {format:?} data size for {rows} rows of {blocks} blocks"
             )));
