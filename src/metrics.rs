@@ -32,6 +32,11 @@ pub const OPEN_CONNECTIONS: &str = "wick_open_connections";
 /// This process's resident memory, bytes (Linux).
 pub const RESIDENT_MEMORY: &str = "wick_process_resident_memory_bytes";
 
+/// Bytes a loaded model's weights take, as its kernels hold them.
+pub const MODEL_WEIGHT_BYTES: &str = "wick_model_weight_bytes";
+/// Bytes a loaded model's KV cache takes with every slot in use.
+pub const KV_CACHE_BYTES: &str = "wick_kv_cache_bytes";
+
 /// Gauge: how long the loaded model took to load, seconds.
 pub const MODEL_LOAD_TIME: &str = "wick_model_load_duration_seconds";
 
@@ -76,6 +81,8 @@ pub fn render(models: &ModelRegistry) -> String {
             0.0
         };
         gauge!(KV_CACHE_USAGE, "model" => model.clone()).set(usage);
+        gauge!(MODEL_WEIGHT_BYTES, "model" => model.clone()).set(h.weight_bytes as f64);
+        gauge!(KV_CACHE_BYTES, "model" => model.clone()).set(h.kv_bytes as f64);
         gauge!(MODEL_LOAD_TIME, "model" => model.clone())
             .set(served.map_or(0.0, |m| m.load_time.as_secs_f64()));
         if served.is_some() {

@@ -308,6 +308,51 @@ async fn metrics_move_after_a_request() {
     );
 }
 
+/// /health and /metrics say what the model holds: its weights in wick's layout (about
+/// the GGUF's size: every SmolLM2 tensor runs on wick's kernels, which keep Q4_1's bytes),
+/// and its KV cache in f16 for every slot.
+#[tokio::test]
+async fn metrics_say_what_the_model_and_its_kv_cache_hold() {
+    let base = format!("http://{}", common::start_server(small_args()));
+    let (status, body) = {
+        let r = reqwest::get(format!("{base}/health")).await.unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, 200, "{body}");
+    let engine = &body["models"][0]["engine"];
+    // SmolLM2-135M: 30 layers, 3 kv heads of 64; 2 slots of 1024 tokens, keys and values,
+    // two bytes a value.
+    let kv = 2 * 2 * 30 * 3 * 1024 * 64 * 2;
+    assert_eq!(engine["kv_bytes"], kv, "{body}");
+    let file = common::model_file("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let gguf = std::fs::metadata(file).unwrap().len() as f64;
+    let weights = engine["weight_bytes"].as_f64().unwrap();
+    assert!(
+        weights > 0.85 * gguf && weights < 1.1 * gguf,
+        "weights {weights} for a {gguf}-byte file"
+    );
+    // The recorder is process-wide and other tests' servers (other slot counts) set the same
+    // model's gauges when they are scraped: a few tries for a scrape of this server alone.
+    let mut text = String::new();
+    for _ in 0..5 {
+        text = metrics_text(&base).await;
+        if sample(&text, "wick_kv_cache_bytes", &[]) == kv as f64 {
+            break;
+        }
+    }
+    assert_eq!(
+        sample(&text, "wick_kv_cache_bytes", &[]),
+        kv as f64,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "wick_model_weight_bytes", &[]),
+        weights,
+        "{text}"
+    );
+    assert!(sample(&text, "wick_process_resident_memory_bytes", &[]) > weights);
+}
+
 #[tokio::test]
 async fn the_request_timeout_ends_generation_with_length() {
     let mut args = small_args();

@@ -63,7 +63,9 @@ impl Target {
 
     /// For a wick server: the share of prompt tokens its prefix cache served, in percent,
     /// from `/health` (None for servers that do not report it).
-    pub async fn prefix_cache_hit_pct(&self) -> Option<f64> {
+    /// The engine's part of a wick server's /health for this target's model (None for a
+    /// server that has no such report).
+    pub async fn engine_health(&self) -> Option<serde_json::Value> {
         let health: serde_json::Value = self
             .http
             .get(format!("{}/health", self.base))
@@ -73,10 +75,12 @@ impl Target {
             .json()
             .await
             .ok()?;
-        let engine = &health["models"][0]["engine"];
-        let prompt = engine["prompt_tokens"].as_f64()?;
-        let hits = engine["prefix_cache_hits"].as_f64()?;
-        (prompt > 0.0).then(|| 100.0 * hits / prompt)
+        let models = health["models"].as_array()?;
+        let model = models
+            .iter()
+            .find(|m| m["id"].as_str() == Some(self.model.as_str()))
+            .or(models.first())?;
+        Some(model["engine"].clone())
     }
 
     /// A target whose model is already known (the in-process wick).

@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// Model name to send to the --compare server. Default: the first of its /v1/models.
     #[arg(long, requires = "compare")]
     pub compare_model: Option<String>,
+    /// Process id of the --compare server, to show its peak resident memory beside wick's
+    /// (Linux's /proc; both then count the same thing).
+    #[arg(long, requires = "compare")]
+    pub compare_pid: Option<u32>,
     /// Approximate prompt length for the prompt-processing figure, in tokens.
     #[arg(long, default_value_t = 512)]
     pub prompt_tokens: usize,
@@ -147,7 +151,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("{}: model '{}' at {}", t.name, t.model, t.base);
     }
 
-    let result = measure_all(&targets, &plan, local.is_some()).await;
+    let result = measure_all(&targets, &plan, local.is_some(), args.compare_pid).await;
     if let Some(local) = local {
         local.stop().await;
     }
@@ -172,6 +176,7 @@ async fn measure_all(
     targets: &[Target],
     plan: &Plan,
     wick_in_process: bool,
+    compare_pid: Option<u32>,
 ) -> anyhow::Result<Vec<scenario::Figures>> {
     let mut all = Vec::new();
     for (i, target) in targets.iter().enumerate() {
@@ -180,8 +185,13 @@ async fn measure_all(
         if i == 0 && wick_in_process {
             figures.peak_rss_mib = rss::peak_rss_mib();
         }
+        if i == 1 {
+            figures.peak_rss_mib = compare_pid.and_then(rss::peak_rss_mib_of);
+        }
         if i == 0 {
-            figures.prefix_cache_hit_pct = target.prefix_cache_hit_pct().await;
+            if let Some(engine) = target.engine_health().await {
+                figures.read_engine_health(&engine);
+            }
         }
         all.push(figures);
     }

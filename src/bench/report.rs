@@ -74,6 +74,18 @@ fn rows(figures: &[Figures]) -> Vec<Row> {
             decimals: 0,
         });
     }
+    if figures.iter().any(|f| f.weight_mib.is_some()) {
+        rows.push(Row {
+            label: "weights MiB (as held)".into(),
+            values: col(|f| f.weight_mib),
+            decimals: 0,
+        });
+        rows.push(Row {
+            label: "KV cache MiB (all slots)".into(),
+            values: col(|f| f.kv_mib),
+            decimals: 0,
+        });
+    }
     if figures.iter().any(|f| f.prefix_cache_hit_pct.is_some()) {
         rows.push(Row {
             label: "prefix cache hits % of prompt tokens".into(),
@@ -153,7 +165,7 @@ mod tests {
             ttft_prompt_tokens: 0.0,
             concurrent: vec![],
             peak_rss_mib: Some(250.2),
-            prefix_cache_hit_pct: None,
+            ..Figures::default()
         }
     }
 
@@ -180,8 +192,7 @@ mod tests {
             ttft_ms: 40.8,
             ttft_prompt_tokens: 31.0,
             concurrent: vec![],
-            peak_rss_mib: None,
-            prefix_cache_hit_pct: None,
+            ..Figures::default()
         };
         let table = render(&["wick".into(), "llamacpp".into()], &[wick(), other]);
         let expected = concat!(
@@ -193,6 +204,29 @@ mod tests {
             "peak RSS MiB                   250         -                -\n",
         );
         assert_eq!(table, expected);
+    }
+
+    #[test]
+    fn memory_rows_come_from_wick_s_health() {
+        let mut f = wick();
+        f.read_engine_health(&serde_json::json!({
+            "weight_bytes": 300u64 << 20,
+            "kv_bytes": 90u64 << 20,
+            "prompt_tokens": 200,
+            "prefix_cache_hits": 50,
+        }));
+        let table = render(&["wick".into()], &[f]);
+        let value = |label: &str| {
+            let line = table.lines().find(|l| l.starts_with(label)).unwrap();
+            line[label.len()..].trim().to_string()
+        };
+        assert_eq!(value("weights MiB (as held)"), "300", "{table}");
+        assert_eq!(value("KV cache MiB (all slots)"), "90", "{table}");
+        assert_eq!(
+            value("prefix cache hits % of prompt tokens"),
+            "25.0",
+            "{table}"
+        );
     }
 
     #[test]

@@ -1,9 +1,18 @@
 //! Peak resident memory of this process (the in-process wick server plus the small bench
-//! client), from Linux's `/proc/self/status`.
+//! client), or of the compared server's, from Linux's `/proc/<pid>/status`.
 
 /// `VmHWM` in MiB, or `None` where `/proc` is absent (not Linux).
 pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    read("/proc/self/status")
+}
+
+/// The same for another process.
+pub fn peak_rss_mib_of(pid: u32) -> Option<f64> {
+    read(&format!("/proc/{pid}/status"))
+}
+
+fn read(path: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(path).ok()?;
     parse_vm_hwm_kib(&status).map(|kib| kib as f64 / 1024.0)
 }
 

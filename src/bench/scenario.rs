@@ -37,6 +37,21 @@ pub struct Figures {
     pub peak_rss_mib: Option<f64>,
     /// Share of prompt tokens served from wick's prefix cache over the whole run.
     pub prefix_cache_hit_pct: Option<f64>,
+    /// What wick's /health says the model's weights and its full KV cache take, MiB.
+    pub weight_mib: Option<f64>,
+    pub kv_mib: Option<f64>,
+}
+
+impl Figures {
+    /// The figures a wick server reports about itself (its engine's /health entry).
+    pub fn read_engine_health(&mut self, engine: &serde_json::Value) {
+        let mib = |key: &str| engine[key].as_f64().map(|b| b / (1u64 << 20) as f64);
+        self.weight_mib = mib("weight_bytes");
+        self.kv_mib = mib("kv_bytes");
+        let prompt = engine["prompt_tokens"].as_f64().unwrap_or(0.0);
+        let hits = engine["prefix_cache_hits"].as_f64();
+        self.prefix_cache_hit_pct = hits.filter(|_| prompt > 0.0).map(|h| 100.0 * h / prompt);
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -103,6 +103,11 @@ pub struct Health {
     /// Sequences whose cache was given up for older ones when a paged cache ran short (each
     /// recomputes its tokens later and goes on), since the start.
     pub preempted: usize,
+    /// Bytes of the model's weights as the kernels hold them.
+    pub weight_bytes: u64,
+    /// Bytes of the KV cache with every slot in use (slots are allocated on first use; a
+    /// paged cache all at once).
+    pub kv_bytes: u64,
 }
 
 /// The seam between the API and whatever generates tokens.
@@ -263,6 +268,8 @@ pub struct Engine {
     /// Tokens the whole cache holds.
     kv_capacity_tokens: usize,
     kv_layout: &'static str,
+    weight_bytes: u64,
+    kv_bytes: u64,
 }
 
 impl Engine {
@@ -277,6 +284,10 @@ impl Engine {
             capacity: frontend.context_length,
         };
         let kv = kv_pool(shape, &config, weights.device())?;
+        let (weight_bytes, kv_bytes) = (
+            weights.weight_bytes() as u64,
+            config.kv_bytes(&shape, weights.device()),
+        );
         let (kv_capacity_tokens, kv_layout) = (
             kv.capacity_tokens(),
             if kv.paged_kv().is_some() {
@@ -312,6 +323,8 @@ impl Engine {
             slots: config.max_sequences,
             kv_capacity_tokens,
             kv_layout,
+            weight_bytes,
+            kv_bytes,
         })
     }
 }
@@ -351,6 +364,8 @@ impl Backend for Engine {
             kv_capacity_tokens: self.kv_capacity_tokens,
             kv_layout: self.kv_layout,
             preempted: self.stats.preempted.load(Ordering::SeqCst),
+            weight_bytes: self.weight_bytes,
+            kv_bytes: self.kv_bytes,
         }
     }
 }

@@ -16,6 +16,7 @@
 use std::cell::{RefCell, RefMut};
 
 use candle_core::{DType, Device, Result, Tensor};
+use half::f16;
 
 pub use super::cuda::paged_kv::{PagedShape, BLOCK_TOKENS};
 
@@ -30,9 +31,9 @@ pub struct KvShape {
 }
 
 impl KvShape {
-    /// Bytes one slot of the slots layout takes (keys and values, f32).
+    /// Bytes one slot of the slots layout takes (keys and values, f16).
     pub fn slot_bytes(&self) -> usize {
-        2 * self.n_layers * self.n_kv_heads * self.capacity * self.head_dim * 4
+        2 * self.n_layers * self.n_kv_heads * self.capacity * self.head_dim * 2
     }
 
     /// Bytes one block of the paged layout takes, all layers (keys and values, f16).
@@ -47,11 +48,13 @@ impl KvShape {
 }
 
 /// The keys and values of one sequence in the slots layout: per layer,
-/// `[n_kv_heads, capacity, head_dim]`.
+/// `[n_kv_heads, capacity, head_dim]`. The host cache holds f16, as llama.cpp's does: half
+/// the memory of f32, and the values the model reads are the same (they are rounded to f16
+/// on the way in either way, see `Llama::attention_host` in llama.rs).
 pub enum KvSlot {
     Host {
-        keys: Vec<RefCell<Vec<f32>>>,
-        values: Vec<RefCell<Vec<f32>>>,
+        keys: Vec<RefCell<Vec<f16>>>,
+        values: Vec<RefCell<Vec<f16>>>,
     },
     Device {
         keys: Vec<Tensor>,
@@ -61,8 +64,8 @@ pub enum KvSlot {
 
 /// One layer's host cache, borrowed for a step.
 pub struct HostLayer<'a> {
-    pub keys: RefMut<'a, Vec<f32>>,
-    pub values: RefMut<'a, Vec<f32>>,
+    pub keys: RefMut<'a, Vec<f16>>,
+    pub values: RefMut<'a, Vec<f16>>,
 }
 
 impl KvSlot {
@@ -72,7 +75,7 @@ impl KvSlot {
             let len = shape.n_kv_heads * shape.capacity * shape.head_dim;
             let alloc = || {
                 (0..shape.n_layers)
-                    .map(|_| RefCell::new(vec![0f32; len]))
+                    .map(|_| RefCell::new(vec![f16::ZERO; len]))
                     .collect()
             };
             return Ok(Self::Host {

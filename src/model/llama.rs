@@ -13,6 +13,7 @@ use std::io::{Read, Seek};
 
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
+use half::slice::HalfFloatSliceExt;
 
 use super::cuda::paged_attention::paged_attention;
 use super::cuda::paged_kv::{self, write_kv};
@@ -263,18 +264,16 @@ impl Llama {
                 for h in 0..c.n_kv_heads {
                     let dst = (h * capacity + pos) * hd;
                     let src = t * kw + h * hd;
-                    // Rounded to f16 as llama.cpp's cache stores them, so greedy output
-                    // follows the reference as closely as summation order allows.
-                    for j in 0..hd {
-                        layer.keys[dst + j] = half::f16::from_f32(k[src + j]).to_f32();
-                        layer.values[dst + j] = half::f16::from_f32(v[src + j]).to_f32();
-                    }
+                    // Stored as f16, as llama.cpp's cache stores them (greedy output then
+                    // follows the reference as closely as summation order allows).
+                    layer.keys[dst..dst + hd].convert_from_f32_slice(&k[src..src + hd]);
+                    layer.values[dst..dst + hd].convert_from_f32_slice(&v[src..src + hd]);
                 }
             }
             layers.push((layer, seq.start, row..row + len));
             row += len;
         }
-        let seqs: Vec<ops::HostSeq<'_>> = layers
+        let seqs: Vec<ops::HostSeq<'_, half::f16>> = layers
             .iter()
             .map(|(layer, start, rows)| ops::HostSeq {
                 keys: &layer.keys,
@@ -370,6 +369,33 @@ impl Llama {
     }
 }
 
+impl Llama {
+    /// Every weight's bytes; tied embeddings are the output matrix, counted once.
+    fn bytes_held(&self) -> usize {
+        use super::quant::tensor_bytes;
+        let embeddings = match &self.embeddings {
+            Embeddings::Output => 0,
+            Embeddings::Quantized(m) => m.bytes(),
+            Embeddings::Dense(t) => tensor_bytes(t),
+        };
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                let bias: usize = l.bias.iter().flatten().map(tensor_bytes).sum();
+                tensor_bytes(&l.attn_norm)
+                    + l.qkv.bytes()
+                    + bias
+                    + l.wo.bytes()
+                    + tensor_bytes(&l.ffn_norm)
+                    + l.gate_up.bytes()
+                    + l.w_down.bytes()
+            })
+            .sum();
+        embeddings + layers + tensor_bytes(&self.output_norm) + self.output.bytes()
+    }
+}
+
 impl Model for Llama {
     fn config(&self) -> &ModelConfig {
         &self.config
@@ -377,6 +403,10 @@ impl Model for Llama {
 
     fn device(&self) -> &Device {
         &self.device
+    }
+
+    fn weight_bytes(&self) -> usize {
+        self.bytes_held()
     }
 
     fn forward(&self, batch: &[SeqChunk<'_>], kv: &KvPool) -> Result<Tensor> {

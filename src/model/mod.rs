@@ -106,6 +106,9 @@ pub trait Model: Send {
     fn device(&self) -> &Device;
     /// Run one batched step; returns `[number of chunks with want_logits, vocab]` logits (f32).
     fn forward(&self, batch: &[SeqChunk<'_>], kv: &KvPool) -> candle_core::Result<Tensor>;
+    /// Bytes of weights held (in the layout the kernels read: wick's panels, candle's
+    /// tensors), for /health and /metrics.
+    fn weight_bytes(&self) -> usize;
 }
 
 /// What the request path needs to turn messages into token ids (shared with handlers;

@@ -107,9 +107,9 @@ impl RopeTables {
 /// One sequence's part of a batched attention call: its cache (layout
 /// `[n_kv_heads, capacity, head_dim]`), the position of its first new token, and the rows
 /// its new tokens take in the batch's query and output matrices.
-pub struct HostSeq<'a> {
-    pub keys: &'a [f32],
-    pub values: &'a [f32],
+pub struct HostSeq<'a, T: CacheValue> {
+    pub keys: &'a [T],
+    pub values: &'a [T],
     pub start: usize,
     pub rows: std::ops::Range<usize>,
 }
@@ -129,10 +129,10 @@ pub struct Heads {
 ///
 /// `q`: `[len, n_heads * head_dim]` for positions `start..start+len`; `out`: the same shape.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_host(
+pub fn attention_host<T: CacheValue>(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[T],
+    values: &[T],
     capacity: usize,
     n_heads: usize,
     n_kv_heads: usize,
@@ -165,7 +165,12 @@ pub fn attention_host(
 /// from the cache): greedy output is the same however a request is scheduled.
 ///
 /// `q` and `out`: `[rows, n_heads * head_dim]`, each sequence's rows as its `rows` say.
-pub fn attention_batch(q: &[f32], seqs: &[HostSeq<'_>], heads: Heads, out: &mut [f32]) {
+pub fn attention_batch<T: CacheValue>(
+    q: &[f32],
+    seqs: &[HostSeq<'_, T>],
+    heads: Heads,
+    out: &mut [f32],
+) {
     let Heads {
         n_heads,
         n_kv_heads,
@@ -219,22 +224,54 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// What a host KV cache stores: f16 (the CPU cache, half the bytes of f32, as llama.cpp's
+/// cache holds them) or f32 (references in tests). Values widen to f32 exactly, so both
+/// give the same attention for the same (f16-rounded) keys and values.
+pub trait CacheValue: Copy + Send + Sync {
+    /// `dst = src` as f32.
+    fn widen(src: &[Self], dst: &mut [f32]);
+}
+
+impl CacheValue for f32 {
+    #[inline]
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl CacheValue for half::f16 {
+    #[inline]
+    fn widen(src: &[half::f16], dst: &mut [f32]) {
+        // half converts with F16C where the CPU has it (detected at run time).
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
+    }
+}
+
 /// One query row over the first `visible` keys and values (`(data, offset, row stride)`),
 /// into `out`, in a fixed order. The paged cache's reference attends with it too, so both
 /// layouts give the same bits on the CPU.
-pub fn attend(
+pub fn attend<T: CacheValue>(
     q: &[f32],
-    (kd, k_base, k_stride): (&[f32], usize, usize),
-    (vd, v_base, v_stride): (&[f32], usize, usize),
+    (kd, k_base, k_stride): (&[T], usize, usize),
+    (vd, v_base, v_stride): (&[T], usize, usize),
     visible: usize,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     let head_dim = q.len();
     let scale = 1.0 / (head_dim as f32).sqrt();
+    // One cache row at a time in f32, on the stack for every common head size.
+    let (mut stack, mut heap) = ([0f32; 256], Vec::new());
+    let row = if head_dim <= stack.len() {
+        &mut stack[..head_dim]
+    } else {
+        heap.resize(head_dim, 0f32);
+        &mut heap[..]
+    };
     let mut max = f32::NEG_INFINITY;
     for (j, score) in scores[..visible].iter_mut().enumerate() {
-        *score = dot_f32(q, &kd[k_base + j * k_stride..][..head_dim]) * scale;
+        T::widen(&kd[k_base + j * k_stride..][..head_dim], row);
+        *score = dot_f32(q, row) * scale;
         max = max.max(*score);
     }
     let mut sum = 0f32;
@@ -244,8 +281,8 @@ pub fn attend(
     }
     out.fill(0.0);
     for (j, &p) in scores[..visible].iter().enumerate() {
-        let vrow = &vd[v_base + j * v_stride..][..head_dim];
-        for (acc, &x) in out.iter_mut().zip(vrow) {
+        T::widen(&vd[v_base + j * v_stride..][..head_dim], row);
+        for (acc, &x) in out.iter_mut().zip(row.iter()) {
             *acc += p * x;
         }
     }

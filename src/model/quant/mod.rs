@@ -76,13 +76,19 @@ impl Linear {
         }
     }
 
-    /// Bytes of weights held by wick's kernels (candle's own tensors are not counted).
+    /// Bytes of weights this layer holds, in whichever layout holds them.
     pub fn bytes(&self) -> usize {
         match self {
             Self::Own(m) => m.bytes(),
-            Self::Candle(_) => 0,
+            Self::Candle(QMatMul::QTensor(t)) => t.storage_size_in_bytes(),
+            Self::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => tensor_bytes(t),
         }
     }
+}
+
+/// Bytes of a dense tensor's elements.
+pub fn tensor_bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
 }
 
 /// Linear layers that read the same input (q, k and v; gate and up): when wick's kernels
