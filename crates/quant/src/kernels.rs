@@ -339,6 +339,13 @@ mod x86 {
                     _mm256_setzero_si256()
                 };
                 let mut dot = [_mm256_setzero_si256(); T];
+                // Byte-pair products are summed as i16 for as many chunks as cannot wrap
+                // (activations lie in -127..=127, so a pair is at most 2·127·u_max), and
+                // only then widened by `vpmaddwd` with the lane's multiplier: 4-bit values,
+                // all eight products of a block (8·3810); 5-bit, four (4·7874); 6-bit, two
+                // per half (2·16002). The integer sum is the same, with fewer instructions.
+                let mut sum_lo = [_mm256_setzero_si256(); T];
+                let mut sum_hi = [_mm256_setzero_si256(); T];
                 for c in 0..4 {
                     let v = _mm256_loadu_si256(q.add(c * GROUP) as *const __m256i);
                     let mut lo = _mm256_and_si256(v, mask);
@@ -353,11 +360,33 @@ mod x86 {
                         lo = _mm256_or_si256(lo, _mm256_and_si256(shift(h0, n), bits));
                         hi = _mm256_or_si256(hi, _mm256_and_si256(shift(h1, n), bits));
                     }
-                    for (dot, x) in dot.iter_mut().zip(xs) {
+                    for t in 0..T {
+                        let x = &xs[t];
                         let a_lo = _mm256_set1_epi32(group(x, b, c));
                         let a_hi = _mm256_set1_epi32(group(x, b, c + 4));
-                        *dot = _mm256_add_epi32(*dot, dot_u8_i8(lo, a_lo, mul_lo));
-                        *dot = _mm256_add_epi32(*dot, dot_u8_i8(hi, a_hi, mul_hi));
+                        let p_lo = _mm256_maddubs_epi16(lo, a_lo);
+                        let p_hi = _mm256_maddubs_epi16(hi, a_hi);
+                        if F == Q6K {
+                            sum_lo[t] = _mm256_add_epi16(sum_lo[t], p_lo);
+                            sum_hi[t] = _mm256_add_epi16(sum_hi[t], p_hi);
+                        } else {
+                            sum_lo[t] = _mm256_add_epi16(sum_lo[t], _mm256_add_epi16(p_lo, p_hi));
+                        }
+                    }
+                    let flush = match F {
+                        Q4_0 | Q4_1 | Q4K => c == 3,
+                        _ => c % 2 == 1,
+                    };
+                    if flush {
+                        for t in 0..T {
+                            dot[t] = _mm256_add_epi32(dot[t], _mm256_madd_epi16(sum_lo[t], mul_lo));
+                            if F == Q6K {
+                                let hi = _mm256_madd_epi16(sum_hi[t], mul_hi);
+                                dot[t] = _mm256_add_epi32(dot[t], hi);
+                            }
+                            sum_lo[t] = _mm256_setzero_si256();
+                            sum_hi[t] = _mm256_setzero_si256();
+                        }
                     }
                 }
                 let mins = if kquant {
