@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::catalog::Catalog;
 use crate::device::DeviceChoice;
-use crate::engine::KvLayout;
+use crate::engine::{KvLayout, KvType};
 use crate::routing::TraditionLayers;
 
 /// Where the catalog comes from: `--catalog FILE`, else `./models.toml`, else the compiled-in one.
@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// sequences under --kv-budget), or `auto` (paged on a CUDA GPU, slots elsewhere).
     #[arg(long, env = "WICK_KV_CACHE", value_enum, default_value_t = KvLayout::Auto)]
     pub kv_cache: KvLayout,
+    /// What the CPU's KV cache stores per key and value: `f16` (as llama.cpp by default),
+    /// or `q8_0` (GGUF's 8-bit blocks: 53 % of the memory, slightly less exact attention).
+    #[arg(long, env = "WICK_KV_TYPE", value_enum, default_value_t = KvType::F16)]
+    pub kv_type: KvType,
     /// Memory for the paged KV cache of each loaded model, e.g. `8GiB`: sequences share it
     /// block by block, so more of them fit than full contexts would allow. It must hold one
     /// full context. Default: --parallel full contexts.
@@ -213,6 +217,7 @@ impl ServeArgs {
             ctx_size: None,
             prefill_chunk: 512,
             kv_cache: KvLayout::Auto,
+            kv_type: KvType::F16,
             kv_budget: None,
             body_limit: 4 * 1024 * 1024,
             threads: None,

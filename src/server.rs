@@ -83,6 +83,7 @@ impl Server {
                 queue_capacity: args.queue.max(1),
                 prefill_chunk: args.prefill_chunk,
                 kv_layout: args.kv_cache,
+                kv_type: args.kv_type,
                 kv_budget: args.kv_budget.map(|b| b.as_u64()),
                 device_sampling: None,
             },

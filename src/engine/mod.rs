@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+pub use crate::model::kv_cache::{KvType, Q8_BLOCK};
 use crate::model::{KvPool, KvShape, LoadedModel};
 pub use constraint::{Constraint, GrammarCompiler};
 pub use registry::{LoadError, ModelRegistry, RegistryLimits, ServedModel};
@@ -127,6 +128,8 @@ pub struct EngineConfig {
     pub prefill_chunk: usize,
     /// The KV cache's layout.
     pub kv_layout: KvLayout,
+    /// What the CPU's slots cache stores per value.
+    pub kv_type: KvType,
     /// Bytes the paged layout takes (all layers, keys and values). None: enough for
     /// `max_sequences` full contexts.
     pub kv_budget: Option<u64>,
@@ -143,6 +146,7 @@ impl Default for EngineConfig {
             queue_capacity: 64,
             prefill_chunk: 512,
             kv_layout: KvLayout::Auto,
+            kv_type: KvType::F16,
             kv_budget: None,
             device_sampling: None,
         }
@@ -156,7 +160,11 @@ impl EngineConfig {
             KvLayout::Paged => self.kv_budget.unwrap_or(
                 (self.max_sequences * shape.blocks_per_context() * shape.block_bytes()) as u64,
             ),
-            _ => (self.max_sequences.max(1) * shape.slot_bytes()) as u64,
+            _ if device.is_cpu() => {
+                (self.max_sequences.max(1) * shape.slot_bytes_as(self.kv_type)) as u64
+            }
+            // Device slots are f32 tensors.
+            _ => (self.max_sequences.max(1) * shape.slot_bytes() * 2) as u64,
         }
     }
 }
@@ -199,12 +207,27 @@ fn kv_pool(
         if config.kv_budget.is_some() {
             tracing::warn!("--kv-budget applies to the paged KV cache only; it is ignored");
         }
+        if config.kv_type != KvType::F16 && !device.is_cpu() {
+            anyhow::bail!("--kv-type {:?} is for the CPU's cache", config.kv_type);
+        }
+        if config.kv_type == KvType::Q8_0 && shape.head_dim % Q8_BLOCK != 0 {
+            anyhow::bail!(
+                "--kv-type q8_0 needs heads of a multiple of {Q8_BLOCK} values; this model's are {}",
+                shape.head_dim
+            );
+        }
         tracing::info!(
             slots = config.max_sequences,
-            slot_mib = shape.slot_bytes() / (1 << 20),
+            slot_mib = shape.slot_bytes_as(config.kv_type) / (1 << 20),
+            kv_type = ?config.kv_type,
             "KV cache: slots allocated on first use"
         );
-        return Ok(KvPool::new(shape, config.max_sequences, device.clone()));
+        return Ok(
+            KvPool::new(shape, config.max_sequences, device.clone()).with_type(config.kv_type)
+        );
+    }
+    if config.kv_type != KvType::F16 {
+        anyhow::bail!("--kv-type q8_0 is for the slots cache (--kv-cache slots) on the CPU");
     }
     let kernel_dims = crate::model::cuda::paged_attention::KERNEL_HEAD_DIMS;
     if device.is_cuda() && !kernel_dims.contains(&shape.head_dim) {

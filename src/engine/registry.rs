@@ -153,7 +153,6 @@ impl ModelRegistry {
             .store
             .fetch(&self.catalog, &entry, progress.as_ref())
             .await?;
-        let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let (device, load_entry) = (self.device.clone(), entry.clone());
         let loaded =
             tokio::task::spawn_blocking(move || crate::model::load(&path, &load_entry, &device))
@@ -165,8 +164,9 @@ impl ModelRegistry {
             head_dim: config.head_dim,
             capacity: loaded.frontend.context_length,
         };
-        let embeddings = (config.vocab_size * config.hidden * 4) as u64;
-        let bytes = file_bytes + embeddings + self.engine.kv_bytes(&kv, &self.device);
+        // The weights as the kernels hold them (token embeddings stay quantized on the CPU).
+        let weights = loaded.weights.weight_bytes() as u64;
+        let bytes = weights + self.engine.kv_bytes(&kv, &self.device);
         let frontend = loaded.frontend.clone();
         let engine = Engine::start(loaded, self.engine.clone())?;
         tracing::info!(model = %entry.id, mib = bytes >> 20, "model ready");

@@ -30,10 +30,67 @@ pub struct KvShape {
     pub capacity: usize,
 }
 
+/// `--kv-type`: what the CPU's slots cache stores per key and value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvType {
+    /// Half precision, as llama.cpp's default cache: attention reads what f32 would give
+    /// after the f16 rounding every path applies.
+    #[default]
+    F16,
+    /// GGUF's Q8_0 blocks (32 int8 values and an f16 scale, 34 bytes): 53 % of f16's memory,
+    /// as llama.cpp's `--cache-type-k/v q8_0`; heads must be a multiple of 32 values.
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+impl KvType {
+    /// Bytes of `values` cached values (a multiple of 32 for Q8_0).
+    pub fn bytes(self, values: usize) -> usize {
+        match self {
+            KvType::F16 => values * 2,
+            KvType::Q8_0 => values / Q8_BLOCK * std::mem::size_of::<Q8Block>(),
+        }
+    }
+}
+
+/// Values per Q8_0 block.
+pub const Q8_BLOCK: usize = 32;
+
+/// One Q8_0 block of a cached key or value row: `x ≈ d · q`.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct Q8Block {
+    pub d: f16,
+    pub qs: [i8; Q8_BLOCK],
+}
+
+impl Q8Block {
+    /// Quantized as GGUF's reference quantizer does: `d = max|x| / 127`, values rounded
+    /// half away from zero.
+    pub fn quantize(x: &[f32]) -> Self {
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut qs = [0i8; Q8_BLOCK];
+        for (q, &v) in qs.iter_mut().zip(x) {
+            *q = (v * inv).round() as i8;
+        }
+        Self {
+            d: f16::from_f32(d),
+            qs,
+        }
+    }
+}
+
 impl KvShape {
     /// Bytes one slot of the slots layout takes (keys and values, f16).
     pub fn slot_bytes(&self) -> usize {
-        2 * self.n_layers * self.n_kv_heads * self.capacity * self.head_dim * 2
+        self.slot_bytes_as(KvType::F16)
+    }
+
+    /// Bytes one slot of the slots layout takes with values of `kv_type`.
+    pub fn slot_bytes_as(&self, kv_type: KvType) -> usize {
+        2 * kv_type.bytes(self.n_layers * self.n_kv_heads * self.capacity * self.head_dim)
     }
 
     /// Bytes one block of the paged layout takes, all layers (keys and values, f16).
@@ -48,13 +105,13 @@ impl KvShape {
 }
 
 /// The keys and values of one sequence in the slots layout: per layer,
-/// `[n_kv_heads, capacity, head_dim]`. The host cache holds f16, as llama.cpp's does: half
-/// the memory of f32, and the values the model reads are the same (they are rounded to f16
-/// on the way in either way, see `Llama::attention_host` in llama.rs).
+/// `[n_kv_heads, capacity, head_dim]`. The host cache holds f16 (as llama.cpp's does: half
+/// the memory of f32, and the values the model reads are the same, since they are rounded
+/// to f16 on the way in either way, see `Llama::attention_host` in llama.rs) or Q8_0.
 pub enum KvSlot {
     Host {
-        keys: Vec<RefCell<Vec<f16>>>,
-        values: Vec<RefCell<Vec<f16>>>,
+        keys: Vec<RefCell<HostCache>>,
+        values: Vec<RefCell<HostCache>>,
     },
     Device {
         keys: Vec<Tensor>,
@@ -62,20 +119,85 @@ pub enum KvSlot {
     },
 }
 
+/// One layer's keys (or values) in a host cache, rows of `head_dim` values.
+pub enum HostCache {
+    F16(Vec<f16>),
+    Q8_0(Vec<Q8Block>),
+}
+
+impl HostCache {
+    fn new(kv_type: KvType, values: usize) -> Self {
+        match kv_type {
+            KvType::F16 => Self::F16(vec![f16::ZERO; values]),
+            KvType::Q8_0 => Self::Q8_0(vec![Q8Block::default(); values / Q8_BLOCK]),
+        }
+    }
+
+    /// Store row `r` (`src.len()` values).
+    pub fn write_row(&mut self, r: usize, src: &[f32]) {
+        use half::slice::HalfFloatSliceExt;
+        let n = src.len();
+        match self {
+            Self::F16(data) => data[r * n..(r + 1) * n].convert_from_f32_slice(src),
+            Self::Q8_0(blocks) => {
+                let per = n / Q8_BLOCK;
+                for (b, x) in blocks[r * per..(r + 1) * per]
+                    .iter_mut()
+                    .zip(src.chunks_exact(Q8_BLOCK))
+                {
+                    *b = Q8Block::quantize(x);
+                }
+            }
+        }
+    }
+}
+
+impl super::ops::CacheRows for HostCache {
+    #[inline]
+    fn widen_row(&self, r: usize, out: &mut [f32]) {
+        match self {
+            Self::F16(data) => data.widen_row(r, out),
+            Self::Q8_0(blocks) => blocks.widen_row(r, out),
+        }
+    }
+}
+
+impl super::ops::CacheRows for [Q8Block] {
+    #[inline]
+    fn widen_row(&self, r: usize, out: &mut [f32]) {
+        let per = out.len() / Q8_BLOCK;
+        for (b, o) in self[r * per..(r + 1) * per]
+            .iter()
+            .zip(out.chunks_exact_mut(Q8_BLOCK))
+        {
+            let d = b.d.to_f32();
+            for (o, &q) in o.iter_mut().zip(&b.qs) {
+                *o = q as f32 * d;
+            }
+        }
+    }
+}
+
 /// One layer's host cache, borrowed for a step.
 pub struct HostLayer<'a> {
-    pub keys: RefMut<'a, Vec<f16>>,
-    pub values: RefMut<'a, Vec<f16>>,
+    pub keys: RefMut<'a, HostCache>,
+    pub values: RefMut<'a, HostCache>,
 }
 
 impl KvSlot {
-    fn new(shape: &KvShape, device: &Device) -> Result<Self> {
+    fn new(shape: &KvShape, kv_type: KvType, device: &Device) -> Result<Self> {
         let dims = (shape.n_kv_heads, shape.capacity, shape.head_dim);
         if device.is_cpu() {
+            if kv_type == KvType::Q8_0 && shape.head_dim % Q8_BLOCK != 0 {
+                candle_core::bail!(
+                    "--kv-type q8_0 needs heads of a multiple of {Q8_BLOCK} values; this model's are {}",
+                    shape.head_dim
+                );
+            }
             let len = shape.n_kv_heads * shape.capacity * shape.head_dim;
             let alloc = || {
                 (0..shape.n_layers)
-                    .map(|_| RefCell::new(vec![f16::ZERO; len]))
+                    .map(|_| RefCell::new(HostCache::new(kv_type, len)))
                     .collect()
             };
             return Ok(Self::Host {
@@ -167,6 +289,7 @@ enum Store {
 /// busiest moment needed (slots), or its budget (paged, allocated at start).
 pub struct KvPool {
     shape: KvShape,
+    kv_type: KvType,
     device: Device,
     store: Store,
     /// Slots not in use, most recently released last.
@@ -178,11 +301,19 @@ impl KvPool {
     pub fn new(shape: KvShape, n_slots: usize, device: Device) -> Self {
         Self {
             shape,
+            kv_type: KvType::F16,
             device,
             store: Store::Slots((0..n_slots).map(|_| None).collect()),
             // Reversed so slot 0 is handed out first.
             free: (0..n_slots).rev().collect(),
         }
+    }
+
+    /// The slots layout with values of `kv_type` (the CPU's; other devices keep f32
+    /// tensors rounded to f16).
+    pub fn with_type(mut self, kv_type: KvType) -> Self {
+        self.kv_type = kv_type;
+        self
     }
 
     /// The paged layout: `num_blocks` blocks shared by `n_slots` slots, allocated now.
@@ -202,6 +333,7 @@ impl KvPool {
             .collect::<Result<_>>()?;
         Ok(Self {
             shape,
+            kv_type: KvType::F16,
             device,
             store: Store::Paged(PagedKv {
                 layer,
@@ -265,7 +397,7 @@ impl KvPool {
         };
         if let Store::Slots(slots) = &mut self.store {
             if slots[index].is_none() {
-                slots[index] = Some(KvSlot::new(&self.shape, &self.device)?);
+                slots[index] = Some(KvSlot::new(&self.shape, self.kv_type, &self.device)?);
             }
         }
         self.free.remove(position);
@@ -363,6 +495,39 @@ impl KvPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ops::CacheRows;
+
+    /// A row written to either host cache reads back as f16 rounds it, or within half a
+    /// Q8_0 step (plus the f16 rounding of the step itself).
+    #[test]
+    fn host_cache_rows_read_back_what_was_written() {
+        let row: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 29) as f32 - 14.0) * 0.37)
+            .collect();
+        let mut back = vec![0f32; 64];
+        for kv_type in [KvType::F16, KvType::Q8_0] {
+            let mut cache = HostCache::new(kv_type, 3 * 64);
+            cache.write_row(1, &row);
+            cache.widen_row(1, &mut back);
+            for (i, (&b, &x)) in back.iter().zip(&row).enumerate() {
+                let step = match kv_type {
+                    KvType::F16 => (x - f16::from_f32(x).to_f32()).abs(),
+                    KvType::Q8_0 => {
+                        let amax = row[i / 32 * 32..][..32]
+                            .iter()
+                            .fold(0f32, |m, v| m.max(v.abs()));
+                        amax / 127.0 * 0.51 + 1e-3 * x.abs()
+                    }
+                };
+                assert!((b - x).abs() <= step, "{kv_type:?} {i}: {b} vs {x}");
+            }
+            // The rows around it are untouched.
+            cache.widen_row(0, &mut back);
+            assert!(back.iter().all(|&v| v == 0.0));
+        }
+        assert_eq!(KvType::Q8_0.bytes(64), 68);
+        assert_eq!(std::mem::size_of::<Q8Block>(), 34);
+    }
 
     fn shape() -> KvShape {
         KvShape {

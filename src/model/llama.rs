@@ -13,12 +13,11 @@ use std::io::{Read, Seek};
 
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
-use half::slice::HalfFloatSliceExt;
 
 use super::cuda::paged_attention::paged_attention;
 use super::cuda::paged_kv::{self, write_kv};
 use super::cuda::rope::rope_in_place;
-use super::kv_cache::{KvPool, PagedKv, BLOCK_TOKENS};
+use super::kv_cache::{HostCache, KvPool, PagedKv, BLOCK_TOKENS};
 use super::ops::{self, RopeStyle, RopeTables};
 use super::quant::{Linear, LinearGroup, QMatrix};
 use super::{Model, ModelConfig, SeqChunk};
@@ -262,22 +261,23 @@ impl Llama {
                 self.rope.rotate_in_place(&mut q[t * qw..(t + 1) * qw], pos);
                 self.rope.rotate_in_place(&mut k[t * kw..(t + 1) * kw], pos);
                 for h in 0..c.n_kv_heads {
-                    let dst = (h * capacity + pos) * hd;
                     let src = t * kw + h * hd;
-                    // Stored as f16, as llama.cpp's cache stores them (greedy output then
-                    // follows the reference as closely as summation order allows).
-                    layer.keys[dst..dst + hd].convert_from_f32_slice(&k[src..src + hd]);
-                    layer.values[dst..dst + hd].convert_from_f32_slice(&v[src..src + hd]);
+                    // Stored as f16 (or Q8_0), as llama.cpp's cache stores them (greedy
+                    // output then follows the reference as closely as summation order
+                    // allows).
+                    let row = h * capacity + pos;
+                    layer.keys.write_row(row, &k[src..src + hd]);
+                    layer.values.write_row(row, &v[src..src + hd]);
                 }
             }
             layers.push((layer, seq.start, row..row + len));
             row += len;
         }
-        let seqs: Vec<ops::HostSeq<'_, half::f16>> = layers
+        let seqs: Vec<ops::HostSeq<'_, HostCache>> = layers
             .iter()
             .map(|(layer, start, rows)| ops::HostSeq {
-                keys: &layer.keys,
-                values: &layer.values,
+                keys: &*layer.keys,
+                values: &*layer.values,
                 start: *start,
                 rows: rows.clone(),
             })

@@ -107,9 +107,9 @@ impl RopeTables {
 /// One sequence's part of a batched attention call: its cache (layout
 /// `[n_kv_heads, capacity, head_dim]`), the position of its first new token, and the rows
 /// its new tokens take in the batch's query and output matrices.
-pub struct HostSeq<'a, T: CacheValue> {
-    pub keys: &'a [T],
-    pub values: &'a [T],
+pub struct HostSeq<'a, C: CacheRows + ?Sized> {
+    pub keys: &'a C,
+    pub values: &'a C,
     pub start: usize,
     pub rows: std::ops::Range<usize>,
 }
@@ -129,10 +129,10 @@ pub struct Heads {
 ///
 /// `q`: `[len, n_heads * head_dim]` for positions `start..start+len`; `out`: the same shape.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_host<T: CacheValue>(
+pub fn attention_host<C: CacheRows + ?Sized>(
     q: &[f32],
-    keys: &[T],
-    values: &[T],
+    keys: &C,
+    values: &C,
     capacity: usize,
     n_heads: usize,
     n_kv_heads: usize,
@@ -165,9 +165,9 @@ pub fn attention_host<T: CacheValue>(
 /// from the cache): greedy output is the same however a request is scheduled.
 ///
 /// `q` and `out`: `[rows, n_heads * head_dim]`, each sequence's rows as its `rows` say.
-pub fn attention_batch<T: CacheValue>(
+pub fn attention_batch<C: CacheRows + ?Sized>(
     q: &[f32],
-    seqs: &[HostSeq<'_, T>],
+    seqs: &[HostSeq<'_, C>],
     heads: Heads,
     out: &mut [f32],
 ) {
@@ -184,7 +184,7 @@ pub fn attention_batch<T: CacheValue>(
     Pool::global().run(seqs.len() * n_heads, &|task| {
         let out_ptr = &out_ptr;
         let (seq, h) = (&seqs[task / n_heads], task % n_heads);
-        let base = (h / group) * capacity * head_dim;
+        let first = (h / group) * capacity;
         let mut scores = vec![0f32; seq.start + seq.rows.len()];
         for (i, row) in seq.rows.clone().enumerate() {
             let qrow = &q[row * width + h * head_dim..][..head_dim];
@@ -194,8 +194,7 @@ pub fn attention_batch<T: CacheValue>(
             };
             attend(
                 qrow,
-                (seq.keys, base, head_dim),
-                (seq.values, base, head_dim),
+                (seq.keys, seq.values, first),
                 seq.start + i + 1,
                 &mut scores,
                 o,
@@ -224,36 +223,49 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// What a host KV cache stores: f16 (the CPU cache, half the bytes of f32, as llama.cpp's
-/// cache holds them) or f32 (references in tests). Values widen to f32 exactly, so both
-/// give the same attention for the same (f16-rounded) keys and values.
-pub trait CacheValue: Copy + Send + Sync {
-    /// `dst = src` as f32.
-    fn widen(src: &[Self], dst: &mut [f32]);
+/// Rows of a host KV cache (keys or values of one layer, `head_dim` values a row), as the
+/// attention reads them: f16 (the CPU cache's default, half the bytes of f32, as llama.cpp's
+/// cache holds them), Q8_0 blocks (`--kv-type q8_0`, see kv_cache.rs), or f32 (references
+/// in tests). f16 widens to f32 exactly, so f16 and f32 caches holding the same
+/// (f16-rounded) values give the same attention.
+pub trait CacheRows: Sync {
+    /// Row `r`, `out.len()` values, as f32.
+    fn widen_row(&self, r: usize, out: &mut [f32]);
 }
 
-impl CacheValue for f32 {
+impl<T: Sync> CacheRows for Vec<T>
+where
+    [T]: CacheRows,
+{
     #[inline]
-    fn widen(src: &[f32], dst: &mut [f32]) {
-        dst.copy_from_slice(src);
+    fn widen_row(&self, r: usize, out: &mut [f32]) {
+        self.as_slice().widen_row(r, out)
     }
 }
 
-impl CacheValue for half::f16 {
+impl CacheRows for [f32] {
     #[inline]
-    fn widen(src: &[half::f16], dst: &mut [f32]) {
+    fn widen_row(&self, r: usize, out: &mut [f32]) {
+        let n = out.len();
+        out.copy_from_slice(&self[r * n..(r + 1) * n]);
+    }
+}
+
+impl CacheRows for [half::f16] {
+    #[inline]
+    fn widen_row(&self, r: usize, out: &mut [f32]) {
+        let n = out.len();
         // half converts with F16C where the CPU has it (detected at run time).
-        half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(&self[r * n..(r + 1) * n], out);
     }
 }
 
-/// One query row over the first `visible` keys and values (`(data, offset, row stride)`),
-/// into `out`, in a fixed order. The paged cache's reference attends with it too, so both
-/// layouts give the same bits on the CPU.
-pub fn attend<T: CacheValue>(
+/// One query row over rows `first..first + visible` of a cache's keys and values, into
+/// `out`, in a fixed order. The paged cache's reference attends with it too, so both layouts
+/// give the same bits on the CPU.
+pub fn attend<C: CacheRows + ?Sized>(
     q: &[f32],
-    (kd, k_base, k_stride): (&[T], usize, usize),
-    (vd, v_base, v_stride): (&[T], usize, usize),
+    (keys, values, first): (&C, &C, usize),
     visible: usize,
     scores: &mut [f32],
     out: &mut [f32],
@@ -270,7 +282,7 @@ pub fn attend<T: CacheValue>(
     };
     let mut max = f32::NEG_INFINITY;
     for (j, score) in scores[..visible].iter_mut().enumerate() {
-        T::widen(&kd[k_base + j * k_stride..][..head_dim], row);
+        keys.widen_row(first + j, row);
         *score = dot_f32(q, row) * scale;
         max = max.max(*score);
     }
@@ -281,7 +293,7 @@ pub fn attend<T: CacheValue>(
     }
     out.fill(0.0);
     for (j, &p) in scores[..visible].iter().enumerate() {
-        T::widen(&vd[v_base + j * v_stride..][..head_dim], row);
+        values.widen_row(first + j, row);
         for (acc, &x) in out.iter_mut().zip(row.iter()) {
             *acc += p * x;
         }

@@ -102,8 +102,7 @@ pub fn paged_attention_host(
                 }
                 ops::attend(
                     query,
-                    (&keys, 0, hd),
-                    (&values, 0, hd),
+                    (keys.as_slice(), values.as_slice(), 0),
                     len,
                     &mut scores,
                     dst,
