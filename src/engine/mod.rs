@@ -210,7 +210,7 @@ fn kv_pool(
         if config.kv_type != KvType::F16 && !device.is_cpu() {
             anyhow::bail!("--kv-type {:?} is for the CPU's cache", config.kv_type);
         }
-        if config.kv_type == KvType::Q8_0 && shape.head_dim % Q8_BLOCK != 0 {
+        if config.kv_type == KvType::Q8_0 && !shape.head_dim.is_multiple_of(Q8_BLOCK) {
             anyhow::bail!(
                 "--kv-type q8_0 needs heads of a multiple of {Q8_BLOCK} values; this model's are {}",
                 shape.head_dim

@@ -188,7 +188,7 @@ impl KvSlot {
     fn new(shape: &KvShape, kv_type: KvType, device: &Device) -> Result<Self> {
         let dims = (shape.n_kv_heads, shape.capacity, shape.head_dim);
         if device.is_cpu() {
-            if kv_type == KvType::Q8_0 && shape.head_dim % Q8_BLOCK != 0 {
+            if kv_type == KvType::Q8_0 && !shape.head_dim.is_multiple_of(Q8_BLOCK) {
                 candle_core::bail!(
                     "--kv-type q8_0 needs heads of a multiple of {Q8_BLOCK} values; this model's are {}",
                     shape.head_dim
