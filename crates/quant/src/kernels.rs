@@ -27,6 +27,11 @@ pub const TOKENS: usize = 4;
 pub enum Isa {
     Avx512Vnni,
     Avx2,
+    /// aarch64 with the dot-product extension (`sdot`: Apple M1 and later, Graviton 2+,
+    /// Cortex-A76+).
+    NeonDot,
+    /// aarch64 without it (products widened with `smull` and added pairwise).
+    Neon,
     Scalar,
 }
 
@@ -50,6 +55,14 @@ pub fn isa() -> Isa {
                 return Isa::Avx2;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                return Isa::NeonDot;
+            }
+            return Isa::Neon;
+        }
+        #[allow(unreachable_code)]
         Isa::Scalar
     })
 }
@@ -58,8 +71,10 @@ pub fn isa() -> Isa {
 pub fn supported(isa: Isa) -> bool {
     match (isa, self::isa()) {
         (Isa::Scalar, _) => true,
-        (Isa::Avx2, best) => best != Isa::Scalar,
+        (Isa::Avx2, best) => matches!(best, Isa::Avx2 | Isa::Avx512Vnni),
         (Isa::Avx512Vnni, best) => best == Isa::Avx512Vnni,
+        (Isa::Neon, best) => matches!(best, Isa::Neon | Isa::NeonDot),
+        (Isa::NeonDot, best) => best == Isa::NeonDot,
     }
 }
 
@@ -95,6 +110,26 @@ pub fn panel(
             // SAFETY: AVX-512 VNNI machines have AVX2 too; `supported(isa)` checked it.
             unsafe { tokens!(avx2) };
             return;
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        macro_rules! tokens {
+            ($f:ident) => {
+                match xs.len() {
+                    1 => arm::$f::<1>(format, p, xs.try_into().expect("1"), out),
+                    2 => arm::$f::<2>(format, p, xs.try_into().expect("2"), out),
+                    3 => arm::$f::<3>(format, p, xs.try_into().expect("3"), out),
+                    _ => arm::$f::<4>(format, p, xs.try_into().expect("4"), out),
+                }
+            };
+        }
+        match isa {
+            // SAFETY: `supported(isa)`: the CPU has the dot-product extension.
+            Isa::NeonDot => return unsafe { tokens!(panel_dot) },
+            // SAFETY: NEON is part of every aarch64 CPU.
+            Isa::Neon => return unsafe { tokens!(panel_neon) },
+            _ => {}
         }
     }
     for (x, o) in xs.iter().zip(out.iter_mut()) {
@@ -140,6 +175,9 @@ pub fn scalar(format: Format, p: Panel<'_>, x: &QRow<'_>, out: &mut [f32; PANEL]
     }
     debug_assert_eq!(BLOCK, 32);
 }
+
+#[cfg(target_arch = "aarch64")]
+mod arm;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {

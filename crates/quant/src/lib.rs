@@ -12,6 +12,9 @@ pub mod kernels;
 pub mod panel;
 pub mod pool;
 
+#[cfg(test)]
+mod tests;
+
 use activation::{QRow, QRows, BLOCK};
 use kernels::TOKENS;
 use panel::{Panels, RepackError, PANEL};

@@ -141,10 +141,8 @@ impl LinearGroup {
 
 #[cfg(test)]
 mod tests {
-    use super::kernels::{Isa, TOKENS};
-    use super::panel::PANEL;
+    use super::kernels::TOKENS;
     use super::*;
-    use activation::QRow;
 
     /// Every format with wick kernels, as candle names them.
     const FORMATS: [GgmlDType; 7] = [
@@ -228,54 +226,8 @@ mod tests {
         }
     }
 
-    /// Every instruction set, for every number of tokens in a register tile, gives the
-    /// scalar reference's result to the bit.
-    fn check_paths(dtype: GgmlDType, rows: usize, k: usize) {
-        let w = weights(rows, k);
-        let own = repack(&QTensor::quantize(&w, dtype).unwrap())
-            .unwrap()
-            .expect("supported format");
-        let x = to_vec(&Tensor::randn(0f32, 1f32, (TOKENS, k), &Device::Cpu).unwrap());
-        let q = QRows::quantize(&x, k);
-        let xs: Vec<QRow<'_>> = (0..TOKENS).map(|t| q.row(t)).collect();
-        let format = own.format();
-        let mut checked = 0;
-        for p in 0..own.panels().panels() {
-            let panel = own.panels().panel(p);
-            let mut want = [[0f32; PANEL]; TOKENS];
-            for (x, o) in xs.iter().zip(want.iter_mut()) {
-                kernels::scalar(format, panel, x, o);
-            }
-            for isa in [Isa::Avx512Vnni, Isa::Avx2] {
-                if !kernels::supported(isa) {
-                    continue;
-                }
-                for tokens in 1..=TOKENS {
-                    let mut got = [[0f32; PANEL]; TOKENS];
-                    kernels::panel(isa, format, panel, &xs[..tokens], &mut got);
-                    assert_eq!(
-                        got[..tokens],
-                        want[..tokens],
-                        "{dtype:?} {isa:?} {tokens} tokens"
-                    );
-                    checked += 1;
-                }
-            }
-        }
-        // The machine running the tests has at least one SIMD path (x86-64 with AVX2).
-        #[cfg(target_arch = "x86_64")]
-        assert!(checked > 0, "no SIMD path was checked");
-        let _ = checked;
-    }
-
-    #[test]
-    fn every_instruction_set_matches_the_reference() {
-        for dtype in FORMATS {
-            let k = min_k(dtype);
-            check_paths(dtype, 40, 2 * k.max(128));
-            check_paths(dtype, 16, 3 * k);
-        }
-    }
+    // Every instruction set against the scalar reference: crates/quant/src/tests.rs (run for
+    // aarch64 too, by scripts/kernels-aarch64.sh).
 
     #[test]
     fn the_panel_layout_holds_the_gguf_values() {
