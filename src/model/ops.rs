@@ -180,27 +180,105 @@ pub fn attention_batch<C: CacheRows + ?Sized>(
     let width = n_heads * head_dim;
     let group = n_heads / n_kv_heads;
     debug_assert!(seqs.iter().all(|s| s.rows.end * width <= out.len()));
-    let out_ptr = SharedOut(out.as_mut_ptr());
-    Pool::global().run(seqs.len() * n_heads, &|task| {
-        let out_ptr = &out_ptr;
-        let (seq, h) = (&seqs[task / n_heads], task % n_heads);
-        let first = (h / group) * capacity;
-        let mut scores = vec![0f32; seq.start + seq.rows.len()];
-        for (i, row) in seq.rows.clone().enumerate() {
-            let qrow = &q[row * width + h * head_dim..][..head_dim];
-            // SAFETY: head h of row `row` belongs to this task alone, and rows lie in `out`.
-            let o = unsafe {
-                std::slice::from_raw_parts_mut(out_ptr.0.add(row * width + h * head_dim), head_dim)
-            };
-            attend(
-                qrow,
-                (seq.keys, seq.values, first),
-                seq.start + i + 1,
-                &mut scores,
-                o,
-            );
+    // Tasks: a few rows of one sequence, for the query heads of one kv head (or one query
+    // head, when that leaves too few tasks to keep the threads busy). A task reads each
+    // cache row once for all its queries.
+    let pool = Pool::global();
+    let blocks = |s: &HostSeq<'_, C>| s.rows.len().div_ceil(ROWS_PER_TASK);
+    let units: usize = seqs.iter().map(blocks).sum::<usize>() * n_kv_heads;
+    let heads_per_task = if units >= 2 * pool.threads() {
+        group
+    } else {
+        1
+    };
+    let splits = group / heads_per_task;
+    let mut tasks = Vec::new();
+    for (s, seq) in seqs.iter().enumerate() {
+        for b in 0..blocks(seq) {
+            for h in (0..n_heads).step_by(heads_per_task) {
+                tasks.push((s, b * ROWS_PER_TASK, h));
+            }
         }
+    }
+    debug_assert_eq!(tasks.len(), units * splits);
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    pool.run(tasks.len(), &|task| {
+        // The whole wrapper (Sync), not its raw pointer field alone.
+        let out_ptr = &out_ptr;
+        let (s, first_row, h0) = tasks[task];
+        let seq = &seqs[s];
+        let rows = first_row..(first_row + ROWS_PER_TASK).min(seq.rows.len());
+        let mut queries = Vec::with_capacity(rows.len() * heads_per_task);
+        let mut visible = Vec::with_capacity(queries.capacity());
+        let mut outs = Vec::with_capacity(queries.capacity());
+        for i in rows {
+            let row = seq.rows.start + i;
+            for h in h0..h0 + heads_per_task {
+                let at = row * width + h * head_dim;
+                queries.push(&q[at..at + head_dim]);
+                visible.push(seq.start + i + 1);
+                // SAFETY: head h of row `row` belongs to this task alone, and rows lie in
+                // `out`.
+                outs.push(unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(at), head_dim) });
+            }
+        }
+        let first = (h0 / group) * capacity;
+        attend_many(&queries, &visible, (seq.keys, seq.values, first), &mut outs);
     });
+}
+
+/// Query rows per attention task.
+const ROWS_PER_TASK: usize = 4;
+
+/// [`attend`] for several queries over the same cache rows, each query `a` seeing rows
+/// `first..first + visible[a]`: each cache row is widened once for all of them. Every
+/// query's arithmetic is `attend`'s, in its order, so the results are its bits.
+pub fn attend_many<C: CacheRows + ?Sized>(
+    queries: &[&[f32]],
+    visible: &[usize],
+    (keys, values, first): (&C, &C, usize),
+    outs: &mut [&mut [f32]],
+) {
+    let Some(&most) = visible.iter().max() else {
+        return;
+    };
+    let head_dim = queries[0].len();
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut row = vec![0f32; head_dim];
+    let mut scores = vec![0f32; queries.len() * most];
+    for j in 0..most {
+        keys.widen_row(first + j, &mut row);
+        for (a, q) in queries.iter().enumerate() {
+            if j < visible[a] {
+                scores[a * most + j] = dot_f32(q, &row) * scale;
+            }
+        }
+    }
+    let mut sums = vec![0f32; queries.len()];
+    for (a, sum) in sums.iter_mut().enumerate() {
+        let scores = &mut scores[a * most..][..visible[a]];
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        for score in scores.iter_mut() {
+            *score = (*score - max).exp();
+            *sum += *score;
+        }
+    }
+    outs.iter_mut().for_each(|o| o.fill(0.0));
+    for j in 0..most {
+        values.widen_row(first + j, &mut row);
+        for (a, out) in outs.iter_mut().enumerate() {
+            if j < visible[a] {
+                let p = scores[a * most + j];
+                for (acc, &x) in out.iter_mut().zip(row.iter()) {
+                    *acc += p * x;
+                }
+            }
+        }
+    }
+    for (out, sum) in outs.iter_mut().zip(sums) {
+        let inv = 1.0 / sum;
+        out.iter_mut().for_each(|x| *x *= inv);
+    }
 }
 
 /// A dot product of two f32 slices in eight independent lanes (vectorised by the compiler,

@@ -128,6 +128,10 @@ fn every_instruction_set_matches_the_reference_to_the_bit() {
         }
     }
     eprintln!("instruction sets checked against the scalar reference: {checked:?}");
+    // scripts/kernels-aarch64.sh says which paths each emulated CPU must have run.
+    if let Ok(expected) = std::env::var("WICK_QUANT_EXPECT_ISAS") {
+        assert_eq!(format!("{checked:?}"), expected, "paths checked");
+    }
     // Every x86-64 and aarch64 machine wick runs on has a SIMD path: the test must have
     // checked one.
     if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
