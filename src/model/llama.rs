@@ -273,15 +273,6 @@ impl Llama {
             layers.push((layer, seq.start, row..row + len));
             row += len;
         }
-        let seqs: Vec<ops::HostSeq<'_, HostCache>> = layers
-            .iter()
-            .map(|(layer, start, rows)| ops::HostSeq {
-                keys: &*layer.keys,
-                values: &*layer.values,
-                start: *start,
-                rows: rows.clone(),
-            })
-            .collect();
         let heads = ops::Heads {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
@@ -289,7 +280,37 @@ impl Llama {
             capacity,
         };
         let mut out = vec![0f32; q.len()];
-        ops::attention_batch(&q, &seqs, heads, &mut out);
+        // The default f16 cache is read as plain slices, so reading a row is no dispatch on
+        // the cache's type; other types go through `HostCache`.
+        let f16: Option<Vec<ops::HostSeq<'_, [half::f16]>>> = layers
+            .iter()
+            .map(
+                |(layer, start, rows)| match (&*layer.keys, &*layer.values) {
+                    (HostCache::F16(keys), HostCache::F16(values)) => Some(ops::HostSeq {
+                        keys: &keys[..],
+                        values: &values[..],
+                        start: *start,
+                        rows: rows.clone(),
+                    }),
+                    _ => None,
+                },
+            )
+            .collect();
+        match f16 {
+            Some(seqs) => ops::attention_batch(&q, &seqs, heads, &mut out),
+            None => {
+                let seqs: Vec<ops::HostSeq<'_, HostCache>> = layers
+                    .iter()
+                    .map(|(layer, start, rows)| ops::HostSeq {
+                        keys: &*layer.keys,
+                        values: &*layer.values,
+                        start: *start,
+                        rows: rows.clone(),
+                    })
+                    .collect();
+                ops::attention_batch(&q, &seqs, heads, &mut out);
+            }
+        }
         Tensor::from_vec(out, (row, qw), &self.device)
     }
 
@@ -369,9 +390,17 @@ impl Llama {
     }
 }
 
-impl Llama {
+impl Model for Llama {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Every weight's bytes; tied embeddings are the output matrix, counted once.
-    fn bytes_held(&self) -> usize {
+    fn weight_bytes(&self) -> usize {
         use super::quant::tensor_bytes;
         let embeddings = match &self.embeddings {
             Embeddings::Output => 0,
@@ -393,20 +422,6 @@ impl Llama {
             })
             .sum();
         embeddings + layers + tensor_bytes(&self.output_norm) + self.output.bytes()
-    }
-}
-
-impl Model for Llama {
-    fn config(&self) -> &ModelConfig {
-        &self.config
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn weight_bytes(&self) -> usize {
-        self.bytes_held()
     }
 
     fn forward(&self, batch: &[SeqChunk<'_>], kv: &KvPool) -> Result<Tensor> {

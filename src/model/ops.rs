@@ -230,9 +230,11 @@ pub fn attention_batch<C: CacheRows + ?Sized>(
 /// Query rows per attention task.
 const ROWS_PER_TASK: usize = 4;
 
-/// [`attend`] for several queries over the same cache rows, each query `a` seeing rows
-/// `first..first + visible[a]`: each cache row is widened once for all of them. Every
-/// query's arithmetic is `attend`'s, in its order, so the results are its bits.
+/// Softmax attention of several queries over the same cache rows, query `a` seeing rows
+/// `first..first + visible[a]`, into `outs[a]`; each cache row is widened to f32 once for all
+/// of them. Each query's sums run in a fixed order of its own, so its result does not depend
+/// on which other queries share the call (or on the cache's layout: the paged cache's CPU
+/// reference attends with it too).
 pub fn attend_many<C: CacheRows + ?Sized>(
     queries: &[&[f32]],
     visible: &[usize],
@@ -336,48 +338,6 @@ impl CacheRows for [half::f16] {
         // half converts with F16C where the CPU has it (detected at run time).
         half::slice::HalfFloatSliceExt::convert_to_f32_slice(&self[r * n..(r + 1) * n], out);
     }
-}
-
-/// One query row over rows `first..first + visible` of a cache's keys and values, into
-/// `out`, in a fixed order. The paged cache's reference attends with it too, so both layouts
-/// give the same bits on the CPU.
-pub fn attend<C: CacheRows + ?Sized>(
-    q: &[f32],
-    (keys, values, first): (&C, &C, usize),
-    visible: usize,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let head_dim = q.len();
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    // One cache row at a time in f32, on the stack for every common head size.
-    let (mut stack, mut heap) = ([0f32; 256], Vec::new());
-    let row = if head_dim <= stack.len() {
-        &mut stack[..head_dim]
-    } else {
-        heap.resize(head_dim, 0f32);
-        &mut heap[..]
-    };
-    let mut max = f32::NEG_INFINITY;
-    for (j, score) in scores[..visible].iter_mut().enumerate() {
-        keys.widen_row(first + j, row);
-        *score = dot_f32(q, row) * scale;
-        max = max.max(*score);
-    }
-    let mut sum = 0f32;
-    for score in &mut scores[..visible] {
-        *score = (*score - max).exp();
-        sum += *score;
-    }
-    out.fill(0.0);
-    for (j, &p) in scores[..visible].iter().enumerate() {
-        values.widen_row(first + j, row);
-        for (acc, &x) in out.iter_mut().zip(row.iter()) {
-            *acc += p * x;
-        }
-    }
-    let inv = 1.0 / sum;
-    out.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// Causal attention of one sequence's new queries over its cached keys and values with

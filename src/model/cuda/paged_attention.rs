@@ -50,7 +50,7 @@ pub fn paged_attention(
 
 /// The reference: softmax(q·K / sqrt(head_dim)) V for each (sequence, head), keys and
 /// values read from their blocks, in f32 from the cache's f16, added up by wick's own CPU
-/// attention ([`ops::attend`]): on the CPU the paged layout gives the slots layout's bits.
+/// attention ([`ops::attend_many`]): on the CPU the paged layout gives the slots layout's bits.
 /// `q` rows are `q_stride` apart; `out` is `[n_seqs, n_heads * head_dim]`.
 pub fn paged_attention_host(
     q: &[f32],
@@ -63,7 +63,7 @@ pub fn paged_attention_host(
 ) -> Result<()> {
     let hd = shape.head_dim;
     let group = n_heads / shape.n_kv_heads;
-    let (mut keys, mut values, mut scores) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
     for (s, &len) in seqs.lens.iter().enumerate() {
         let len = len as usize;
         let table = &seqs.tables[s * seqs.table_stride..][..seqs.table_stride];
@@ -82,7 +82,6 @@ pub fn paged_attention_host(
                 shape.num_blocks
             );
         }
-        scores.resize(len, 0f32);
         for kv in 0..shape.n_kv_heads {
             // This kv head's keys and values in position order, as a contiguous cache
             // holds them.
@@ -100,12 +99,11 @@ pub fn paged_attention_host(
                     dst.fill(0.0);
                     continue;
                 }
-                ops::attend(
-                    query,
+                ops::attend_many(
+                    &[query],
+                    &[len],
                     (keys.as_slice(), values.as_slice(), 0),
-                    len,
-                    &mut scores,
-                    dst,
+                    &mut [dst],
                 );
             }
         }
