@@ -21,6 +21,12 @@ pub struct CatalogArgs {
     /// Folder for downloaded model files. Default: the user's cache dir + /wick.
     #[arg(long, env = "WICK_CACHE")]
     pub cache_dir: Option<PathBuf>,
+    /// Id of a model given by path (`--model ./file.gguf`). Default: the file's stem.
+    #[arg(long, env = "WICK_ALIAS")]
+    pub alias: Option<String>,
+    /// Routing tier of a model given by path: tier_1 (fastest) .. tier_4. Default: tier_1.
+    #[arg(long, env = "WICK_TIER")]
+    pub tier: Option<String>,
 }
 
 impl CatalogArgs {
@@ -30,6 +36,28 @@ impl CatalogArgs {
             None if Path::new("models.toml").is_file() => Catalog::load(Path::new("models.toml")),
             None => Ok(Catalog::builtin()),
         }
+    }
+
+    /// The catalog and the id of the model `reference` names (a catalog id or a GGUF path,
+    /// see catalog/reference.rs; the catalog's default when none). `context`: `--ctx-size`.
+    pub fn load_for(
+        &self,
+        reference: Option<&str>,
+        context: Option<usize>,
+    ) -> anyhow::Result<(Catalog, String)> {
+        let mut catalog = self.load()?;
+        let id = match reference {
+            Some(reference) => {
+                let options = crate::catalog::ReferenceOptions {
+                    alias: self.alias.clone(),
+                    tier: self.tier.clone(),
+                    context,
+                };
+                catalog.resolve(reference, &options)?
+            }
+            None => catalog.default.clone(),
+        };
+        Ok((catalog, id))
     }
 
     pub fn cache_dir(&self) -> PathBuf {
@@ -47,7 +75,8 @@ pub struct ServeArgs {
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "WICK_PORT", default_value_t = 8080)]
     pub port: u16,
-    /// Catalog id of the model to serve. Default: the catalog's default model.
+    /// Model to serve: a catalog id or the path to a .gguf file. Default: the catalog's
+    /// default model.
     #[arg(long, env = "WICK_MODEL")]
     pub model: Option<String>,
     #[command(flatten)]
@@ -210,6 +239,8 @@ impl ServeArgs {
             catalog: CatalogArgs {
                 catalog: None,
                 cache_dir: None,
+                alias: None,
+                tier: None,
             },
             device: None,
             parallel: 4,

@@ -33,7 +33,7 @@ enum Command {
     Serve(ServeArgs),
     /// Fetch a model's weights into the cache.
     Pull {
-        /// Catalog id. Default: the catalog's default model.
+        /// A catalog id or the path to a .gguf file. Default: the catalog's default model.
         id: Option<String>,
         #[command(flatten)]
         catalog: CatalogArgs,
@@ -121,11 +121,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn pull(id: Option<String>, catalog_args: CatalogArgs) -> anyhow::Result<()> {
-    let catalog = catalog_args.load()?;
-    let id = id.unwrap_or_else(|| catalog.default.clone());
-    let entry = catalog
-        .get(&id)
-        .ok_or_else(|| anyhow::anyhow!("model '{id}' is not in the catalog"))?;
+    let (catalog, id) = catalog_args.load_for(id.as_deref(), None)?;
+    let entry = catalog.get(&id).expect("load_for returns a catalog id");
     let store = ModelStore::new(catalog_args.cache_dir());
     let path = store.fetch(&catalog, entry, &BarProgress::new()).await?;
     println!("{}", path.display());

@@ -49,18 +49,9 @@ impl Server {
     pub async fn bind(args: &ServeArgs, progress: &dyn Progress) -> anyhow::Result<Self> {
         // Installed before anything is counted: the facade drops what comes before.
         crate::metrics::handle();
-        let catalog = args.catalog.load()?;
-        let default_model = args
-            .model
-            .clone()
-            .unwrap_or_else(|| catalog.default.clone());
-        if catalog.get(&default_model).is_none() {
-            let ids: Vec<&str> = catalog.models.iter().map(|m| m.id.as_str()).collect();
-            anyhow::bail!(
-                "model '{default_model}' is not in the catalog (it has: {})",
-                ids.join(", ")
-            );
-        }
+        let (catalog, default_model) = args
+            .catalog
+            .load_for(args.model.as_deref(), args.ctx_size)?;
         let traditions = args.load_traditions()?;
         let service = &args.service;
         let api_keys = service.load_api_keys()?;
@@ -72,7 +63,9 @@ impl Server {
         let store = ModelStore::new(args.catalog.cache_dir());
         // The default model is fetched here, with the caller's progress display, so that
         // starting the server is what downloads it.
-        let entry = catalog.get(&default_model).expect("checked above");
+        let entry = catalog
+            .get(&default_model)
+            .expect("load_for returns a catalog id");
         store.fetch(&catalog, entry, progress).await?;
 
         let registry = Arc::new(ModelRegistry::new(

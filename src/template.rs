@@ -50,6 +50,13 @@ pub enum TemplateError {
     Invalid(String),
 }
 
+/// ChatML, for a GGUF that carries no template of its own (as llama.cpp's server falls back
+/// to it).
+pub const CHATML: &str = "{%- for message in messages %}\
+{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}\
+{%- endfor %}\
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+
 const TEMPLATE_NAME: &str = "chat";
 /// Marks the detail of an error made by `raise_exception`, to tell it apart from failures of
 /// the template itself once minijinja hands it back.

@@ -1,8 +1,16 @@
 //! Text ↔ token ids: a `tokenizers::Tokenizer` built from a GGUF's own vocabulary (or a
 //! tokenizer.json), the ids that end a turn, and an incremental detokenizer for streams.
 //!
-//! A GGUF carries the whole BPE vocabulary and merge list, but not the pre-tokenizer: only its
-//! name (`tokenizer.ggml.pre`). The split rules below follow llama.cpp's table for those names,
+//! Two kinds of GGUF vocabulary (`tokenizer.ggml.model`):
+//! - `gpt2`: byte-level BPE. The GGUF carries the whole vocabulary and merge list, but not the
+//!   pre-tokenizer: only its name (`tokenizer.ggml.pre`).
+//! - `llama`: SentencePiece BPE (Gemma, Llama 2, Mistral 7B, Phi-3): no merge list but a score
+//!   per token; spaces become `▁`, and characters outside the vocabulary fall back to byte
+//!   tokens `<0xNN>`. llama.cpp merges the adjacent pair whose joined text is the vocabulary
+//!   entry of highest score, leftmost first; ranking every such pair by that score gives
+//!   a merge list that `tokenizers`' BPE applies in the same order ([`spm_merges`]).
+//!
+//! For `gpt2`, The split rules below follow llama.cpp's table for those names,
 //! because llama.cpp is the reference the ids are checked against (a wrong pre-tokenizer still
 //! produces plausible ids, just not the ones the model was trained on — e.g. digits grouped
 //! where the model expects one token per digit).
@@ -27,6 +35,7 @@ const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'
 const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
+const TOKEN_TYPE_NORMAL: i64 = 1;
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
@@ -52,59 +61,30 @@ impl Tokenizer {
     pub fn from_gguf(content: &gguf_file::Content) -> anyhow::Result<Self> {
         let model = meta_str(content, "tokenizer.ggml.model")?
             .context("GGUF has no `tokenizer.ggml.model`")?;
-        if model != "gpt2" {
-            bail!(
-                "tokenizer model `{model}` is not supported yet (only byte-level BPE, `gpt2`); \
-                 give the model's tokenizer.json instead"
-            );
-        }
-        let pre = meta_str(content, "tokenizer.ggml.pre")?.unwrap_or("default");
-
         let tokens = string_array(content, "tokenizer.ggml.tokens")?;
-        let merges = string_array(content, "tokenizer.ggml.merges")?
-            .into_iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| anyhow!("malformed merge `{m}` in tokenizer.ggml.merges"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let vocab: tokenizers::models::bpe::Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(id, t)| (t.to_string(), id as u32))
-            .collect();
-
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            // llama.cpp looks a whole llama3 pre-token up in the vocabulary before merging.
-            .ignore_merges(matches!(pre, "llama3" | "llama-bpe"))
-            .build()
-            .map_err(|e| anyhow!("building the BPE model from the GGUF vocabulary: {e}"))?;
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
-        inner.with_decoder(Some(ByteLevelDecoder::default()));
-
+        let mut inner = match model {
+            "gpt2" => byte_level_bpe(content, &tokens)?,
+            "llama" => sentencepiece_bpe(content, &tokens)?,
+            other => bail!(
+                "tokenizer model `{other}` is not supported (supported: `gpt2`, byte-level BPE; \
+                 `llama`, SentencePiece BPE); give the model's tokenizer.json instead"
+            ),
+        };
         // Control and user-defined tokens are matched whole in the input before any splitting.
         // Control tokens are special (skipped by `decode`); user-defined ones stay visible in
         // decoded text, as in llama.cpp, so markers such as Qwen's `<tool_call>` reach the caller.
-        if let Some(types) = content.metadata.get("tokenizer.ggml.token_type") {
-            let types = types
-                .to_vec()
-                .map_err(|e| anyhow!("tokenizer.ggml.token_type: {e}"))?;
-            let mut added = Vec::new();
-            for (token, ty) in tokens.iter().zip(types) {
-                let ty = int_value(ty).context("tokenizer.ggml.token_type")?;
-                if ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED {
-                    let special = ty == TOKEN_TYPE_CONTROL;
-                    added.push(AddedToken::from(token.to_string(), special).normalized(false));
-                }
-            }
-            // `add_tokens` keeps the ids these texts already have in the vocabulary.
-            inner
-                .add_tokens(added)
-                .map_err(|e| anyhow!("adding special tokens: {e}"))?;
-        }
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .zip(token_types(content, tokens.len())?)
+            .filter(|(_, ty)| *ty == TOKEN_TYPE_CONTROL || *ty == TOKEN_TYPE_USER_DEFINED)
+            .map(|(token, ty)| {
+                AddedToken::from(token.to_string(), ty == TOKEN_TYPE_CONTROL).normalized(false)
+            })
+            .collect();
+        // `add_tokens` keeps the ids these texts already have in the vocabulary.
+        inner
+            .add_tokens(added)
+            .map_err(|e| anyhow!("adding special tokens: {e}"))?;
 
         let id_of = |key: &str| -> anyhow::Result<Option<(u32, String)>> {
             let Some(id) = meta_id(content, key)? else {
@@ -242,6 +222,159 @@ impl Tokenizer {
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
+}
+
+/// A byte-level BPE tokenizer (`tokenizer.ggml.model = gpt2`) with llama.cpp's pre-tokenizer
+/// for `tokenizer.ggml.pre`.
+fn byte_level_bpe(
+    content: &gguf_file::Content,
+    tokens: &[&str],
+) -> anyhow::Result<tokenizers::Tokenizer> {
+    let pre = meta_str(content, "tokenizer.ggml.pre")?.unwrap_or("default");
+    let merges = string_array(content, "tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| anyhow!("malformed merge `{m}` in tokenizer.ggml.merges"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab(tokens), merges)
+        // llama.cpp looks a whole llama3 pre-token up in the vocabulary before merging.
+        .ignore_merges(matches!(pre, "llama3" | "llama-bpe"))
+        .build()
+        .map_err(|e| anyhow!("building the BPE model from the GGUF vocabulary: {e}"))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
+    inner.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(inner)
+}
+
+fn vocab(tokens: &[&str]) -> tokenizers::models::bpe::Vocab {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| (t.to_string(), id as u32))
+        .collect()
+}
+
+/// SentencePiece's word-boundary mark, which stands for a space in its vocabularies.
+const SPM_SPACE: &str = "\u{2581}";
+
+/// A SentencePiece BPE tokenizer (`tokenizer.ggml.model = llama`), as llama.cpp runs it:
+/// spaces become `▁` (and one is put before the text, and after every special token, when
+/// `tokenizer.ggml.add_space_prefix` says so: Llama 2 and Mistral, not Gemma), no
+/// pre-tokenizer splits the text, pairs merge by the score of their joined token, and a
+/// character outside the vocabulary becomes its UTF-8 bytes as `<0xNN>` tokens.
+fn sentencepiece_bpe(
+    content: &gguf_file::Content,
+    tokens: &[&str],
+) -> anyhow::Result<tokenizers::Tokenizer> {
+    use tokenizers::decoders::{byte_fallback::ByteFallback, fuse::Fuse, strip::Strip};
+    use tokenizers::normalizers::{Prepend, Replace};
+    let scores = content
+        .metadata
+        .get("tokenizer.ggml.scores")
+        .context("a SentencePiece GGUF has `tokenizer.ggml.scores`")?
+        .to_vec()
+        .map_err(|e| anyhow!("tokenizer.ggml.scores: {e}"))?
+        .iter()
+        .map(|v| {
+            v.to_f32()
+                .map_err(|e| anyhow!("tokenizer.ggml.scores: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<f32>>>()?;
+    if scores.len() != tokens.len() {
+        bail!(
+            "tokenizer.ggml.scores has {} entries for {} tokens",
+            scores.len(),
+            tokens.len()
+        );
+    }
+    let types = token_types(content, tokens.len())?;
+    let add_space_prefix = meta_bool(content, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab(tokens), spm_merges(tokens, &scores, &types))
+        .byte_fallback(true);
+    if let Some((_, unk)) = meta_id(content, "tokenizer.ggml.unknown_token_id")?
+        .and_then(|id| tokens.get(id as usize).map(|t| (id, t)))
+    {
+        builder = builder.unk_token(unk.to_string());
+    }
+    let bpe = builder
+        .build()
+        .map_err(|e| anyhow!("building the SentencePiece model from the GGUF vocabulary: {e}"))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let space = Replace::new(" ", SPM_SPACE).map_err(|e| anyhow!("{e}"))?;
+    let normalizer: tokenizers::NormalizerWrapper = if add_space_prefix {
+        let steps = vec![Prepend::new(SPM_SPACE.into()).into(), space.into()];
+        tokenizers::normalizers::Sequence::new(steps).into()
+    } else {
+        space.into()
+    };
+    inner
+        .with_normalizer(Some(normalizer))
+        .map_err(|e| anyhow!("SentencePiece normalizer: {e}"))?;
+    let mut decoders = vec![
+        Replace::new(SPM_SPACE, " ")
+            .map_err(|e| anyhow!("{e}"))?
+            .into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
+    if add_space_prefix {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+    inner.with_decoder(Some(tokenizers::decoders::sequence::Sequence::new(
+        decoders,
+    )));
+    Ok(inner)
+}
+
+/// The merge list equivalent to SentencePiece BPE's scores: every split of a normal token
+/// into two vocabulary entries, ranked by that token's score (highest first; ties by id, so
+/// the order is fixed). Control, unknown and byte tokens are never the result of a merge.
+fn spm_merges(tokens: &[&str], scores: &[f32], types: &[i64]) -> Vec<(String, String)> {
+    let ids: std::collections::HashMap<&str, usize> =
+        tokens.iter().enumerate().map(|(id, t)| (*t, id)).collect();
+    let mut ranked = Vec::new();
+    for (id, token) in tokens.iter().enumerate() {
+        if types[id] != TOKEN_TYPE_NORMAL {
+            continue;
+        }
+        for (at, _) in token.char_indices().skip(1) {
+            let (left, right) = token.split_at(at);
+            if ids.contains_key(left) && ids.contains_key(right) {
+                ranked.push((scores[id], id, left, right));
+            }
+        }
+    }
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    ranked
+        .into_iter()
+        .map(|(_, _, l, r)| (l.to_string(), r.to_string()))
+        .collect()
+}
+
+/// `tokenizer.ggml.token_type` for every token (normal where the GGUF says nothing).
+fn token_types(content: &gguf_file::Content, n: usize) -> anyhow::Result<Vec<i64>> {
+    let Some(types) = content.metadata.get("tokenizer.ggml.token_type") else {
+        return Ok(vec![TOKEN_TYPE_NORMAL; n]);
+    };
+    let types = types
+        .to_vec()
+        .map_err(|e| anyhow!("tokenizer.ggml.token_type: {e}"))?
+        .iter()
+        .map(|t| int_value(t).context("tokenizer.ggml.token_type"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if types.len() != n {
+        bail!(
+            "tokenizer.ggml.token_type has {} entries for {n} tokens",
+            types.len()
+        );
+    }
+    Ok(types)
 }
 
 /// Turns a growing sequence of ids into text deltas that never split a UTF-8 character:

@@ -3,13 +3,15 @@
 //! `models.toml` names each model and where its weights come from; `ModelStore` finds a
 //! model's file in the cache or fetches it from the first source that works.
 //!
-//! Layout: `validate` checks a parsed catalog, `store` finds and fetches files, `sources`
+//! Layout: `reference` turns what `--model` names (an id or a GGUF path) into an entry,
+//! `validate` checks a parsed catalog, `store` finds and fetches files, `sources`
 //! holds one module per kind of source, `verify` hashes files and remembers the result,
 //! `files` makes partial files and temporary folders that clean up after themselves,
 //! `progress` shows downloads, and `table` renders the catalog for `wick models`.
 
 mod files;
 mod progress;
+mod reference;
 mod sources;
 mod store;
 mod table;
@@ -17,6 +19,7 @@ mod validate;
 mod verify;
 
 pub use progress::BarProgress;
+pub use reference::{ReferenceOptions, PATH_CONTEXT};
 pub use table::print_catalog;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +56,10 @@ pub struct ModelEntry {
     pub tokenizer_json: Option<PathBuf>,
     #[serde(rename = "source", default)]
     pub sources: Vec<Source>,
+    /// A model given by path (`--model ./file.gguf`, see `reference`): that file, used
+    /// where it is and never looked up in the cache.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -74,6 +74,12 @@ impl ModelStore {
     /// size, and not recorded as hashing to something else. `Err(Some(why))` when it is
     /// present but not usable.
     fn cached(&self, entry: &ModelEntry) -> Result<PathBuf, Option<String>> {
+        if let Some(path) = &entry.path {
+            return match path.is_file() {
+                true => Ok(path.clone()),
+                false => Err(Some(format!("{} is gone", path.display()))),
+            };
+        }
         let path = self.cache_path(entry);
         let Ok(meta) = std::fs::metadata(&path) else {
             return Err(None);

@@ -44,7 +44,7 @@ pub(super) fn check(catalog: &Catalog) -> Result<()> {
     Ok(())
 }
 
-fn check_entry(entry: &ModelEntry) -> Result<()> {
+pub(super) fn check_entry(entry: &ModelEntry) -> Result<()> {
     if !TIERS.contains(&entry.tier.as_str()) {
         bail!(
             "field `tier`: '{}' is not one of {}",

@@ -16,7 +16,7 @@ pub use session::{Conversation, Ending};
 
 #[derive(Debug, Clone, Args)]
 pub struct ChatArgs {
-    /// Catalog id of the model. Default: the catalog's default model.
+    /// Model: a catalog id or the path to a .gguf file. Default: the catalog's default model.
     pub model: Option<String>,
     /// Answer this one message, print the answer to stdout, and exit.
     #[arg(long)]
@@ -52,12 +52,10 @@ Commands: /clear (forget the conversation), /system TEXT (set the system message
 remove), /exit. Ctrl-C stops an answer; Ctrl-D or /exit leaves.";
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
-    let catalog = args.catalog.load()?;
+    let (catalog, id) = args
+        .catalog
+        .load_for(args.model.as_deref(), args.ctx_size)?;
     let (_, device) = crate::device::select(args.device)?;
-    let id = args
-        .model
-        .clone()
-        .unwrap_or_else(|| catalog.default.clone());
     let registry = ModelRegistry::new(
         catalog,
         ModelStore::new(args.catalog.cache_dir()),

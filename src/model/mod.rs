@@ -3,10 +3,13 @@
 //! and its KV slot, and returns logits only for the sequences that will sample.
 //!
 //! Architectures (`general.architecture` in the GGUF): `llama` and `qwen2`, both run by
-//! [`llama::Llama`] with their own [`llama::Variant`]. Hyper-parameters are read from the
+//! [`llama::Llama`] with their own [`llama::Variant`]; `gemma3` by [`gemma::Gemma`]. What
+//! they share (tensor reading, embeddings, attention over the cache) is in [`decoder`]. Hyper-parameters are read from the
 //! keys under the architecture's own prefix (`llama.block_count`, `qwen2.rope.freq_base`, ...).
 
 pub mod cuda;
+pub mod decoder;
+pub mod gemma;
 pub mod kv_cache;
 pub mod llama;
 pub mod ops;
@@ -127,6 +130,9 @@ pub struct LoadedModel {
     pub frontend: Arc<ModelFrontend>,
 }
 
+/// The `general.architecture` values wick runs.
+pub const ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "gemma3"];
+
 /// The metadata key that marks a GGUF of random weights written by `wick synth-gguf`.
 pub const SYNTHETIC_KEY: &str = "wick.synthetic";
 
@@ -154,14 +160,19 @@ pub fn load(path: &Path, entry: &ModelEntry, device: &Device) -> anyhow::Result<
     };
     let template_source = match &entry.chat_template {
         Some(source) => source.clone(),
-        None => meta(&content, "tokenizer.chat_template")
-            .and_then(|v| Ok(v.to_string()?.clone()))
-            .with_context(|| {
-                format!(
-                    "model '{}' has no chat template in its GGUF; set chat_template in the catalog",
-                    entry.id
-                )
-            })?,
+        None => match content.metadata.get("tokenizer.chat_template") {
+            Some(v) => v.to_string()?.clone(),
+            None => {
+                // As llama.cpp's server does: a base model without a template still chats,
+                // in ChatML.
+                tracing::warn!(
+                    model = %entry.id,
+                    "the GGUF has no chat template: chat requests use ChatML \
+                     (set chat_template in the catalog to choose another)"
+                );
+                crate::template::CHATML.to_string()
+            }
+        },
     };
     let template = ChatTemplate::new(
         &template_source,
@@ -169,6 +180,7 @@ pub fn load(path: &Path, entry: &ModelEntry, device: &Device) -> anyhow::Result<
         tokenizer.eos_token(),
     )?;
 
+    let context_length = entry.context_length.min(config.context_length);
     let weights: Box<dyn Model> = match config.architecture.as_str() {
         "llama" => Box::new(llama::Llama::load(
             &content,
@@ -184,9 +196,18 @@ pub fn load(path: &Path, entry: &ModelEntry, device: &Device) -> anyhow::Result<
             llama::Variant::QWEN2,
             device,
         )?),
-        other => bail!("architecture '{other}' is not supported yet (supported: llama, qwen2)"),
+        "gemma3" => Box::new(gemma::Gemma::load(
+            &content,
+            &mut file,
+            config.clone(),
+            context_length,
+            device,
+        )?),
+        other => bail!(
+            "architecture '{other}' is not supported yet (supported: {})",
+            ARCHITECTURES.join(", ")
+        ),
     };
-    let context_length = entry.context_length.min(config.context_length);
     tracing::info!(
         model = %entry.id,
         arch = %config.architecture,

@@ -43,9 +43,22 @@ impl RopeTables {
         style: RopeStyle,
         device: &Device,
     ) -> Result<Self> {
+        Self::scaled(head_dim, max_positions, base, 1.0, style, device)
+    }
+
+    /// Tables with linear position scaling: every angle divided by `factor` (GGUF's
+    /// `rope.scaling.type = linear`, as Gemma 3's larger models use on their global layers).
+    pub fn scaled(
+        head_dim: usize,
+        max_positions: usize,
+        base: f32,
+        factor: f32,
+        style: RopeStyle,
+        device: &Device,
+    ) -> Result<Self> {
         let half = head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / base.powf(2.0 * i as f32 / head_dim as f32))
+            .map(|i| 1.0 / base.powf(2.0 * i as f32 / head_dim as f32) / factor)
             .collect();
         let inv_freq_t = Tensor::from_vec(inv_freq, (1, half), device)?;
         let positions = Tensor::arange(0u32, max_positions as u32, device)?
@@ -122,6 +135,8 @@ pub struct Heads {
     pub head_dim: usize,
     /// Positions each cache holds per kv head.
     pub capacity: usize,
+    /// A sliding window: a query at position `p` sees keys `p + 1 - window ..= p` only.
+    pub window: Option<usize>,
 }
 
 /// Causal attention of one sequence's new queries over its host KV cache, heads spread
@@ -145,6 +160,7 @@ pub fn attention_host<C: CacheRows + ?Sized>(
         n_kv_heads,
         head_dim,
         capacity,
+        window: None,
     };
     let rows = 0..q.len() / (n_heads * head_dim);
     let seq = HostSeq {
@@ -176,6 +192,7 @@ pub fn attention_batch<C: CacheRows + ?Sized>(
         n_kv_heads,
         head_dim,
         capacity,
+        window,
     } = heads;
     let width = n_heads * head_dim;
     let group = n_heads / n_kv_heads;
@@ -216,7 +233,7 @@ pub fn attention_batch<C: CacheRows + ?Sized>(
             for h in h0..h0 + heads_per_task {
                 let at = row * width + h * head_dim;
                 queries.push(&q[at..at + head_dim]);
-                visible.push(seq.start + i + 1);
+                visible.push(visible_keys(seq.start + i, window));
                 // SAFETY: head h of row `row` belongs to this task alone, and rows lie in
                 // `out`.
                 outs.push(unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(at), head_dim) });
@@ -230,35 +247,48 @@ pub fn attention_batch<C: CacheRows + ?Sized>(
 /// Query rows per attention task.
 const ROWS_PER_TASK: usize = 4;
 
+/// The cache rows a query at `position` attends over: every earlier position and its own,
+/// or within a sliding window only the last `window` of them.
+pub fn visible_keys(position: usize, window: Option<usize>) -> std::ops::Range<usize> {
+    let end = position + 1;
+    window.map_or(0, |w| end.saturating_sub(w))..end
+}
+
 /// Softmax attention of several queries over the same cache rows, query `a` seeing rows
-/// `first..first + visible[a]`, into `outs[a]`; each cache row is widened to f32 once for all
+/// `first + visible[a]`, into `outs[a]`; each cache row is widened to f32 once for all
 /// of them. Each query's sums run in a fixed order of its own, so its result does not depend
 /// on which other queries share the call (or on the cache's layout: the paged cache's CPU
 /// reference attends with it too).
 pub fn attend_many<C: CacheRows + ?Sized>(
     queries: &[&[f32]],
-    visible: &[usize],
+    visible: &[std::ops::Range<usize>],
     (keys, values, first): (&C, &C, usize),
     outs: &mut [&mut [f32]],
 ) {
-    let Some(&most) = visible.iter().max() else {
+    let (Some(least), Some(most)) = (
+        visible.iter().map(|r| r.start).min(),
+        visible.iter().map(|r| r.end).max(),
+    ) else {
         return;
     };
     let head_dim = queries[0].len();
     let scale = 1.0 / (head_dim as f32).sqrt();
     let mut row = vec![0f32; head_dim];
-    let mut scores = vec![0f32; queries.len() * most];
-    for j in 0..most {
+    // Scores are kept for rows `least..most`, the union of what the queries see.
+    let span = most - least;
+    let mut scores = vec![0f32; queries.len() * span];
+    for j in least..most {
         keys.widen_row(first + j, &mut row);
         for (a, q) in queries.iter().enumerate() {
-            if j < visible[a] {
-                scores[a * most + j] = dot_f32(q, &row) * scale;
+            if visible[a].contains(&j) {
+                scores[a * span + j - least] = dot_f32(q, &row) * scale;
             }
         }
     }
     let mut sums = vec![0f32; queries.len()];
     for (a, sum) in sums.iter_mut().enumerate() {
-        let scores = &mut scores[a * most..][..visible[a]];
+        let seen = &visible[a];
+        let scores = &mut scores[a * span + seen.start - least..][..seen.len()];
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         for score in scores.iter_mut() {
             *score = (*score - max).exp();
@@ -266,11 +296,11 @@ pub fn attend_many<C: CacheRows + ?Sized>(
         }
     }
     outs.iter_mut().for_each(|o| o.fill(0.0));
-    for j in 0..most {
+    for j in least..most {
         values.widen_row(first + j, &mut row);
         for (a, out) in outs.iter_mut().enumerate() {
-            if j < visible[a] {
-                let p = scores[a * most + j];
+            if visible[a].contains(&j) {
+                let p = scores[a * span + j - least];
                 for (acc, &x) in out.iter_mut().zip(row.iter()) {
                     *acc += p * x;
                 }
@@ -347,7 +377,13 @@ impl CacheRows for [half::f16] {
 /// `q`: `[n_heads, len, head_dim]` for positions `start..start+len`;
 /// `k`, `v`: `[n_kv_heads, start+len, head_dim]` (views of the cache: rows may be strided).
 /// Returns `[len, n_heads * head_dim]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    start: usize,
+    window: Option<usize>,
+) -> Result<Tensor> {
     let (n_heads, len, head_dim) = q.dims3()?;
     let (n_kv_heads, total, _) = k.dims3()?;
     let group = n_heads / n_kv_heads;
@@ -356,8 +392,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Ten
     let q = q.reshape((n_kv_heads, group * len, head_dim))?;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let scores = (q.matmul(&k.t()?)? * scale)?;
-    let scores = if len > 1 {
-        let mask = causal_mask(len, start, total, q.device())?;
+    // One new token sees every cached one, unless a window hides the oldest.
+    let masked = len > 1 || window.is_some_and(|w| total > w);
+    let scores = if masked {
+        let mask = causal_mask(len, start, total, window, q.device())?;
         scores
             .reshape((n_kv_heads, group, len, total))?
             .broadcast_add(&mask)?
@@ -373,11 +411,18 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Ten
 }
 
 /// `[len, total]`: 0 where query `i` (at position `start + i`) may see key `j`, else -inf.
-fn causal_mask(len: usize, start: usize, total: usize, device: &Device) -> Result<Tensor> {
+fn causal_mask(
+    len: usize,
+    start: usize,
+    total: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
     let mask: Vec<f32> = (0..len)
         .flat_map(|i| {
+            let seen = visible_keys(start + i, window);
             (0..total).map(move |j| {
-                if j <= start + i {
+                if seen.contains(&j) {
                     0.0
                 } else {
                     f32::NEG_INFINITY
@@ -420,7 +465,15 @@ mod tests {
     }
 
     /// Plain attention: every query head gets its kv head copied, explicit causal loop.
-    fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Tensor {
+    /// Each query on its own: softmax over the keys it sees (all earlier ones, or the last
+    /// `window`), times the values.
+    fn attention_reference(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        start: usize,
+        window: Option<usize>,
+    ) -> Tensor {
         let (n_heads, len, hd) = q.dims3().unwrap();
         let n_kv = k.dim(0).unwrap();
         let group = n_heads / n_kv;
@@ -429,15 +482,16 @@ mod tests {
             let mut heads = Vec::new();
             for h in 0..n_heads {
                 let qi = q.get(h).unwrap().get(i).unwrap(); // [hd]
+                let seen = visible_keys(start + i, window);
                 let kh = k
                     .get(h / group)
                     .unwrap()
-                    .narrow(0, 0, start + i + 1)
+                    .narrow(0, seen.start, seen.len())
                     .unwrap();
                 let vh = v
                     .get(h / group)
                     .unwrap()
-                    .narrow(0, 0, start + i + 1)
+                    .narrow(0, seen.start, seen.len())
                     .unwrap();
                 let s = (kh
                     .matmul(&qi.unsqueeze(1).unwrap())
@@ -488,35 +542,42 @@ mod tests {
 
     fn attention_matches_reference(n_heads: usize, n_kv: usize, hd: usize) {
         let cap = 32;
-        for (start, len) in [(0, 5), (7, 3), (12, 1)] {
-            let q = rand(&[n_heads, len, hd]);
-            let cache_k = rand(&[n_kv, cap, hd]);
-            let cache_v = rand(&[n_kv, cap, hd]);
-            // Keys and values as strided views of a larger cache, as the device path has them.
-            let k = cache_k.narrow(1, 0, start + len).unwrap();
-            let v = cache_v.narrow(1, 0, start + len).unwrap();
-            let want = attention_reference(&q, &k, &v, start);
-            let tensors = attention(&q, &k, &v, start).unwrap();
-            let mut out = vec![0f32; len * n_heads * hd];
-            let (kd, vd) = (flat(&cache_k), flat(&cache_v));
-            attention_host(
-                &token_major(&q),
-                &kd,
-                &vd,
-                cap,
-                n_heads,
-                n_kv,
-                hd,
-                start,
-                &mut out,
-            );
-            let host = Tensor::from_vec(out, (len, n_heads * hd), &Device::Cpu).unwrap();
-            for got in [tensors, host] {
-                assert_eq!(got.dims(), &[len, n_heads * hd]);
-                assert!(
-                    max_abs_diff(&got, &want) < 1e-5,
-                    "heads {n_heads}/{n_kv} of {hd}: start {start} len {len}"
-                );
+        // No window, and a sliding window of 4 (some queries see all, some a part).
+        for window in [None, Some(4)] {
+            for (start, len) in [(0, 5), (7, 3), (12, 1)] {
+                let q = rand(&[n_heads, len, hd]);
+                let cache_k = rand(&[n_kv, cap, hd]);
+                let cache_v = rand(&[n_kv, cap, hd]);
+                // Keys and values as strided views of a larger cache, as the device path
+                // has them.
+                let k = cache_k.narrow(1, 0, start + len).unwrap();
+                let v = cache_v.narrow(1, 0, start + len).unwrap();
+                let want = attention_reference(&q, &k, &v, start, window);
+                let tensors = attention(&q, &k, &v, start, window).unwrap();
+                let mut out = vec![0f32; len * n_heads * hd];
+                let (kd, vd) = (flat(&cache_k), flat(&cache_v));
+                let heads = Heads {
+                    n_heads,
+                    n_kv_heads: n_kv,
+                    head_dim: hd,
+                    capacity: cap,
+                    window,
+                };
+                let seq = HostSeq {
+                    keys: &kd[..],
+                    values: &vd[..],
+                    start,
+                    rows: 0..len,
+                };
+                attention_batch(&token_major(&q), &[seq], heads, &mut out);
+                let host = Tensor::from_vec(out, (len, n_heads * hd), &Device::Cpu).unwrap();
+                for got in [tensors, host] {
+                    assert_eq!(got.dims(), &[len, n_heads * hd]);
+                    assert!(
+                        max_abs_diff(&got, &want) < 1e-5,
+                        "heads {n_heads}/{n_kv} of {hd}: start {start} len {len} window {window:?}"
+                    );
+                }
             }
         }
     }

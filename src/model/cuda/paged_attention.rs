@@ -101,7 +101,7 @@ pub fn paged_attention_host(
                 }
                 ops::attend_many(
                     &[query],
-                    &[len],
+                    &[0..len],
                     (keys.as_slice(), values.as_slice(), 0),
                     &mut [dst],
                 );

@@ -1,0 +1,262 @@
+//! The Gemma family, Gemma 3 (`gemma3` in the GGUF; the 270M, 1B and text layers of the
+//! larger ones). What sets it apart from the llama family (llama.rs):
+//!
+//! - token embeddings scaled by `sqrt(hidden)` before the first layer;
+//! - four norms a layer: before and after attention, before and after the feed-forward
+//!   layer (the GGUF's norm weights already include Gemma's `1 +`);
+//! - per-head RMS norms of q and k before rotary (`attn_q_norm`, `attn_k_norm`);
+//! - a GeGLU feed-forward layer (tanh-approximated GELU of the gate, times up);
+//! - sliding-window attention on five layers of every six (window from
+//!   `gemma3.attention.sliding_window`), whose rotary base is 10,000 while the global
+//!   layers use `gemma3.rope.freq_base` (with linear scaling where the GGUF asks for it);
+//! - rotary on halves (GPT-NeoX style) and tied output embeddings.
+//!
+//! The attention itself, the KV cache and the kernels are shared with llama.rs
+//! (decoder.rs, ops.rs, quant/).
+
+use std::io::{Read, Seek};
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::decoder::{self, Attention, Embeddings, Reader, StepTensors};
+use super::kv_cache::KvPool;
+use super::ops::{self, RopeStyle, RopeTables};
+use super::quant::{tensor_bytes, Linear, LinearGroup};
+use super::{Model, ModelConfig, SeqChunk};
+
+/// Layers per repeat of the sliding-window pattern: the last of each six is global.
+const SLIDING_PATTERN: usize = 6;
+/// The rotary base of the sliding-window layers when the GGUF does not name one.
+const LOCAL_ROPE_BASE: f32 = 10_000.0;
+
+struct Layer {
+    attn_norm: Tensor,
+    qkv: LinearGroup,
+    q_norm: Tensor,
+    k_norm: Tensor,
+    wo: Linear,
+    post_attention_norm: Tensor,
+    ffn_norm: Tensor,
+    gate_up: LinearGroup,
+    w_down: Linear,
+    post_ffw_norm: Tensor,
+    /// Whether this layer attends within the sliding window (else over everything).
+    sliding: bool,
+}
+
+pub struct Gemma {
+    config: ModelConfig,
+    device: Device,
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    output_norm: Tensor,
+    output: Linear,
+    rope_global: RopeTables,
+    rope_local: RopeTables,
+    window: usize,
+    /// What q is multiplied by before attention, beyond the shared attention's own
+    /// `1/sqrt(head_dim)` (1 for every size but the 27B).
+    q_scale: f64,
+}
+
+impl Gemma {
+    /// `max_positions`: the longest sequence this server will run (rotary tables are built
+    /// that far, not to the 32K or 128K the weights allow).
+    pub fn load<R: Read + Seek>(
+        content: &gguf_file::Content,
+        file: &mut R,
+        config: ModelConfig,
+        max_positions: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let arch = config.architecture.clone();
+        let meta_f32 = |key: &str| {
+            content
+                .metadata
+                .get(&format!("{arch}.{key}"))
+                .and_then(|v| v.to_f32().ok())
+        };
+        let window = content
+            .metadata
+            .get(&format!("{arch}.attention.sliding_window"))
+            .and_then(|v| v.to_u32().ok())
+            .map(|w| w as usize)
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!("{arch}.attention.sliding_window is missing"))
+            })?;
+        if meta_f32("attn_logit_softcapping").is_some() {
+            candle_core::bail!("{arch}: attention logit soft-capping is not supported yet");
+        }
+        let mut r = Reader {
+            content,
+            file,
+            device,
+        };
+        let (output, embeddings) = r.output_and_embeddings()?;
+        let output_norm = r.f32("output_norm.weight")?;
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            let p = format!("blk.{i}");
+            let mut f32 = |name: &str| r.f32(&format!("{p}.{name}.weight"));
+            let (attn_norm, q_norm, k_norm) =
+                (f32("attn_norm")?, f32("attn_q_norm")?, f32("attn_k_norm")?);
+            let (post_attention_norm, ffn_norm, post_ffw_norm) = (
+                f32("post_attention_norm")?,
+                f32("ffn_norm")?,
+                f32("post_ffw_norm")?,
+            );
+            let mut linear = |name: &str| r.linear(&format!("{p}.{name}.weight"));
+            layers.push(Layer {
+                attn_norm,
+                qkv: LinearGroup::new(vec![
+                    linear("attn_q")?,
+                    linear("attn_k")?,
+                    linear("attn_v")?,
+                ]),
+                q_norm,
+                k_norm,
+                wo: linear("attn_output")?,
+                post_attention_norm,
+                ffn_norm,
+                gate_up: LinearGroup::new(vec![linear("ffn_gate")?, linear("ffn_up")?]),
+                w_down: linear("ffn_down")?,
+                post_ffw_norm,
+                sliding: i % SLIDING_PATTERN < SLIDING_PATTERN - 1,
+            });
+        }
+        let hd = config.head_dim;
+        let linear_scaling = content
+            .metadata
+            .get(&format!("{arch}.rope.scaling.type"))
+            .and_then(|v| v.to_string().ok())
+            .is_some_and(|t| t == "linear");
+        let factor = if linear_scaling {
+            meta_f32("rope.scaling.factor").unwrap_or(1.0)
+        } else {
+            1.0
+        };
+        let rope_global = RopeTables::scaled(
+            hd,
+            max_positions,
+            config.rope_base,
+            factor,
+            RopeStyle::Halves,
+            device,
+        )?;
+        let local_base = meta_f32("rope.freq_base_swa").unwrap_or(LOCAL_ROPE_BASE);
+        let rope_local = RopeTables::new(hd, max_positions, local_base, RopeStyle::Halves, device)?;
+        // Queries are scaled by 1/sqrt(head_dim), except in the 27B (62 layers), whose
+        // query_pre_attn_scalar is hidden / heads (as llama.cpp reads Gemma 3 too).
+        let q_scale = if config.n_layers == 62 {
+            let wanted = 1.0 / ((config.hidden / config.n_heads) as f64).sqrt();
+            wanted * (hd as f64).sqrt()
+        } else {
+            1.0
+        };
+        Ok(Self {
+            config,
+            device: device.clone(),
+            embeddings,
+            layers,
+            output_norm,
+            output,
+            rope_global,
+            rope_local,
+            window,
+            q_scale,
+        })
+    }
+
+    /// RMS norm of each head of `x` (`[rows, heads * head_dim]`) with one weight for all.
+    fn head_norm(&self, x: &Tensor, weight: &Tensor, heads: usize) -> Result<Tensor> {
+        let (rows, width) = x.dims2()?;
+        let hd = self.config.head_dim;
+        let normed = ops::rms_norm(&x.reshape((rows * heads, hd))?, weight, self.config.rms_eps)?;
+        normed.reshape((rows, width))
+    }
+}
+
+impl Model for Gemma {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                let norms = [
+                    &l.attn_norm,
+                    &l.q_norm,
+                    &l.k_norm,
+                    &l.post_attention_norm,
+                    &l.ffn_norm,
+                    &l.post_ffw_norm,
+                ];
+                norms.into_iter().map(tensor_bytes).sum::<usize>()
+                    + l.qkv.bytes()
+                    + l.wo.bytes()
+                    + l.gate_up.bytes()
+                    + l.w_down.bytes()
+            })
+            .sum();
+        self.embeddings.bytes() + layers + tensor_bytes(&self.output_norm) + self.output.bytes()
+    }
+
+    fn forward(&self, batch: &[SeqChunk<'_>], kv: &KvPool) -> Result<Tensor> {
+        let c = &self.config;
+        let eps = c.rms_eps;
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        let x = self.embeddings.lookup(&self.output, &ids, &self.device)?;
+        let mut x = (x * (c.hidden as f64).sqrt())?;
+        let step = StepTensors::new(batch, kv, &self.device)?;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let h = ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let [q, k, v]: [Tensor; 3] = layer
+                .qkv
+                .forward(&h)?
+                .try_into()
+                .expect("three projections");
+            let mut q = self.head_norm(&q, &layer.q_norm, c.n_heads)?;
+            if self.q_scale != 1.0 {
+                q = (q * self.q_scale)?;
+            }
+            let k = self.head_norm(&k, &layer.k_norm, c.n_kv_heads)?;
+            let attention = Attention {
+                config: c,
+                device: &self.device,
+                rope: if layer.sliding {
+                    &self.rope_local
+                } else {
+                    &self.rope_global
+                },
+                window: layer.sliding.then_some(self.window),
+            };
+            let att = attention.run(index, &q, &k, &v, batch, kv, &step)?;
+            let att = ops::rms_norm(&layer.wo.forward(&att)?, &layer.post_attention_norm, eps)?;
+            x = (x + att)?;
+            let h = ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+            let [gate, up]: [Tensor; 2] = layer
+                .gate_up
+                .forward(&h)?
+                .try_into()
+                .expect("two projections");
+            let ffn = layer.w_down.forward(&(gate.gelu()? * up)?)?;
+            x = (x + ops::rms_norm(&ffn, &layer.post_ffw_norm, eps)?)?;
+        }
+        let Some(rows) = decoder::logit_rows(batch, &self.device)? else {
+            return decoder::no_logits(c, &self.device);
+        };
+        let last = ops::rms_norm(&x.index_select(&rows, 0)?, &self.output_norm, eps)?;
+        self.output.forward(&last)?.to_dtype(DType::F32)
+    }
+}
