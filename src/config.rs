@@ -38,12 +38,14 @@ impl CatalogArgs {
         }
     }
 
-    /// The catalog and the id of the model `reference` names (a catalog id or a GGUF path,
-    /// see catalog/reference.rs; the catalog's default when none). `context`: `--ctx-size`.
-    pub fn load_for(
+    /// The catalog and the id of the model `reference` names (a catalog id, a GGUF path or
+    /// an `hf:` reference, see catalog/reference.rs; the catalog's default when none), a hub
+    /// download shown on `progress`. `context`: `--ctx-size`.
+    pub async fn load_for(
         &self,
         reference: Option<&str>,
         context: Option<usize>,
+        progress: &dyn crate::catalog::Progress,
     ) -> anyhow::Result<(Catalog, String)> {
         let mut catalog = self.load()?;
         let id = match reference {
@@ -53,7 +55,7 @@ impl CatalogArgs {
                     tier: self.tier.clone(),
                     context,
                 };
-                catalog.resolve(reference, &options)?
+                catalog.resolve(reference, &options, progress).await?
             }
             None => catalog.default.clone(),
         };

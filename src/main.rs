@@ -121,7 +121,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn pull(id: Option<String>, catalog_args: CatalogArgs) -> anyhow::Result<()> {
-    let (catalog, id) = catalog_args.load_for(id.as_deref(), None)?;
+    let (catalog, id) = catalog_args
+        .load_for(id.as_deref(), None, &BarProgress::new())
+        .await?;
     let entry = catalog.get(&id).expect("load_for returns a catalog id");
     let store = ModelStore::new(catalog_args.cache_dir());
     let path = store.fetch(&catalog, entry, &BarProgress::new()).await?;

@@ -51,7 +51,8 @@ impl Server {
         crate::metrics::handle();
         let (catalog, default_model) = args
             .catalog
-            .load_for(args.model.as_deref(), args.ctx_size)?;
+            .load_for(args.model.as_deref(), args.ctx_size, progress)
+            .await?;
         let traditions = args.load_traditions()?;
         let service = &args.service;
         let api_keys = service.load_api_keys()?;

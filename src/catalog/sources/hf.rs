@@ -59,9 +59,8 @@ pub(in crate::catalog) async fn fetch(
     revision: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<PathBuf> {
-    // from_env: honours HF_ENDPOINT and the user's saved token.
-    let api = ApiBuilder::from_env();
-    let downloaded = download(api, PATIENCE, scratch, repo, file, revision, progress).await?;
+    let cache = scratch.path().join("hf");
+    let downloaded = download(api(), PATIENCE, &cache, repo, file, revision, progress).await?;
 
     progress.start(&format!("verifying {file}"), target.size);
     let target = target.clone();
@@ -84,18 +83,68 @@ pub(in crate::catalog) async fn fetch(
     installed?
 }
 
-/// Downloads into the scratch folder's hf cache; returns the downloaded file's path.
+/// The hub's API as the user's environment sets it up: `HF_ENDPOINT`, `HF_HOME` (the
+/// cache), and the token from `HF_TOKEN` or the one `huggingface-cli login` saved.
+fn api() -> ApiBuilder {
+    let api = ApiBuilder::from_env();
+    match std::env::var("HF_TOKEN") {
+        Ok(token) if !token.is_empty() => api.with_token(Some(token)),
+        _ => api,
+    }
+}
+
+/// Where the hub is, for messages.
+pub(in crate::catalog) fn endpoint() -> String {
+    std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into())
+}
+
+/// A file of a hub repository (revision `main`), downloaded into the Hugging Face cache
+/// (`HF_HOME`, by default `~/.cache/huggingface`) as other Hugging Face tools keep it, so
+/// an interrupted download resumes and a file another tool fetched is not fetched again.
+pub(in crate::catalog) async fn fetch_into_hf_cache(
+    repo: &str,
+    file: &str,
+    progress: &dyn Progress,
+) -> Result<PathBuf> {
+    let cache = hf_hub::Cache::from_env().path().clone();
+    download(api(), PATIENCE, &cache, repo, file, None, progress).await
+}
+
+/// The `.gguf` files of a hub repository (revision `main`).
+pub(in crate::catalog) async fn list_gguf(repo: &str) -> Result<Vec<String>> {
+    let api = api()
+        .with_progress(false)
+        .build()
+        .map_err(|e| anyhow::anyhow!(one_line(&e)))?;
+    let info = tokio::time::timeout(PATIENCE.first_answer, api.model(repo.to_string()).info())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no answer from the hub within {}s",
+                PATIENCE.first_answer.as_secs()
+            )
+        })?
+        .map_err(|e| anyhow::anyhow!(one_line(&e)))?;
+    Ok(info
+        .siblings
+        .into_iter()
+        .map(|s| s.rfilename)
+        .filter(|f| f.to_ascii_lowercase().ends_with(".gguf"))
+        .collect())
+}
+
+/// Downloads into the hf cache at `cache`; returns the downloaded file's path.
 async fn download(
     api: ApiBuilder,
     patience: Patience,
-    scratch: &ScratchDir,
+    cache: &std::path::Path,
     repo: &str,
     file: &str,
     revision: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<PathBuf> {
     let api = api
-        .with_cache_dir(scratch.path().join("hf"))
+        .with_cache_dir(cache.to_path_buf())
         .with_progress(false)
         .build()
         .map_err(|e| anyhow::anyhow!(one_line(&e)))?;
@@ -174,7 +223,8 @@ mod tests {
         };
         let api = ApiBuilder::new().with_endpoint(endpoint);
         let started = std::time::Instant::now();
-        let err = download(api, patience, &scratch, "a/b", "c.gguf", None, &Silent)
+        let cache = scratch.path().join("hf");
+        let err = download(api, patience, &cache, "a/b", "c.gguf", None, &Silent)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("no answer from the hub"), "{err}");

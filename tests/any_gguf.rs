@@ -1,0 +1,346 @@
+//! A GGUF the user brings: served by its path, its SentencePiece tokenizer and its gemma3
+//! architecture against llama.cpp's own ids and logits for the same file
+//! (tests/fixtures/gemma3-270m-reference.json, made with scripts/llamacpp-reference.sh), and
+//! files that cannot be served refused with their reason.
+//!
+//! The model is the real Gemma 3 270M (Q4_K_M, base), fetched through
+//! tests/fixtures/test-models.toml on first use.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use async_openai::types::completions::CreateCompletionRequest;
+use candle_core::quantized::gguf_file;
+use candle_core::Device;
+use serde::Deserialize;
+use wick::catalog::Catalog;
+use wick::config::ServeArgs;
+use wick::engine::KvType;
+use wick::model::{KvPool, KvShape, LoadedModel, SeqChunk};
+use wick::server::Server;
+use wick::tokenizer::Tokenizer;
+
+const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
+
+/// Largest logit gap at which a different top token counts as a floating-point tie: wick
+/// and llama.cpp add the same products in different orders (and llama.cpp's GELU reads an
+/// f16 table), which moves logits by hundredths; a real defect costs whole logits.
+const TIE: f32 = 0.25;
+
+#[derive(Deserialize)]
+struct Reference {
+    tokenize: Vec<Tokenized>,
+    teacher_forced: Vec<TeacherForced>,
+    greedy: Vec<Greedy>,
+}
+
+#[derive(Deserialize)]
+struct Tokenized {
+    text: String,
+    ids: Vec<u32>,
+}
+
+/// A text's ids and llama.cpp's best tokens after each position, `(id, logit)`, best first.
+#[derive(Deserialize)]
+struct TeacherForced {
+    ids: Vec<u32>,
+    top: Vec<Vec<(u32, f32)>>,
+}
+
+#[derive(Deserialize)]
+struct Greedy {
+    prompt: String,
+    text: String,
+}
+
+fn reference() -> Reference {
+    let path = common::repo_file("tests/fixtures/gemma3-270m-reference.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture JSON")
+}
+
+fn gemma_path() -> PathBuf {
+    common::test_model_file(GEMMA)
+}
+
+fn load_gemma() -> LoadedModel {
+    wick::config::init_threads(None);
+    let path = gemma_path();
+    let mut catalog = Catalog::builtin();
+    let id = futures::executor::block_on(catalog.resolve(
+        path.to_str().unwrap(),
+        &Default::default(),
+        &wick::catalog::Silent,
+    ))
+    .expect("a GGUF path resolves");
+    let entry = catalog.get(&id).unwrap().clone();
+    wick::model::load(&path, &entry, &Device::Cpu).expect("Gemma 3 loads")
+}
+
+#[test]
+fn sentencepiece_ids_match_llamacpp() {
+    let path = gemma_path();
+    let content = gguf_file::Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap();
+    let tok = Tokenizer::from_gguf(&content).expect("the SentencePiece vocabulary loads");
+    let mut failures = Vec::new();
+    for case in reference().tokenize {
+        let ids = tok.encode(&case.text).unwrap();
+        if ids != case.ids {
+            failures.push(format!(
+                "{:?}\n  wick      {ids:?}\n  llama.cpp {:?}",
+                case.text, case.ids
+            ));
+            continue;
+        }
+        // Back to the text (bos is a control token, skipped in decoding).
+        let text = tok.decode(&ids).unwrap();
+        if text != case.text {
+            failures.push(format!("{:?} decodes to {text:?}", case.text));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Logits after every position of each text, one token a step, the texts run alone (one
+/// sequence a step) or together (all of them in each step).
+fn logits_by_position(model: &LoadedModel, texts: &[&[u32]], together: bool) -> Vec<Vec<Vec<f32>>> {
+    let c = model.weights.config().clone();
+    let shape = KvShape {
+        n_layers: c.n_layers,
+        n_kv_heads: c.n_kv_heads,
+        head_dim: c.head_dim,
+        capacity: 256,
+    };
+    let groups: Vec<Vec<usize>> = if together {
+        vec![(0..texts.len()).collect()]
+    } else {
+        (0..texts.len()).map(|i| vec![i]).collect()
+    };
+    let mut out = vec![Vec::new(); texts.len()];
+    for group in groups {
+        let mut kv = KvPool::new(shape, group.len(), Device::Cpu).with_type(KvType::F16);
+        let slots: Vec<usize> = group
+            .iter()
+            .map(|_| kv.acquire().unwrap().unwrap())
+            .collect();
+        let longest = group.iter().map(|&i| texts[i].len()).max().unwrap();
+        for position in 0..longest {
+            let live: Vec<(usize, usize)> = group
+                .iter()
+                .zip(&slots)
+                .filter(|(&i, _)| position < texts[i].len())
+                .map(|(&i, &slot)| (i, slot))
+                .collect();
+            let chunks: Vec<SeqChunk<'_>> = live
+                .iter()
+                .map(|&(i, slot)| SeqChunk {
+                    slot,
+                    start: position,
+                    tokens: &texts[i][position..position + 1],
+                    want_logits: true,
+                })
+                .collect();
+            let logits = model.weights.forward(&chunks, &kv).unwrap();
+            let logits = logits.to_vec2::<f32>().unwrap();
+            for ((i, _), row) in live.iter().zip(logits) {
+                out[*i].push(row);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn gemma3_picks_llamacpp_top_token_at_every_position_alone_and_batched() {
+    let model = load_gemma();
+    let cases = reference().teacher_forced;
+    let texts: Vec<&[u32]> = cases.iter().map(|c| c.ids.as_slice()).collect();
+    let alone = logits_by_position(&model, &texts, false);
+    let together = logits_by_position(&model, &texts, true);
+    // A token's logits do not depend on what shares its step, to the bit.
+    assert!(
+        alone == together,
+        "logits differ between alone and batched runs"
+    );
+
+    let mut failures = Vec::new();
+    let mut positions = 0;
+    for (case, logits) in cases.iter().zip(&alone) {
+        assert_eq!(
+            case.top.len(),
+            case.ids.len(),
+            "one reference row a position"
+        );
+        for (position, (row, top)) in logits.iter().zip(&case.top).enumerate() {
+            positions += 1;
+            let (best, best_logit) = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap();
+            let (want, want_logit) = top[0];
+            // wick's logit of llama.cpp's choice, next to llama.cpp's own.
+            let theirs = row[want as usize];
+            if (theirs - want_logit).abs() > 1.0 {
+                failures.push(format!(
+                    "position {position}: token {want} has logit {theirs} in wick, \
+                     {want_logit} in llama.cpp"
+                ));
+            }
+            if best as u32 != want && best_logit - theirs > TIE {
+                failures.push(format!(
+                    "position {position}: wick's top token {best} ({best_logit}) beats \
+                     llama.cpp's {want} ({theirs} in wick) by more than {TIE}"
+                ));
+            }
+        }
+    }
+    assert!(positions > 60, "the fixture has {positions} positions");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn serve_gemma(configure: impl FnOnce(&mut ServeArgs)) -> std::net::SocketAddr {
+    let mut args = ServeArgs::local_ephemeral();
+    args.model = Some(gemma_path().to_string_lossy().into_owned());
+    args.parallel = 2;
+    configure(&mut args);
+    common::start_server(args)
+}
+
+#[tokio::test]
+async fn a_gguf_given_by_path_is_served_under_its_alias_and_follows_llamacpp() {
+    let addr = serve_gemma(|args| {
+        args.catalog.alias = Some("gemma-small".into());
+        args.catalog.tier = Some("tier_2".into());
+    });
+    let models: serde_json::Value = reqwest::get(format!("http://{addr}/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "gemma-small")
+        .unwrap_or_else(|| panic!("gemma-small is not listed: {models}"));
+    assert_eq!(listed["family"], "open source");
+    assert_eq!(listed["tier"], "tier_2");
+    assert_eq!(listed["context_length"], wick::catalog::PATH_CONTEXT);
+
+    let client = common::client_for(addr);
+    for case in reference().greedy {
+        let request: CreateCompletionRequest = serde_json::from_value(serde_json::json!({
+            "model": "gemma-small",
+            "prompt": case.prompt,
+            "max_tokens": 16,
+            "temperature": 0,
+        }))
+        .unwrap();
+        let answer = client
+            .completions()
+            .create(request)
+            .await
+            .expect("completion");
+        let text = &answer.choices[0].text;
+        // llama.cpp's words up to its first near-tie (see the fixture's top tokens): the
+        // first eight words are far from any tie.
+        let words: Vec<&str> = case.text.split_inclusive(' ').take(8).collect();
+        assert!(
+            text.starts_with(&words.concat()),
+            "{:?}: wick {text:?}, llama.cpp {:?}",
+            case.prompt,
+            case.text
+        );
+    }
+}
+
+/// What `Server::bind` then loading says for a model given by path.
+async fn start_error(model: &Path) -> String {
+    let mut args = ServeArgs::local_ephemeral();
+    args.catalog.catalog = Some(common::repo_file("models.toml"));
+    args.model = Some(model.to_string_lossy().into_owned());
+    match Server::build(&args, &wick::catalog::Silent).await {
+        Err(e) => format!("{e:#}"),
+        Ok(_) => panic!("{} was served", model.display()),
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wick-any-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// A GGUF of metadata alone.
+fn gguf_with(path: &Path, metadata: &[(&str, gguf_file::Value)]) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let metadata: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    gguf_file::write(&mut file, &metadata, &[]).unwrap();
+}
+
+#[tokio::test]
+async fn files_that_cannot_be_served_are_refused_with_their_reason() {
+    use gguf_file::Value as V;
+    let missing = scratch("missing.gguf");
+    let err = start_error(&missing).await;
+    assert!(err.contains("does not exist"), "{err}");
+
+    let text = scratch("notes.gguf");
+    std::fs::write(&text, "these are notes, not weights").unwrap();
+    let err = start_error(&text).await;
+    assert!(err.contains("is not a readable GGUF file"), "{err}");
+
+    // Cut inside the header (the vocabulary), and after it (inside the weights).
+    let gemma = std::fs::read(gemma_path()).unwrap();
+    for (name, at, says) in [
+        ("header.gguf", 64 * 1024, "is not a readable GGUF file"),
+        (
+            "weights.gguf",
+            gemma.len() / 2,
+            "could not be loaded: tensor needs",
+        ),
+    ] {
+        let cut = scratch(name);
+        std::fs::write(&cut, &gemma[..at]).unwrap();
+        let err = start_error(&cut).await;
+        assert!(err.contains(says), "a GGUF cut at {at}: {err}");
+    }
+
+    let mamba = scratch("mamba.gguf");
+    gguf_with(
+        &mamba,
+        &[
+            ("general.architecture", V::String("mamba".into())),
+            ("mamba.context_length", V::U32(2048)),
+        ],
+    );
+    let err = start_error(&mamba).await;
+    assert!(
+        err.contains("architecture 'mamba' is not supported") && err.contains("gemma3"),
+        "{err}"
+    );
+
+    let wordpiece = scratch("wordpiece.gguf");
+    gguf_with(
+        &wordpiece,
+        &[
+            ("general.architecture", V::String("llama".into())),
+            ("llama.context_length", V::U32(64)),
+            ("llama.block_count", V::U32(1)),
+            ("llama.embedding_length", V::U32(8)),
+            ("llama.attention.head_count", V::U32(1)),
+            ("tokenizer.ggml.model", V::String("bert".into())),
+            (
+                "tokenizer.ggml.tokens",
+                V::Array(vec![V::String("a".into())]),
+            ),
+        ],
+    );
+    let err = start_error(&wordpiece).await;
+    assert!(
+        err.contains("tokenizer model `bert` is not supported"),
+        "{err}"
+    );
+}
