@@ -27,6 +27,13 @@ const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
 /// and llama.cpp add the same products in different orders (and llama.cpp's GELU reads an
 /// f16 table), which moves logits by hundredths; a real defect costs whole logits.
 const TIE: f32 = 0.25;
+/// How far wick's logit of llama.cpp's top token may be from llama.cpp's own, at any one
+/// position and on average. Measured: at most 1.27 (at positions where the base model is
+/// lost, inside chat markers it was not trained on), 0.3 on average; the two quantize
+/// activations differently (wick: 32-value int8 blocks for every format; llama.cpp: 256-value
+/// blocks for K-quants). A wrong norm, scale or rotary base moves them by several logits.
+const LOGIT_DRIFT: f32 = 1.5;
+const MEAN_DRIFT: f32 = 0.5;
 
 #[derive(Deserialize)]
 struct Reference {
@@ -92,9 +99,13 @@ fn sentencepiece_ids_match_llamacpp() {
             ));
             continue;
         }
-        // Back to the text (bos is a control token, skipped in decoding).
+        // Back to the text; control tokens (bos, the turn markers) are skipped in decoding.
         let text = tok.decode(&ids).unwrap();
-        if text != case.text {
+        let plain = case
+            .text
+            .replace("<start_of_turn>", "")
+            .replace("<end_of_turn>", "");
+        if text != plain {
             failures.push(format!("{:?} decodes to {text:?}", case.text));
         }
     }
@@ -164,6 +175,7 @@ fn gemma3_picks_llamacpp_top_token_at_every_position_alone_and_batched() {
     );
 
     let mut failures = Vec::new();
+    let mut drift = Vec::new();
     let mut positions = 0;
     for (case, logits) in cases.iter().zip(&alone) {
         assert_eq!(
@@ -181,7 +193,8 @@ fn gemma3_picks_llamacpp_top_token_at_every_position_alone_and_batched() {
             let (want, want_logit) = top[0];
             // wick's logit of llama.cpp's choice, next to llama.cpp's own.
             let theirs = row[want as usize];
-            if (theirs - want_logit).abs() > 1.0 {
+            drift.push((theirs - want_logit).abs());
+            if (theirs - want_logit).abs() > LOGIT_DRIFT {
                 failures.push(format!(
                     "position {position}: token {want} has logit {theirs} in wick, \
                      {want_logit} in llama.cpp"
@@ -196,6 +209,12 @@ fn gemma3_picks_llamacpp_top_token_at_every_position_alone_and_batched() {
         }
     }
     assert!(positions > 60, "the fixture has {positions} positions");
+    // Apart from the largest, the logits move by a few tenths (Gemma's logits run to 30).
+    let mean = drift.iter().sum::<f32>() / drift.len() as f32;
+    assert!(
+        mean < MEAN_DRIFT,
+        "mean |logit difference| {mean} over {positions} positions"
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

@@ -106,6 +106,18 @@ impl Embeddings {
     }
 }
 
+/// RMS norm of each head of `x` (`[rows, heads * head_dim]`) with one weight for all heads
+/// (the q and k norms of Qwen 3 and Gemma 3).
+pub fn head_norm(x: &Tensor, weight: &Tensor, head_dim: usize, eps: f32) -> Result<Tensor> {
+    let (rows, width) = x.dims2()?;
+    let normed = ops::rms_norm(
+        &x.reshape((rows * width / head_dim, head_dim))?,
+        weight,
+        eps,
+    )?;
+    normed.reshape((rows, width))
+}
+
 /// The rows of the batch whose logits are wanted (the last token of each sampling sequence),
 /// or `None` when no sequence samples this step.
 pub fn logit_rows(batch: &[SeqChunk<'_>], device: &Device) -> Result<Option<Tensor>> {

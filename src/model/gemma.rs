@@ -167,14 +167,6 @@ impl Gemma {
             q_scale,
         })
     }
-
-    /// RMS norm of each head of `x` (`[rows, heads * head_dim]`) with one weight for all.
-    fn head_norm(&self, x: &Tensor, weight: &Tensor, heads: usize) -> Result<Tensor> {
-        let (rows, width) = x.dims2()?;
-        let hd = self.config.head_dim;
-        let normed = ops::rms_norm(&x.reshape((rows * heads, hd))?, weight, self.config.rms_eps)?;
-        normed.reshape((rows, width))
-    }
 }
 
 impl Model for Gemma {
@@ -226,11 +218,11 @@ impl Model for Gemma {
                 .forward(&h)?
                 .try_into()
                 .expect("three projections");
-            let mut q = self.head_norm(&q, &layer.q_norm, c.n_heads)?;
+            let mut q = decoder::head_norm(&q, &layer.q_norm, c.head_dim, eps)?;
             if self.q_scale != 1.0 {
                 q = (q * self.q_scale)?;
             }
-            let k = self.head_norm(&k, &layer.k_norm, c.n_kv_heads)?;
+            let k = decoder::head_norm(&k, &layer.k_norm, c.head_dim, eps)?;
             let attention = Attention {
                 config: c,
                 device: &self.device,

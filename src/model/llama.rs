@@ -5,8 +5,13 @@
 //! - `llama` (SmolLM2 among others): rotary on adjacent pairs, no biases.
 //! - `qwen2` (Qwen2.5, Qwen2.5-Coder): rotary on halves (GPT-NeoX style, as llama.cpp's
 //!   `LLAMA_ROPE_TYPE_NEOX`), and biases on the q, k and v projections.
+//! - `qwen3` (Qwen3): rotary on halves, no biases, and an RMS norm of each q and k head
+//!   before rotary (`attn_q_norm`, `attn_k_norm`).
 //!
-//! Both tie the output projection to the token embeddings when the GGUF has no
+//! A `rope_freqs.weight` tensor (Llama 3.1 and later) divides each rotary pair's frequency,
+//! which is how their GGUFs carry the rope scaling for long contexts.
+//!
+//! All tie the output projection to the token embeddings when the GGUF has no
 //! `output.weight` (SmolLM2, small Qwen exports).
 
 use std::io::{Read, Seek};
@@ -26,16 +31,25 @@ pub struct Variant {
     pub rope: RopeStyle,
     /// Whether q, k and v projections carry a bias (qwen2 does).
     pub qkv_bias: bool,
+    /// Whether each q and k head is RMS-normed before rotary (qwen3 does).
+    pub qk_norm: bool,
 }
 
 impl Variant {
     pub const LLAMA: Variant = Variant {
         rope: RopeStyle::Interleaved,
         qkv_bias: false,
+        qk_norm: false,
     };
     pub const QWEN2: Variant = Variant {
         rope: RopeStyle::Halves,
         qkv_bias: true,
+        qk_norm: false,
+    };
+    pub const QWEN3: Variant = Variant {
+        rope: RopeStyle::Halves,
+        qkv_bias: false,
+        qk_norm: true,
     };
 }
 
@@ -44,6 +58,8 @@ struct Layer {
     /// q, k and v projections.
     qkv: LinearGroup,
     bias: Option<[Tensor; 3]>,
+    /// The q and k head norms (qwen3).
+    qk_norm: Option<[Tensor; 2]>,
     wo: Linear,
     ffn_norm: Tensor,
     /// gate and up projections.
@@ -67,6 +83,7 @@ impl Llama {
         file: &mut R,
         config: ModelConfig,
         variant: Variant,
+        max_positions: usize,
         device: &Device,
     ) -> Result<Self> {
         let mut r = Reader {
@@ -88,6 +105,14 @@ impl Llama {
             } else {
                 None
             };
+            let qk_norm = if variant.qk_norm {
+                Some([
+                    r.f32(&format!("{p}.attn_q_norm.weight"))?,
+                    r.f32(&format!("{p}.attn_k_norm.weight"))?,
+                ])
+            } else {
+                None
+            };
             layers.push(Layer {
                 attn_norm: r.f32(&format!("{p}.attn_norm.weight"))?,
                 qkv: LinearGroup::new(vec![
@@ -96,6 +121,7 @@ impl Llama {
                     r.linear(&format!("{p}.attn_v.weight"))?,
                 ]),
                 bias,
+                qk_norm,
                 wo: r.linear(&format!("{p}.attn_output.weight"))?,
                 ffn_norm: r.f32(&format!("{p}.ffn_norm.weight"))?,
                 gate_up: LinearGroup::new(vec![
@@ -105,10 +131,15 @@ impl Llama {
                 w_down: r.linear(&format!("{p}.ffn_down.weight"))?,
             });
         }
-        let rope = RopeTables::new(
+        let divisors = match r.has("rope_freqs.weight") {
+            true => r.f32("rope_freqs.weight")?.to_vec1::<f32>()?,
+            false => vec![1.0; config.head_dim / 2],
+        };
+        let rope = RopeTables::with_divisors(
             config.head_dim,
-            config.context_length,
+            max_positions,
             config.rope_base,
+            &divisors,
             variant.rope,
             device,
         )?;
@@ -140,7 +171,8 @@ impl Model for Llama {
             .layers
             .iter()
             .map(|l| {
-                let bias: usize = l.bias.iter().flatten().map(tensor_bytes).sum();
+                let bias: usize = l.bias.iter().flatten().map(tensor_bytes).sum::<usize>()
+                    + l.qk_norm.iter().flatten().map(tensor_bytes).sum::<usize>();
                 tensor_bytes(&l.attn_norm)
                     + l.qkv.bytes()
                     + bias
@@ -180,6 +212,10 @@ impl Model for Llama {
                 q = q.broadcast_add(bq)?;
                 k = k.broadcast_add(bk)?;
                 v = v.broadcast_add(bv)?;
+            }
+            if let Some([q_norm, k_norm]) = &layer.qk_norm {
+                q = decoder::head_norm(&q, q_norm, self.config.head_dim, eps)?;
+                k = decoder::head_norm(&k, k_norm, self.config.head_dim, eps)?;
             }
             let att = attention.run(index, &q, &k, &v, batch, kv, &step)?;
             x = (x + layer.wo.forward(&att)?)?;

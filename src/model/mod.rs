@@ -2,7 +2,7 @@
 //! batching. A step takes a batch of sequences, each with its new tokens, its start position
 //! and its KV slot, and returns logits only for the sequences that will sample.
 //!
-//! Architectures (`general.architecture` in the GGUF): `llama` and `qwen2`, both run by
+//! Architectures (`general.architecture` in the GGUF): `llama`, `qwen2` and `qwen3`, run by
 //! [`llama::Llama`] with their own [`llama::Variant`]; `gemma3` by [`gemma::Gemma`]. What
 //! they share (tensor reading, embeddings, attention over the cache) is in [`decoder`]. Hyper-parameters are read from the
 //! keys under the architecture's own prefix (`llama.block_count`, `qwen2.rope.freq_base`, ...).
@@ -131,7 +131,7 @@ pub struct LoadedModel {
 }
 
 /// The `general.architecture` values wick runs.
-pub const ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "gemma3"];
+pub const ARCHITECTURES: [&str; 4] = ["llama", "qwen2", "qwen3", "gemma3"];
 
 /// The metadata key that marks a GGUF of random weights written by `wick synth-gguf`.
 pub const SYNTHETIC_KEY: &str = "wick.synthetic";
@@ -182,20 +182,21 @@ pub fn load(path: &Path, entry: &ModelEntry, device: &Device) -> anyhow::Result<
 
     let context_length = entry.context_length.min(config.context_length);
     let weights: Box<dyn Model> = match config.architecture.as_str() {
-        "llama" => Box::new(llama::Llama::load(
-            &content,
-            &mut file,
-            config.clone(),
-            llama::Variant::LLAMA,
-            device,
-        )?),
-        "qwen2" => Box::new(llama::Llama::load(
-            &content,
-            &mut file,
-            config.clone(),
-            llama::Variant::QWEN2,
-            device,
-        )?),
+        "llama" | "qwen2" | "qwen3" => {
+            let variant = match config.architecture.as_str() {
+                "llama" => llama::Variant::LLAMA,
+                "qwen2" => llama::Variant::QWEN2,
+                _ => llama::Variant::QWEN3,
+            };
+            Box::new(llama::Llama::load(
+                &content,
+                &mut file,
+                config.clone(),
+                variant,
+                context_length,
+                device,
+            )?)
+        }
         "gemma3" => Box::new(gemma::Gemma::load(
             &content,
             &mut file,

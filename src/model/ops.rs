@@ -56,9 +56,29 @@ impl RopeTables {
         style: RopeStyle,
         device: &Device,
     ) -> Result<Self> {
+        let divisors = vec![factor; head_dim / 2];
+        Self::with_divisors(head_dim, max_positions, base, &divisors, style, device)
+    }
+
+    /// Tables whose pair `i` turns `divisors[i]` times slower: GGUF's `rope_freqs.weight`
+    /// (Llama 3.1's rope scaling, as llama.cpp's converter writes it, one factor a pair).
+    pub fn with_divisors(
+        head_dim: usize,
+        max_positions: usize,
+        base: f32,
+        divisors: &[f32],
+        style: RopeStyle,
+        device: &Device,
+    ) -> Result<Self> {
         let half = head_dim / 2;
+        if divisors.len() != half {
+            candle_core::bail!(
+                "{} rotary factors for {half} dimension pairs",
+                divisors.len()
+            );
+        }
         let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / base.powf(2.0 * i as f32 / head_dim as f32) / factor)
+            .map(|i| 1.0 / base.powf(2.0 * i as f32 / head_dim as f32) / divisors[i])
             .collect();
         let inv_freq_t = Tensor::from_vec(inv_freq, (1, half), device)?;
         let positions = Tensor::arange(0u32, max_positions as u32, device)?

@@ -1,0 +1,162 @@
+/*
+ * Asks llama.cpp itself what a GGUF does with a text, for wick's reference tests.
+ *
+ *   reference MODEL.gguf tokenize FILE   {"ids": [...]}        the text's ids
+ *   reference MODEL.gguf logits FILE     {"ids": [...], "top": [[[id, logit] x5] per position]}
+ *   reference MODEL.gguf greedy FILE     {"ids": [...], "output_ids": [...], "text": "..."}
+ *
+ * FILE holds the text (raw bytes). Texts are tokenized as llama-server tokenizes a prompt:
+ * special tokens parsed, bos added where the model adds it. `logits` runs the whole text in
+ * one decode with an output at every position (teacher forcing); `greedy` appends up to 16
+ * argmax tokens, stopping at an end-of-generation token. One JSON object on stdout.
+ * scripts/llamacpp-reference/run.py drives it over a list of texts and writes the fixture.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "llama.h"
+
+#define TOP 5
+#define GREEDY 16
+
+static void quiet(enum ggml_log_level level, const char *text, void *data) {
+    (void)level; (void)text; (void)data;
+}
+
+static char *read_file(const char *path, int *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { perror(path); exit(2); }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc(n + 1);
+    if (fread(buf, 1, n, f) != (size_t)n) { perror(path); exit(2); }
+    buf[n] = 0;
+    fclose(f);
+    *len = (int)n;
+    return buf;
+}
+
+/* A JSON string of raw bytes (UTF-8 passes through; quotes, backslashes, controls escaped). */
+static void json_string(const char *s, int n) {
+    putchar('"');
+    for (int i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') printf("\\%c", c);
+        else if (c < 0x20) printf("\\u%04x", c);
+        else putchar(c);
+    }
+    putchar('"');
+}
+
+static void json_ids(const llama_token *ids, int n) {
+    putchar('[');
+    for (int i = 0; i < n; i++) printf(i ? ",%d" : "%d", ids[i]);
+    putchar(']');
+}
+
+/* Decode `n` tokens at positions `start..`, with an output for each when `all`, else the last. */
+static void decode(struct llama_context *ctx, const llama_token *ids, int n, int start, int all) {
+    struct llama_batch batch = llama_batch_init(n, 0, 1);
+    for (int i = 0; i < n; i++) {
+        batch.token[i] = ids[i];
+        batch.pos[i] = start + i;
+        batch.n_seq_id[i] = 1;
+        batch.seq_id[i][0] = 0;
+        batch.logits[i] = all || i == n - 1;
+    }
+    batch.n_tokens = n;
+    if (llama_decode(ctx, batch) != 0) { fprintf(stderr, "llama_decode failed\n"); exit(1); }
+    llama_batch_free(batch);
+}
+
+static int argmax(const float *logits, int vocab) {
+    int best = 0;
+    for (int i = 1; i < vocab; i++) if (logits[i] > logits[best]) best = i;
+    return best;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 4) {
+        fprintf(stderr, "usage: %s MODEL.gguf tokenize|logits|greedy TEXT_FILE\n", argv[0]);
+        return 2;
+    }
+    const char *mode = argv[2];
+    int text_len;
+    char *text = read_file(argv[3], &text_len);
+
+    llama_log_set(quiet, NULL);
+    llama_backend_init();
+    struct llama_model *model = llama_model_load_from_file(argv[1], llama_model_default_params());
+    if (!model) { fprintf(stderr, "cannot load %s\n", argv[1]); return 1; }
+    const struct llama_vocab *vocab = llama_model_get_vocab(model);
+    int n_vocab = llama_vocab_n_tokens(vocab);
+
+    int cap = text_len + 16;
+    llama_token *ids = malloc(sizeof(llama_token) * (cap + GREEDY));
+    int n = llama_tokenize(vocab, text, text_len, ids, cap, true, true);
+    if (n < 0) { fprintf(stderr, "tokenize failed\n"); return 1; }
+
+    printf("{\"ids\":");
+    json_ids(ids, n);
+    if (strcmp(mode, "tokenize") == 0) {
+        printf("}\n");
+        return 0;
+    }
+
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = n + GREEDY + 16;
+    cp.n_batch = cp.n_ubatch = n + GREEDY + 16;
+    cp.n_threads = cp.n_threads_batch = 2;
+    struct llama_context *ctx = llama_init_from_model(model, cp);
+    if (!ctx) { fprintf(stderr, "cannot create a context\n"); return 1; }
+
+    if (strcmp(mode, "logits") == 0) {
+        decode(ctx, ids, n, 0, 1);
+        printf(",\"top\":[");
+        for (int p = 0; p < n; p++) {
+            const float *logits = llama_get_logits_ith(ctx, p);
+            int best[TOP];
+            for (int k = 0; k < TOP; k++) {
+                int b = -1;
+                for (int i = 0; i < n_vocab; i++) {
+                    int taken = 0;
+                    for (int j = 0; j < k; j++) taken |= best[j] == i;
+                    if (!taken && (b < 0 || logits[i] > logits[b])) b = i;
+                }
+                best[k] = b;
+            }
+            printf(p ? ",[" : "[");
+            for (int k = 0; k < TOP; k++) printf(k ? ",[%d,%.6g]" : "[%d,%.6g]", best[k], logits[best[k]]);
+            putchar(']');
+        }
+        printf("]}\n");
+    } else if (strcmp(mode, "greedy") == 0) {
+        decode(ctx, ids, n, 0, 0);
+        llama_token out[GREEDY];
+        int m = 0;
+        char piece[256];
+        char *generated = malloc(GREEDY * 256 + 1);
+        int glen = 0;
+        while (m < GREEDY) {
+            llama_token next = argmax(llama_get_logits_ith(ctx, -1), n_vocab);
+            if (llama_vocab_is_eog(vocab, next)) break;
+            out[m++] = next;
+            int len = llama_token_to_piece(vocab, next, piece, sizeof piece, 0, false);
+            if (len > 0) { memcpy(generated + glen, piece, len); glen += len; }
+            decode(ctx, &next, 1, n + m - 1, 0);
+        }
+        printf(",\"output_ids\":");
+        json_ids(out, m);
+        printf(",\"text\":");
+        json_string(generated, glen);
+        printf("}\n");
+    } else {
+        fprintf(stderr, "unknown mode %s\n", mode);
+        return 2;
+    }
+    llama_free(ctx);
+    llama_model_free(model);
+    return 0;
+}
