@@ -161,13 +161,13 @@ fn logits_by_position(model: &LoadedModel, texts: &[&[u32]], together: bool) -> 
     out
 }
 
-#[test]
-fn gemma3_picks_llamacpp_top_token_at_every_position_alone_and_batched() {
-    let model = load_gemma();
-    let cases = reference().teacher_forced;
+/// llama.cpp's top token at every teacher-forced position of `cases`, within [`TIE`], its
+/// logit within [`LOGIT_DRIFT`] (and [`MEAN_DRIFT`] on average); and each position's logits
+/// the same to the bit whether the texts run alone or batched.
+fn agrees_with_llamacpp(model: &LoadedModel, cases: &[TeacherForced], min_positions: usize) {
     let texts: Vec<&[u32]> = cases.iter().map(|c| c.ids.as_slice()).collect();
-    let alone = logits_by_position(&model, &texts, false);
-    let together = logits_by_position(&model, &texts, true);
+    let alone = logits_by_position(model, &texts, false);
+    let together = logits_by_position(model, &texts, true);
     // A token's logits do not depend on what shares its step, to the bit.
     assert!(
         alone == together,
@@ -176,7 +176,6 @@ fn gemma3_picks_llamacpp_top_token_at_every_position_alone_and_batched() {
 
     let mut failures = Vec::new();
     let mut drift = Vec::new();
-    let mut positions = 0;
     for (case, logits) in cases.iter().zip(&alone) {
         assert_eq!(
             case.top.len(),
@@ -184,7 +183,6 @@ fn gemma3_picks_llamacpp_top_token_at_every_position_alone_and_batched() {
             "one reference row a position"
         );
         for (position, (row, top)) in logits.iter().zip(&case.top).enumerate() {
-            positions += 1;
             let (best, best_logit) = row
                 .iter()
                 .enumerate()
@@ -208,14 +206,58 @@ fn gemma3_picks_llamacpp_top_token_at_every_position_alone_and_batched() {
             }
         }
     }
-    assert!(positions > 60, "the fixture has {positions} positions");
-    // Apart from the largest, the logits move by a few tenths (Gemma's logits run to 30).
-    let mean = drift.iter().sum::<f32>() / drift.len() as f32;
+    let positions = drift.len();
+    assert!(
+        positions >= min_positions,
+        "the fixture has {positions} positions"
+    );
+    let mean = drift.iter().sum::<f32>() / positions as f32;
     assert!(
         mean < MEAN_DRIFT,
         "mean |logit difference| {mean} over {positions} positions"
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn gemma3_picks_llamacpp_top_token_at_every_position_alone_and_batched() {
+    agrees_with_llamacpp(&load_gemma(), &reference().teacher_forced, 100);
+}
+
+/// A GGUF of random weights in tests/fixtures (scripts/llamacpp-reference/random_gguf.py)
+/// and llama.cpp's logits for it.
+fn random_weights(name: &str) -> (LoadedModel, Vec<TeacherForced>) {
+    wick::config::init_threads(None);
+    let path = common::repo_file(&format!("tests/fixtures/random-{name}.gguf"));
+    let mut catalog = Catalog::builtin();
+    let id = futures::executor::block_on(catalog.resolve(
+        path.to_str().unwrap(),
+        &Default::default(),
+        &wick::catalog::Silent,
+    ))
+    .unwrap();
+    let entry = catalog.get(&id).unwrap().clone();
+    let model = wick::model::load(&path, &entry, &Device::Cpu).expect("loads");
+    let json = std::fs::read_to_string(common::repo_file(&format!(
+        "tests/fixtures/random-{name}-reference.json"
+    )))
+    .unwrap();
+    let fixture: Reference = serde_json::from_str(&json).unwrap();
+    (model, fixture.teacher_forced)
+}
+
+/// qwen3: the q and k head norms (random weights; no real Qwen3 GGUF can be fetched here).
+#[test]
+fn qwen3_random_weights_agree_with_llamacpp() {
+    let (model, cases) = random_weights("qwen3");
+    agrees_with_llamacpp(&model, &cases, 90);
+}
+
+/// llama with `rope_freqs.weight`, Llama 3.1's rope scaling (random weights).
+#[test]
+fn llama31_rope_scaling_random_weights_agree_with_llamacpp() {
+    let (model, cases) = random_weights("llama31");
+    agrees_with_llamacpp(&model, &cases, 90);
 }
 
 fn serve_gemma(configure: impl FnOnce(&mut ServeArgs)) -> std::net::SocketAddr {
