@@ -201,8 +201,8 @@ impl Attention<'_> {
         let c = self.config;
         // q and k are this layer's own projections (fresh tensors): nothing else sees them
         // change.
-        rope_in_place(q, &step.positions, &self.rope, c.n_heads)?;
-        rope_in_place(k, &step.positions, &self.rope, c.n_kv_heads)?;
+        rope_in_place(q, &step.positions, self.rope, c.n_heads)?;
+        rope_in_place(k, &step.positions, self.rope, c.n_kv_heads)?;
         let (cache, shape) = (step.kv.cache(index), step.kv.layer_shape());
         write_kv(cache, shape, k, v, &step.slots)?;
         paged_attention(q, cache, shape, c.n_heads, &step.tables, &step.lens)
@@ -294,7 +294,7 @@ impl Attention<'_> {
                 ops::attention_batch(&q, &seqs, heads, &mut out);
             }
         }
-        Tensor::from_vec(out, (row, qw), &self.device)
+        Tensor::from_vec(out, (row, qw), self.device)
     }
 
     /// GPU: the same with tensor operations on a device cache. With `positions` (CUDA),
@@ -315,8 +315,8 @@ impl Attention<'_> {
         if let Some(positions) = positions {
             // q and k are this layer's own projections (fresh tensors): nothing else sees
             // them change.
-            rope_in_place(q, positions, &self.rope, c.n_heads)?;
-            rope_in_place(k, positions, &self.rope, c.n_kv_heads)?;
+            rope_in_place(q, positions, self.rope, c.n_heads)?;
+            rope_in_place(k, positions, self.rope, c.n_kv_heads)?;
         }
         let rotate = |t: Tensor, start: usize| -> Result<Tensor> {
             match positions {

@@ -99,9 +99,10 @@ pub fn paged_attention_host(
                     dst.fill(0.0);
                     continue;
                 }
+                let all = 0..len;
                 ops::attend_many(
                     &[query],
-                    &[0..len],
+                    std::slice::from_ref(&all),
                     (keys.as_slice(), values.as_slice(), 0),
                     &mut [dst],
                 );
