@@ -40,7 +40,7 @@ impl<R: Read + Seek> Reader<'_, R> {
     /// The output projection and the token embeddings. Small models tie the projection to
     /// the embeddings (no `output.weight`: SmolLM2, Gemma): then the quantized embedding
     /// matrix serves as both.
-    pub fn output_and_embeddings(&mut self) -> Result<(Linear, Embeddings)> {
+    fn output_and_embeddings(&mut self) -> Result<(Linear, Embeddings)> {
         let tied = !self.has("output.weight");
         let output = self.linear(if tied {
             "token_embd.weight"
@@ -64,7 +64,7 @@ impl<R: Read + Seek> Reader<'_, R> {
 
 /// Token embeddings. On the CPU they stay in their GGUF format (a 151,936 × 1536 table is
 /// 0.9 GB as f32) and a looked-up row is dequantized when a token needs it.
-pub enum Embeddings {
+enum Embeddings {
     /// The output projection's own matrix (tied embeddings): held once for both uses.
     Output,
     Quantized(QMatrix),
@@ -75,7 +75,7 @@ pub enum Embeddings {
 impl Embeddings {
     /// The embedding rows of `ids`, `[ids, hidden]`; `output` is the model's output
     /// projection (the table itself when tied).
-    pub fn lookup(&self, output: &Linear, ids: &[u32], device: &Device) -> Result<Tensor> {
+    fn lookup(&self, output: &Linear, ids: &[u32], device: &Device) -> Result<Tensor> {
         let matrix = match (self, output) {
             (Embeddings::Dense(table), _) => {
                 return table.index_select(&Tensor::new(ids, device)?, 0)
@@ -97,12 +97,68 @@ impl Embeddings {
     }
 
     /// Bytes held beside the output projection (none when tied).
-    pub fn bytes(&self) -> usize {
+    fn bytes(&self) -> usize {
         match self {
             Embeddings::Output => 0,
             Embeddings::Quantized(m) => m.bytes(),
             Embeddings::Dense(t) => tensor_bytes(t),
         }
+    }
+}
+
+/// Both ends of a decoder: the token embeddings going in, the final norm and the output
+/// projection coming out (tied to the embeddings where the GGUF has no `output.weight`).
+pub struct Ends {
+    embeddings: Embeddings,
+    output_norm: Tensor,
+    output: Linear,
+}
+
+impl Ends {
+    pub fn load<R: Read + Seek>(r: &mut Reader<'_, R>) -> Result<Self> {
+        let (output, embeddings) = r.output_and_embeddings()?;
+        let output_norm = r.f32("output_norm.weight")?;
+        Ok(Self {
+            embeddings,
+            output_norm,
+            output,
+        })
+    }
+
+    /// The embedding rows of every new token of the batch, `[tokens, hidden]`: all
+    /// sequences' tokens form one matrix, so every weight is read once per step however
+    /// many sequences run.
+    pub fn embed(&self, batch: &[SeqChunk<'_>], device: &Device) -> Result<Tensor> {
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        self.embeddings.lookup(&self.output, &ids, device)
+    }
+
+    /// `[sampling sequences, vocab]` logits (f32) from the last layer's output `x`: only the
+    /// last row of each sequence that samples goes through the output projection.
+    pub fn logits(
+        &self,
+        x: &Tensor,
+        batch: &[SeqChunk<'_>],
+        config: &ModelConfig,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let Some(rows) = logit_rows(batch, device)? else {
+            return Tensor::zeros((0, config.vocab_size), DType::F32, device);
+        };
+        let last = ops::rms_norm(
+            &x.index_select(&rows, 0)?,
+            &self.output_norm,
+            config.rms_eps,
+        )?;
+        self.output.forward(&last)?.to_dtype(DType::F32)
+    }
+
+    /// Bytes held; tied embeddings are the output matrix, counted once.
+    pub fn bytes(&self) -> usize {
+        self.embeddings.bytes() + tensor_bytes(&self.output_norm) + self.output.bytes()
     }
 }
 
@@ -120,7 +176,7 @@ pub fn head_norm(x: &Tensor, weight: &Tensor, head_dim: usize, eps: f32) -> Resu
 
 /// The rows of the batch whose logits are wanted (the last token of each sampling sequence),
 /// or `None` when no sequence samples this step.
-pub fn logit_rows(batch: &[SeqChunk<'_>], device: &Device) -> Result<Option<Tensor>> {
+fn logit_rows(batch: &[SeqChunk<'_>], device: &Device) -> Result<Option<Tensor>> {
     let mut last_rows = Vec::new();
     let mut end = 0u32;
     for seq in batch {
@@ -133,11 +189,6 @@ pub fn logit_rows(batch: &[SeqChunk<'_>], device: &Device) -> Result<Option<Tens
         return Ok(None);
     }
     Tensor::new(last_rows.as_slice(), device).map(Some)
-}
-
-/// No logits: a step whose sequences all prefill a chunk that is not their prompt's last.
-pub fn no_logits(config: &ModelConfig, device: &Device) -> Result<Tensor> {
-    Tensor::zeros((0, config.vocab_size), DType::F32, device)
 }
 
 /// One layer's attention: the model's shapes, the rotary tables this layer uses, and its

@@ -17,9 +17,9 @@
 use std::io::{Read, Seek};
 
 use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 
-use super::decoder::{self, Attention, Embeddings, Reader, StepTensors};
+use super::decoder::{self, Attention, Ends, Reader, StepTensors};
 use super::kv_cache::KvPool;
 use super::ops::{self, RopeStyle, RopeTables};
 use super::quant::{tensor_bytes, Linear, LinearGroup};
@@ -48,10 +48,8 @@ struct Layer {
 pub struct Gemma {
     config: ModelConfig,
     device: Device,
-    embeddings: Embeddings,
+    ends: Ends,
     layers: Vec<Layer>,
-    output_norm: Tensor,
-    output: Linear,
     rope_global: RopeTables,
     rope_local: RopeTables,
     window: usize,
@@ -93,8 +91,7 @@ impl Gemma {
             file,
             device,
         };
-        let (output, embeddings) = r.output_and_embeddings()?;
-        let output_norm = r.f32("output_norm.weight")?;
+        let ends = Ends::load(&mut r)?;
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
             let p = format!("blk.{i}");
@@ -157,10 +154,8 @@ impl Gemma {
         Ok(Self {
             config,
             device: device.clone(),
-            embeddings,
+            ends,
             layers,
-            output_norm,
-            output,
             rope_global,
             rope_local,
             window,
@@ -198,17 +193,13 @@ impl Model for Gemma {
                     + l.w_down.bytes()
             })
             .sum();
-        self.embeddings.bytes() + layers + tensor_bytes(&self.output_norm) + self.output.bytes()
+        self.ends.bytes() + layers
     }
 
     fn forward(&self, batch: &[SeqChunk<'_>], kv: &KvPool) -> Result<Tensor> {
         let c = &self.config;
         let eps = c.rms_eps;
-        let ids: Vec<u32> = batch
-            .iter()
-            .flat_map(|s| s.tokens.iter().copied())
-            .collect();
-        let x = self.embeddings.lookup(&self.output, &ids, &self.device)?;
+        let x = self.ends.embed(batch, &self.device)?;
         let mut x = (x * (c.hidden as f64).sqrt())?;
         let step = StepTensors::new(batch, kv, &self.device)?;
         for (index, layer) in self.layers.iter().enumerate() {
@@ -245,10 +236,6 @@ impl Model for Gemma {
             let ffn = layer.w_down.forward(&(gate.gelu()? * up)?)?;
             x = (x + ops::rms_norm(&ffn, &layer.post_ffw_norm, eps)?)?;
         }
-        let Some(rows) = decoder::logit_rows(batch, &self.device)? else {
-            return decoder::no_logits(c, &self.device);
-        };
-        let last = ops::rms_norm(&x.index_select(&rows, 0)?, &self.output_norm, eps)?;
-        self.output.forward(&last)?.to_dtype(DType::F32)
+        self.ends.logits(&x, batch, &self.config, &self.device)
     }
 }

@@ -17,9 +17,9 @@
 use std::io::{Read, Seek};
 
 use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 
-use super::decoder::{self, Attention, Embeddings, Reader, StepTensors};
+use super::decoder::{self, Attention, Ends, Reader, StepTensors};
 use super::kv_cache::KvPool;
 use super::ops::{self, RopeStyle, RopeTables};
 use super::quant::{Linear, LinearGroup};
@@ -70,10 +70,8 @@ struct Layer {
 pub struct Llama {
     config: ModelConfig,
     device: Device,
-    embeddings: Embeddings,
+    ends: Ends,
     layers: Vec<Layer>,
-    output_norm: Tensor,
-    output: Linear,
     rope: RopeTables,
 }
 
@@ -91,8 +89,7 @@ impl Llama {
             file,
             device,
         };
-        let (output, embeddings) = r.output_and_embeddings()?;
-        let output_norm = r.f32("output_norm.weight")?;
+        let ends = Ends::load(&mut r)?;
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
             let p = format!("blk.{i}");
@@ -146,10 +143,8 @@ impl Llama {
         Ok(Self {
             config,
             device: device.clone(),
-            embeddings,
+            ends,
             layers,
-            output_norm,
-            output,
             rope,
         })
     }
@@ -182,18 +177,12 @@ impl Model for Llama {
                     + l.w_down.bytes()
             })
             .sum();
-        self.embeddings.bytes() + layers + tensor_bytes(&self.output_norm) + self.output.bytes()
+        self.ends.bytes() + layers
     }
 
     fn forward(&self, batch: &[SeqChunk<'_>], kv: &KvPool) -> Result<Tensor> {
         let eps = self.config.rms_eps;
-        let ids: Vec<u32> = batch
-            .iter()
-            .flat_map(|s| s.tokens.iter().copied())
-            .collect();
-        // All new tokens of all sequences form one matrix, so every weight is read once per
-        // step however many sequences run.
-        let mut x = self.embeddings.lookup(&self.output, &ids, &self.device)?;
+        let mut x = self.ends.embed(batch, &self.device)?;
         let step = StepTensors::new(batch, kv, &self.device)?;
         let attention = Attention {
             config: &self.config,
@@ -228,11 +217,6 @@ impl Model for Llama {
             let act = ops::swiglu(&gate, &up)?;
             x = (x + layer.w_down.forward(&act)?)?;
         }
-        // Only the last row of each sampling sequence goes through the output projection.
-        let Some(rows) = decoder::logit_rows(batch, &self.device)? else {
-            return decoder::no_logits(&self.config, &self.device);
-        };
-        let last = ops::rms_norm(&x.index_select(&rows, 0)?, &self.output_norm, eps)?;
-        self.output.forward(&last)?.to_dtype(DType::F32)
+        self.ends.logits(&x, batch, &self.config, &self.device)
     }
 }
