@@ -3,7 +3,9 @@
 # (the candle-kernels crate: its PTX modules and its static library of llama.cpp-derived
 # matrix kernels, most of a cuda build's time on two cores) are replaced by empty outputs,
 # since a lint build never links or runs them; everything else, wick's own kernels/*.cu
-# included, goes to the real compiler. Never use it for a build that runs on a GPU.
+# included, goes to the real compiler. Never use it for a build that runs on a GPU, and
+# remove candle-kernels' build outputs after it (.ci/run does), or a later cuda build in the
+# same target dir keeps the stubs.
 #
 # Usage: NVCC="$PWD/scripts/nvcc-lint.sh" REAL_NVCC="$CUDA_ROOT/bin/nvcc" cargo clippy ...
 set -euo pipefail
