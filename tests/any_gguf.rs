@@ -369,6 +369,17 @@ async fn files_that_cannot_be_served_are_refused_with_their_reason() {
         assert!(err.contains(says), "a GGUF cut at {at}: {err}");
     }
 
+    // A model larger than the whole memory budget (unloading others cannot help).
+    let mut args = ServeArgs::local_ephemeral();
+    args.catalog.catalog = Some(common::repo_file("models.toml"));
+    args.model = Some(gemma_path().to_string_lossy().into_owned());
+    args.memory_budget = Some("50MB".parse().unwrap());
+    let err = match Server::build(&args, &wick::catalog::Silent).await {
+        Err(e) => format!("{e:#}"),
+        Ok(_) => panic!("a model over the memory budget was served"),
+    };
+    assert!(err.contains("more than --memory-budget"), "{err}");
+
     let mamba = scratch("mamba.gguf");
     gguf_with(
         &mamba,

@@ -87,14 +87,35 @@ async fn least_recently_used_model_is_unloaded_and_loading_does_not_block_others
 
 #[tokio::test]
 async fn a_memory_budget_unloads_what_does_not_fit() {
-    // 400 MiB holds SmolLM2 (98 MB file, 113 MB of f32 embeddings, 94 MB of KV) alone: the
-    // 0.5B model (491 MB file) never fits beside it.
-    let addr = server(|a| a.memory_budget = Some(bytesize::ByteSize::mib(400)));
+    // 550 MiB holds either model alone (SmolLM2 about 100 MiB of weights, Qwen2.5-Coder-0.5B
+    // about 480 MiB, each with a few MiB of KV cache at 1024 tokens × 2 slots), never both.
+    let addr = server(|a| a.memory_budget = Some(bytesize::ByteSize::mib(550)));
     assert_eq!(loaded(addr).await, [TIER_1]);
     assert_eq!(chat(addr, TIER_2).await["model"], TIER_2);
     assert_eq!(loaded(addr).await, [TIER_2]);
     assert_eq!(chat(addr, TIER_1).await["model"], TIER_1);
     assert_eq!(loaded(addr).await, [TIER_1]);
+}
+
+#[tokio::test]
+async fn a_model_larger_than_the_whole_budget_is_refused_and_the_others_still_answer() {
+    let addr = server(|a| a.memory_budget = Some(bytesize::ByteSize::mib(200)));
+    let body = json!({
+        "model": TIER_2, "max_tokens": 2,
+        "messages": [{ "role": "user", "content": "Hi" }]
+    });
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .expect("request sent");
+    let status = r.status().as_u16();
+    let error: Value = r.json().await.expect("an OpenAI-shaped error");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(status >= 500, "status {status}: {error}");
+    assert!(message.contains("more than --memory-budget"), "{error}");
+    assert_eq!(chat(addr, TIER_1).await["model"], TIER_1);
 }
 
 #[tokio::test]

@@ -166,7 +166,22 @@ impl ModelRegistry {
         };
         // The weights as the kernels hold them (token embeddings stay quantized on the CPU).
         let weights = loaded.weights.weight_bytes() as u64;
-        let bytes = weights + self.engine.kv_bytes(&kv, &self.device);
+        let kv_bytes = self.engine.kv_bytes(&kv, &self.device);
+        let bytes = weights + kv_bytes;
+        if let Some(budget) = self.limits.memory_budget.filter(|&b| bytes > b) {
+            // Unloading others cannot make room for a model larger than the whole budget.
+            anyhow::bail!(
+                "model '{}' needs {} MiB ({} MiB of weights, {} MiB of KV cache for {} tokens \
+                 of context), more than --memory-budget ({} MiB); raise the budget, or lower \
+                 --ctx-size or --parallel",
+                entry.id,
+                bytes >> 20,
+                weights >> 20,
+                kv_bytes >> 20,
+                kv.capacity,
+                budget >> 20
+            );
+        }
         let frontend = loaded.frontend.clone();
         let engine = Engine::start(loaded, self.engine.clone())?;
         tracing::info!(model = %entry.id, mib = bytes >> 20, "model ready");
