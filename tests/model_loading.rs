@@ -20,7 +20,8 @@ fn server(configure: impl FnOnce(&mut ServeArgs)) -> SocketAddr {
     common::start_server(args)
 }
 
-async fn chat(addr: SocketAddr, model: &str) -> Value {
+/// A two-token chat with `model`: its status and JSON body.
+async fn try_chat(addr: SocketAddr, model: &str) -> (u16, Value) {
     let body = json!({
         "model": model, "max_tokens": 2, "temperature": 0,
         "messages": [{ "role": "user", "content": "Hi" }]
@@ -31,8 +32,13 @@ async fn chat(addr: SocketAddr, model: &str) -> Value {
         .send()
         .await
         .expect("request sent");
-    assert_eq!(r.status(), 200);
-    r.json().await.expect("JSON")
+    (r.status().as_u16(), r.json().await.expect("JSON"))
+}
+
+async fn chat(addr: SocketAddr, model: &str) -> Value {
+    let (status, body) = try_chat(addr, model).await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 /// The /v1/models listing.
@@ -100,18 +106,7 @@ async fn a_memory_budget_unloads_what_does_not_fit() {
 #[tokio::test]
 async fn a_model_larger_than_the_whole_budget_is_refused_and_the_others_still_answer() {
     let addr = server(|a| a.memory_budget = Some(bytesize::ByteSize::mib(200)));
-    let body = json!({
-        "model": TIER_2, "max_tokens": 2,
-        "messages": [{ "role": "user", "content": "Hi" }]
-    });
-    let r = reqwest::Client::new()
-        .post(format!("http://{addr}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .expect("request sent");
-    let status = r.status().as_u16();
-    let error: Value = r.json().await.expect("an OpenAI-shaped error");
+    let (status, error) = try_chat(addr, TIER_2).await;
     let message = error["error"]["message"].as_str().unwrap_or_default();
     assert!(status >= 500, "status {status}: {error}");
     assert!(message.contains("more than --memory-budget"), "{error}");
