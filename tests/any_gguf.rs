@@ -253,6 +253,14 @@ fn qwen3_random_weights_agree_with_llamacpp() {
     agrees_with_llamacpp(&model, &cases, 90);
 }
 
+/// gemma2: post-norms, GeGLU, a sliding window on even layers, attention and final logit
+/// soft-capping (random weights, window 8 and caps small enough to matter here).
+#[test]
+fn gemma2_random_weights_agree_with_llamacpp() {
+    let (model, cases) = random_weights("gemma2");
+    agrees_with_llamacpp(&model, &cases, 90);
+}
+
 /// llama with `rope_freqs.weight`, Llama 3.1's rope scaling (random weights).
 #[test]
 fn llama31_rope_scaling_random_weights_agree_with_llamacpp() {

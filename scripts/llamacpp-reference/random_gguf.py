@@ -4,8 +4,9 @@ weights cannot be downloaded here, for wick's reference tests against llama.cpp.
 
     scripts/llamacpp-reference/random_gguf.py OUT_DIR
 
-Writes random-qwen3.gguf (per-head q/k norms) and random-llama31.gguf (llama with a
-`rope_freqs.weight`, Llama 3.1's rope scaling), each two layers of width 128 with Q8_0
+Writes random-qwen3.gguf (per-head q/k norms), random-llama31.gguf (llama with a
+`rope_freqs.weight`, Llama 3.1's rope scaling) and random-gemma2.gguf (post-norms, GeGLU,
+a sliding window of 8 on even layers, attention and final logit soft-capping), each two layers of width 128 with Q8_0
 matrices (an untied output), f32 norms and a byte-level BPE vocabulary of 256 bytes plus a few merges and
 <|endoftext|> (names, shapes and keys as llama.cpp's convert_hf_to_gguf.py writes them).
 Seeded: the same files every run. Their logits mean nothing; only agreement does.
@@ -64,6 +65,11 @@ def write(path, arch, seed):
     w.add_rope_freq_base(1_000_000.0 if arch == "qwen3" else 500_000.0)
     if arch == "llama":
         w.add_rope_dimension_count(HEAD_DIM)
+    if arch == "gemma2":
+        # Small enough that both matter for these random weights and short texts.
+        w.add_sliding_window(8)
+        w.add_attn_logit_softcapping(5.0)
+        w.add_final_logit_softcapping(10.0)
     n_vocab = vocab(w)
 
     def matrix(name, rows, cols, scale=1.0):
@@ -76,8 +82,12 @@ def write(path, arch, seed):
 
     # Embeddings of unit scale, and an output projection of its own whose logits spread over
     # a few units, so the top token depends on everything before it.
-    matrix("token_embd.weight", n_vocab, HIDDEN, scale=np.sqrt(HIDDEN))
-    matrix("output.weight", n_vocab, HIDDEN, scale=3.0)
+    # (Gemma ties its output to the embeddings, which it scales by sqrt(hidden) on the way in.)
+    if arch == "gemma2":
+        matrix("token_embd.weight", n_vocab, HIDDEN, scale=3.0)
+    else:
+        matrix("token_embd.weight", n_vocab, HIDDEN, scale=np.sqrt(HIDDEN))
+        matrix("output.weight", n_vocab, HIDDEN, scale=3.0)
     norm("output_norm.weight", HIDDEN)
     if arch == "llama":
         # Llama 3.1's shape: high frequencies untouched, low ones slowed up to 8 times.
@@ -92,6 +102,9 @@ def write(path, arch, seed):
             norm(f"{p}.attn_q_norm.weight", HEAD_DIM)
             norm(f"{p}.attn_k_norm.weight", HEAD_DIM)
         matrix(f"{p}.attn_output.weight", HIDDEN, HEADS * HEAD_DIM)
+        if arch == "gemma2":
+            norm(f"{p}.post_attention_norm.weight", HIDDEN)
+            norm(f"{p}.post_ffw_norm.weight", HIDDEN)
         norm(f"{p}.ffn_norm.weight", HIDDEN)
         matrix(f"{p}.ffn_gate.weight", FFN, HIDDEN)
         matrix(f"{p}.ffn_up.weight", FFN, HIDDEN)
@@ -106,3 +119,4 @@ if __name__ == "__main__":
     out = sys.argv[1]
     write(os.path.join(out, "random-qwen3.gguf"), "qwen3", 3)
     write(os.path.join(out, "random-llama31.gguf"), "llama", 31)
+    write(os.path.join(out, "random-gemma2.gguf"), "gemma2", 2)

@@ -198,6 +198,8 @@ pub struct Attention<'a> {
     pub device: &'a Device,
     pub rope: &'a RopeTables,
     pub window: Option<usize>,
+    /// Attention scores soft-capped at this (Gemma 2), if at all.
+    pub softcap: Option<f32>,
 }
 
 impl Attention<'_> {
@@ -217,6 +219,12 @@ impl Attention<'_> {
         kv: &KvPool,
         step: &StepTensors<'_>,
     ) -> Result<Tensor> {
+        if let (StepTensors::Paged(_), Some(_)) = (step, self.softcap) {
+            candle_core::bail!(
+                "attention soft-capping is not supported by the paged KV cache yet; serve this \
+                 model with --kv-cache slots"
+            );
+        }
         if let (StepTensors::Paged(_), Some(window)) = (step, self.window) {
             // The paged CUDA kernel attends over everything before a query; within the first
             // `window` positions that is the same.
@@ -312,6 +320,7 @@ impl Attention<'_> {
             head_dim: hd,
             capacity,
             window: self.window,
+            softcap: self.softcap,
         };
         let mut out = vec![0f32; q.len()];
         // The default f16 cache is read as plain slices, so reading a row is no dispatch on
@@ -389,7 +398,14 @@ impl Attention<'_> {
             let ks = rotate(heads(k, c.n_kv_heads)?, seq.start)?;
             let vs = heads(v, c.n_kv_heads)?;
             let (keys, values) = kv.slot(seq.slot).append(index, seq.start, &ks, &vs)?;
-            outputs.push(ops::attention(&qs, &keys, &values, seq.start, self.window)?);
+            outputs.push(ops::attention(
+                &qs,
+                &keys,
+                &values,
+                seq.start,
+                self.window,
+                self.softcap,
+            )?);
             row += len;
         }
         if outputs.len() == 1 {

@@ -1,5 +1,5 @@
-//! The Gemma family, Gemma 3 (`gemma3` in the GGUF; the 270M, 1B and text layers of the
-//! larger ones). What sets it apart from the llama family (llama.rs):
+//! The Gemma family: Gemma 3 (`gemma3` in the GGUF; the 270M, 1B and text layers of the
+//! larger ones) and Gemma 2 (`gemma2`). What sets them apart from the llama family (llama.rs):
 //!
 //! - token embeddings scaled by `sqrt(hidden)` before the first layer;
 //! - four norms a layer: before and after attention, before and after the feed-forward
@@ -10,6 +10,11 @@
 //!   `gemma3.attention.sliding_window`), whose rotary base is 10,000 while the global
 //!   layers use `gemma3.rope.freq_base` (with linear scaling where the GGUF asks for it);
 //! - rotary on halves (GPT-NeoX style) and tied output embeddings.
+//!
+//! Gemma 2 differs from Gemma 3: no q/k norms; every other layer (the even ones) slides, all
+//! with one rotary base; attention scores and final logits are soft-capped
+//! (`cap * tanh(x / cap)`, caps from `gemma2.attn_logit_softcapping` and
+//! `gemma2.final_logit_softcapping`).
 //!
 //! The attention itself, the KV cache and the kernels are shared with llama.rs
 //! (decoder.rs, ops.rs, quant/).
@@ -25,16 +30,18 @@ use super::ops::{self, RopeStyle, RopeTables};
 use super::quant::{tensor_bytes, Linear, LinearGroup};
 use super::{Model, ModelConfig, SeqChunk};
 
-/// Layers per repeat of the sliding-window pattern: the last of each six is global.
+/// Layers per repeat of the sliding-window pattern: the last of each six is global in Gemma 3,
+/// the odd ones in Gemma 2.
 const SLIDING_PATTERN: usize = 6;
+const SLIDING_PATTERN_GEMMA2: usize = 2;
 /// The rotary base of the sliding-window layers when the GGUF does not name one.
 const LOCAL_ROPE_BASE: f32 = 10_000.0;
 
 struct Layer {
     attn_norm: Tensor,
     qkv: LinearGroup,
-    q_norm: Tensor,
-    k_norm: Tensor,
+    /// The q and k head norms (Gemma 3).
+    qk_norm: Option<[Tensor; 2]>,
     wo: Linear,
     post_attention_norm: Tensor,
     ffn_norm: Tensor,
@@ -56,6 +63,9 @@ pub struct Gemma {
     /// What q is multiplied by before attention, beyond the shared attention's own
     /// `1/sqrt(head_dim)` (1 for every size but the 27B).
     q_scale: f64,
+    /// Gemma 2's soft caps of attention scores and of the final logits.
+    attn_softcap: Option<f32>,
+    final_softcap: Option<f32>,
 }
 
 impl Gemma {
@@ -83,9 +93,16 @@ impl Gemma {
             .ok_or_else(|| {
                 candle_core::Error::Msg(format!("{arch}.attention.sliding_window is missing"))
             })?;
-        if meta_f32("attn_logit_softcapping").is_some() {
-            candle_core::bail!("{arch}: attention logit soft-capping is not supported yet");
-        }
+        let gemma2 = arch == "gemma2";
+        let pattern = if gemma2 {
+            SLIDING_PATTERN_GEMMA2
+        } else {
+            SLIDING_PATTERN
+        };
+        let (attn_softcap, final_softcap) = (
+            meta_f32("attn_logit_softcapping"),
+            meta_f32("final_logit_softcapping"),
+        );
         let mut r = Reader {
             content,
             file,
@@ -96,8 +113,12 @@ impl Gemma {
         for i in 0..config.n_layers {
             let p = format!("blk.{i}");
             let mut f32 = |name: &str| r.f32(&format!("{p}.{name}.weight"));
-            let (attn_norm, q_norm, k_norm) =
-                (f32("attn_norm")?, f32("attn_q_norm")?, f32("attn_k_norm")?);
+            let attn_norm = f32("attn_norm")?;
+            let qk_norm = if gemma2 {
+                None
+            } else {
+                Some([f32("attn_q_norm")?, f32("attn_k_norm")?])
+            };
             let (post_attention_norm, ffn_norm, post_ffw_norm) = (
                 f32("post_attention_norm")?,
                 f32("ffn_norm")?,
@@ -111,15 +132,14 @@ impl Gemma {
                     linear("attn_k")?,
                     linear("attn_v")?,
                 ]),
-                q_norm,
-                k_norm,
+                qk_norm,
                 wo: linear("attn_output")?,
                 post_attention_norm,
                 ffn_norm,
                 gate_up: LinearGroup::new(vec![linear("ffn_gate")?, linear("ffn_up")?]),
                 w_down: linear("ffn_down")?,
                 post_ffw_norm,
-                sliding: i % SLIDING_PATTERN < SLIDING_PATTERN - 1,
+                sliding: i % pattern < pattern - 1,
             });
         }
         let hd = config.head_dim;
@@ -141,11 +161,16 @@ impl Gemma {
             RopeStyle::Halves,
             device,
         )?;
-        let local_base = meta_f32("rope.freq_base_swa").unwrap_or(LOCAL_ROPE_BASE);
+        // Gemma 2's sliding layers rotate as its global ones do, unless the GGUF says.
+        let local_base = meta_f32("rope.freq_base_swa").unwrap_or(match gemma2 {
+            true => config.rope_base,
+            false => LOCAL_ROPE_BASE,
+        });
         let rope_local = RopeTables::new(hd, max_positions, local_base, RopeStyle::Halves, device)?;
-        // Queries are scaled by 1/sqrt(head_dim), except in the 27B (62 layers), whose
-        // query_pre_attn_scalar is hidden / heads (as llama.cpp reads Gemma 3 too).
-        let q_scale = if config.n_layers == 62 {
+        // Queries are scaled by 1/sqrt(head_dim), except in the 27Bs (Gemma 2: 46 layers,
+        // Gemma 3: 62), whose query_pre_attn_scalar is hidden / heads (as llama.cpp reads them).
+        let is_27b = config.n_layers == if gemma2 { 46 } else { 62 };
+        let q_scale = if is_27b {
             let wanted = 1.0 / ((config.hidden / config.n_heads) as f64).sqrt();
             wanted * (hd as f64).sqrt()
         } else {
@@ -160,6 +185,8 @@ impl Gemma {
             rope_local,
             window,
             q_scale,
+            attn_softcap,
+            final_softcap,
         })
     }
 }
@@ -180,13 +207,12 @@ impl Model for Gemma {
             .map(|l| {
                 let norms = [
                     &l.attn_norm,
-                    &l.q_norm,
-                    &l.k_norm,
                     &l.post_attention_norm,
                     &l.ffn_norm,
                     &l.post_ffw_norm,
                 ];
                 norms.into_iter().map(tensor_bytes).sum::<usize>()
+                    + l.qk_norm.iter().flatten().map(tensor_bytes).sum::<usize>()
                     + l.qkv.bytes()
                     + l.wo.bytes()
                     + l.gate_up.bytes()
@@ -204,16 +230,18 @@ impl Model for Gemma {
         let step = StepTensors::new(batch, kv, &self.device)?;
         for (index, layer) in self.layers.iter().enumerate() {
             let h = ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let [q, k, v]: [Tensor; 3] = layer
+            let [mut q, mut k, v]: [Tensor; 3] = layer
                 .qkv
                 .forward(&h)?
                 .try_into()
                 .expect("three projections");
-            let mut q = decoder::head_norm(&q, &layer.q_norm, c.head_dim, eps)?;
+            if let Some([q_norm, k_norm]) = &layer.qk_norm {
+                q = decoder::head_norm(&q, q_norm, c.head_dim, eps)?;
+                k = decoder::head_norm(&k, k_norm, c.head_dim, eps)?;
+            }
             if self.q_scale != 1.0 {
                 q = (q * self.q_scale)?;
             }
-            let k = decoder::head_norm(&k, &layer.k_norm, c.head_dim, eps)?;
             let attention = Attention {
                 config: c,
                 device: &self.device,
@@ -223,6 +251,7 @@ impl Model for Gemma {
                     &self.rope_global
                 },
                 window: layer.sliding.then_some(self.window),
+                softcap: self.attn_softcap,
             };
             let att = attention.run(index, &q, &k, &v, batch, kv, &step)?;
             let att = ops::rms_norm(&layer.wo.forward(&att)?, &layer.post_attention_norm, eps)?;
@@ -236,6 +265,10 @@ impl Model for Gemma {
             let ffn = layer.w_down.forward(&(gate.gelu()? * up)?)?;
             x = (x + ops::rms_norm(&ffn, &layer.post_ffw_norm, eps)?)?;
         }
-        self.ends.logits(&x, batch, &self.config, &self.device)
+        let logits = self.ends.logits(&x, batch, &self.config, &self.device)?;
+        match self.final_softcap {
+            Some(cap) => (logits / cap as f64)?.tanh()? * cap as f64,
+            None => Ok(logits),
+        }
     }
 }

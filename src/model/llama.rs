@@ -189,6 +189,7 @@ impl Model for Llama {
             device: &self.device,
             rope: &self.rope,
             window: None,
+            softcap: None,
         };
         for (index, layer) in self.layers.iter().enumerate() {
             let h = ops::rms_norm(&x, &layer.attn_norm, eps)?;

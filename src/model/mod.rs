@@ -3,7 +3,7 @@
 //! and its KV slot, and returns logits only for the sequences that will sample.
 //!
 //! Architectures (`general.architecture` in the GGUF): `llama`, `qwen2` and `qwen3`, run by
-//! [`llama::Llama`] with their own [`llama::Variant`]; `gemma3` by [`gemma::Gemma`]. What
+//! [`llama::Llama`] with their own [`llama::Variant`]; `gemma2` and `gemma3` by [`gemma::Gemma`]. What
 //! they share (tensor reading, embeddings, attention over the cache) is in [`decoder`]. Hyper-parameters are read from the
 //! keys under the architecture's own prefix (`llama.block_count`, `qwen2.rope.freq_base`, ...).
 
@@ -131,7 +131,7 @@ pub struct LoadedModel {
 }
 
 /// The `general.architecture` values wick runs.
-pub const ARCHITECTURES: [&str; 4] = ["llama", "qwen2", "qwen3", "gemma3"];
+pub const ARCHITECTURES: [&str; 5] = ["llama", "qwen2", "qwen3", "gemma2", "gemma3"];
 
 /// The metadata key that marks a GGUF of random weights written by `wick synth-gguf`.
 pub const SYNTHETIC_KEY: &str = "wick.synthetic";
@@ -197,7 +197,7 @@ pub fn load(path: &Path, entry: &ModelEntry, device: &Device) -> anyhow::Result<
                 device,
             )?)
         }
-        "gemma3" => Box::new(gemma::Gemma::load(
+        "gemma2" | "gemma3" => Box::new(gemma::Gemma::load(
             &content,
             &mut file,
             config.clone(),

@@ -157,6 +157,8 @@ pub struct Heads {
     pub capacity: usize,
     /// A sliding window: a query at position `p` sees keys `p + 1 - window ..= p` only.
     pub window: Option<usize>,
+    /// Scores soft-capped to `(-cap, cap)` by `cap * tanh(score / cap)` (Gemma 2).
+    pub softcap: Option<f32>,
 }
 
 /// Causal attention of one sequence's new queries over its host KV cache, heads spread
@@ -181,6 +183,7 @@ pub fn attention_host<C: CacheRows + ?Sized>(
         head_dim,
         capacity,
         window: None,
+        softcap: None,
     };
     let rows = 0..q.len() / (n_heads * head_dim);
     let seq = HostSeq {
@@ -213,6 +216,7 @@ pub fn attention_batch<C: CacheRows + ?Sized>(
         head_dim,
         capacity,
         window,
+        softcap,
     } = heads;
     let width = n_heads * head_dim;
     let group = n_heads / n_kv_heads;
@@ -260,7 +264,13 @@ pub fn attention_batch<C: CacheRows + ?Sized>(
             }
         }
         let first = (h0 / group) * capacity;
-        attend_many(&queries, &visible, (seq.keys, seq.values, first), &mut outs);
+        attend_many(
+            &queries,
+            &visible,
+            (seq.keys, seq.values, first),
+            softcap,
+            &mut outs,
+        );
     });
 }
 
@@ -283,6 +293,7 @@ pub fn attend_many<C: CacheRows + ?Sized>(
     queries: &[&[f32]],
     visible: &[std::ops::Range<usize>],
     (keys, values, first): (&C, &C, usize),
+    softcap: Option<f32>,
     outs: &mut [&mut [f32]],
 ) {
     let (Some(least), Some(most)) = (
@@ -301,7 +312,11 @@ pub fn attend_many<C: CacheRows + ?Sized>(
         keys.widen_row(first + j, &mut row);
         for (a, q) in queries.iter().enumerate() {
             if visible[a].contains(&j) {
-                scores[a * span + j - least] = dot_f32(q, &row) * scale;
+                let score = dot_f32(q, &row) * scale;
+                scores[a * span + j - least] = match softcap {
+                    Some(cap) => cap * (score / cap).tanh(),
+                    None => score,
+                };
             }
         }
     }
@@ -403,6 +418,7 @@ pub fn attention(
     v: &Tensor,
     start: usize,
     window: Option<usize>,
+    softcap: Option<f32>,
 ) -> Result<Tensor> {
     let (n_heads, len, head_dim) = q.dims3()?;
     let (n_kv_heads, total, _) = k.dims3()?;
@@ -411,7 +427,10 @@ pub fn attention(
     // one matrix of `group * len` rows.
     let q = q.reshape((n_kv_heads, group * len, head_dim))?;
     let scale = 1.0 / (head_dim as f64).sqrt();
-    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    if let Some(cap) = softcap {
+        scores = ((scores / cap as f64)?.tanh()? * cap as f64)?;
+    }
     // One new token sees every cached one, unless a window hides the oldest.
     let masked = len > 1 || window.is_some_and(|w| total > w);
     let scores = if masked {
@@ -573,7 +592,7 @@ mod tests {
                 let k = cache_k.narrow(1, 0, start + len).unwrap();
                 let v = cache_v.narrow(1, 0, start + len).unwrap();
                 let want = attention_reference(&q, &k, &v, start, window);
-                let tensors = attention(&q, &k, &v, start, window).unwrap();
+                let tensors = attention(&q, &k, &v, start, window, None).unwrap();
                 let mut out = vec![0f32; len * n_heads * hd];
                 let (kd, vd) = (flat(&cache_k), flat(&cache_v));
                 let heads = Heads {
@@ -582,6 +601,7 @@ mod tests {
                     head_dim: hd,
                     capacity: cap,
                     window,
+                    softcap: None,
                 };
                 let seq = HostSeq {
                     keys: &kd[..],

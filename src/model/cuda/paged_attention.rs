@@ -104,6 +104,7 @@ pub fn paged_attention_host(
                     &[query],
                     std::slice::from_ref(&all),
                     (keys.as_slice(), values.as_slice(), 0),
+                    None,
                     &mut [dst],
                 );
             }
