@@ -34,6 +34,9 @@ const TIE: f32 = 0.25;
 /// blocks for K-quants). A wrong norm, scale or rotary base moves them by several logits.
 const LOGIT_DRIFT: f32 = 1.5;
 const MEAN_DRIFT: f32 = 0.5;
+/// The same for the two-layer random-weight GGUFs, whose every matrix is Q8_0 (both engines
+/// then quantize activations alike): measured at most 0.03 on average.
+const RANDOM_DRIFT: (f32, f32) = (0.25, 0.05);
 
 #[derive(Deserialize)]
 struct Reference {
@@ -164,7 +167,12 @@ fn logits_by_position(model: &LoadedModel, texts: &[&[u32]], together: bool) -> 
 /// llama.cpp's top token at every teacher-forced position of `cases`, within [`TIE`], its
 /// logit within [`LOGIT_DRIFT`] (and [`MEAN_DRIFT`] on average); and each position's logits
 /// the same to the bit whether the texts run alone or batched.
-fn agrees_with_llamacpp(model: &LoadedModel, cases: &[TeacherForced], min_positions: usize) {
+fn agrees_with_llamacpp(
+    model: &LoadedModel,
+    cases: &[TeacherForced],
+    min_positions: usize,
+    (logit_drift, mean_drift): (f32, f32),
+) {
     let texts: Vec<&[u32]> = cases.iter().map(|c| c.ids.as_slice()).collect();
     let alone = logits_by_position(model, &texts, false);
     let together = logits_by_position(model, &texts, true);
@@ -192,7 +200,7 @@ fn agrees_with_llamacpp(model: &LoadedModel, cases: &[TeacherForced], min_positi
             // wick's logit of llama.cpp's choice, next to llama.cpp's own.
             let theirs = row[want as usize];
             drift.push((theirs - want_logit).abs());
-            if (theirs - want_logit).abs() > LOGIT_DRIFT {
+            if (theirs - want_logit).abs() > logit_drift {
                 failures.push(format!(
                     "position {position}: token {want} has logit {theirs} in wick, \
                      {want_logit} in llama.cpp"
@@ -213,7 +221,7 @@ fn agrees_with_llamacpp(model: &LoadedModel, cases: &[TeacherForced], min_positi
     );
     let mean = drift.iter().sum::<f32>() / positions as f32;
     assert!(
-        mean < MEAN_DRIFT,
+        mean < mean_drift,
         "mean |logit difference| {mean} over {positions} positions"
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -221,7 +229,12 @@ fn agrees_with_llamacpp(model: &LoadedModel, cases: &[TeacherForced], min_positi
 
 #[test]
 fn gemma3_picks_llamacpp_top_token_at_every_position_alone_and_batched() {
-    agrees_with_llamacpp(&load_gemma(), &reference().teacher_forced, 100);
+    agrees_with_llamacpp(
+        &load_gemma(),
+        &reference().teacher_forced,
+        100,
+        (LOGIT_DRIFT, MEAN_DRIFT),
+    );
 }
 
 /// A GGUF of random weights in tests/fixtures (scripts/llamacpp-reference/random_gguf.py)
@@ -250,7 +263,7 @@ fn random_weights(name: &str) -> (LoadedModel, Vec<TeacherForced>) {
 #[test]
 fn qwen3_random_weights_agree_with_llamacpp() {
     let (model, cases) = random_weights("qwen3");
-    agrees_with_llamacpp(&model, &cases, 90);
+    agrees_with_llamacpp(&model, &cases, 90, RANDOM_DRIFT);
 }
 
 /// gemma2: post-norms, GeGLU, a sliding window on even layers, attention and final logit
@@ -258,14 +271,14 @@ fn qwen3_random_weights_agree_with_llamacpp() {
 #[test]
 fn gemma2_random_weights_agree_with_llamacpp() {
     let (model, cases) = random_weights("gemma2");
-    agrees_with_llamacpp(&model, &cases, 90);
+    agrees_with_llamacpp(&model, &cases, 90, RANDOM_DRIFT);
 }
 
 /// llama with `rope_freqs.weight`, Llama 3.1's rope scaling (random weights).
 #[test]
 fn llama31_rope_scaling_random_weights_agree_with_llamacpp() {
     let (model, cases) = random_weights("llama31");
-    agrees_with_llamacpp(&model, &cases, 90);
+    agrees_with_llamacpp(&model, &cases, 90, RANDOM_DRIFT);
 }
 
 fn serve_gemma(configure: impl FnOnce(&mut ServeArgs)) -> std::net::SocketAddr {

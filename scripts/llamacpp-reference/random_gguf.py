@@ -82,9 +82,10 @@ def write(path, arch, seed):
 
     # Embeddings of unit scale, and an output projection of its own whose logits spread over
     # a few units, so the top token depends on everything before it.
-    # (Gemma ties its output to the embeddings, which it scales by sqrt(hidden) on the way in.)
+    # (Gemma ties its output to the embeddings, which it scales by sqrt(hidden) on the way in:
+    # small ones, or the token's own embedding drowns what attention adds.)
     if arch == "gemma2":
-        matrix("token_embd.weight", n_vocab, HIDDEN, scale=3.0)
+        matrix("token_embd.weight", n_vocab, HIDDEN, scale=0.5)
     else:
         matrix("token_embd.weight", n_vocab, HIDDEN, scale=np.sqrt(HIDDEN))
         matrix("output.weight", n_vocab, HIDDEN, scale=3.0)
@@ -95,8 +96,11 @@ def write(path, arch, seed):
     for i in range(LAYERS):
         p = f"blk.{i}"
         norm(f"{p}.attn_norm.weight", HIDDEN)
-        matrix(f"{p}.attn_q.weight", HEADS * HEAD_DIM, HIDDEN)
-        matrix(f"{p}.attn_k.weight", KV_HEADS * HEAD_DIM, HIDDEN)
+        # Gemma 2's q and k larger, so its scores reach past the soft cap and attention is
+        # peaked enough for the window to matter.
+        qk = 4.0 if arch == "gemma2" else 1.0
+        matrix(f"{p}.attn_q.weight", HEADS * HEAD_DIM, HIDDEN, scale=qk)
+        matrix(f"{p}.attn_k.weight", KV_HEADS * HEAD_DIM, HIDDEN, scale=qk)
         matrix(f"{p}.attn_v.weight", KV_HEADS * HEAD_DIM, HIDDEN)
         if arch == "qwen3":
             norm(f"{p}.attn_q_norm.weight", HEAD_DIM)
