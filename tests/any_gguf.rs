@@ -240,8 +240,13 @@ fn gemma3_picks_llamacpp_top_token_at_every_position_alone_and_batched() {
 /// A GGUF of random weights in tests/fixtures (scripts/llamacpp-reference/random_gguf.py)
 /// and llama.cpp's logits for it.
 fn random_weights(name: &str) -> (LoadedModel, Vec<TeacherForced>) {
+    random_weights_at(&format!("tests/fixtures/random-{name}.gguf"), name)
+}
+
+/// [`random_weights`] for the GGUF at `file` (in the repo), with `name`'s reference.
+fn random_weights_at(file: &str, name: &str) -> (LoadedModel, Vec<TeacherForced>) {
     wick::config::init_threads(None);
-    let path = common::repo_file(&format!("tests/fixtures/random-{name}.gguf"));
+    let path = common::repo_file(file);
     let mut catalog = Catalog::builtin();
     let id = futures::executor::block_on(catalog.resolve(
         path.to_str().unwrap(),
@@ -249,6 +254,7 @@ fn random_weights(name: &str) -> (LoadedModel, Vec<TeacherForced>) {
         &wick::catalog::Silent,
     ))
     .unwrap();
+    assert_eq!(id, format!("random-{name}"));
     let entry = catalog.get(&id).unwrap().clone();
     let model = wick::model::load(&path, &entry, &Device::Cpu).expect("loads");
     let json = std::fs::read_to_string(common::repo_file(&format!(
@@ -274,10 +280,29 @@ fn gemma2_random_weights_agree_with_llamacpp() {
     agrees_with_llamacpp(&model, &cases, 90, RANDOM_DRIFT);
 }
 
+/// phi3: fused q/k/v and gate/up matrices, LongRoPE's long factors and attention factor
+/// (random weights; an original context of 32, so both llama.cpp and wick use the long set).
+#[test]
+fn phi3_random_weights_agree_with_llamacpp() {
+    let (model, cases) = random_weights("phi3");
+    agrees_with_llamacpp(&model, &cases, 90, RANDOM_DRIFT);
+}
+
 /// llama with `rope_freqs.weight`, Llama 3.1's rope scaling (random weights).
 #[test]
 fn llama31_rope_scaling_random_weights_agree_with_llamacpp() {
     let (model, cases) = random_weights("llama31");
+    agrees_with_llamacpp(&model, &cases, 90, RANDOM_DRIFT);
+}
+
+/// A split GGUF (llama.cpp's gguf-split cut random-qwen3.gguf into three parts), given by
+/// its first part: served as one model under the parts' shared name, with the same logits.
+#[test]
+fn a_split_gguf_loads_from_its_first_part() {
+    let (model, cases) = random_weights_at(
+        "tests/fixtures/random-qwen3-split/random-qwen3-00001-of-00003.gguf",
+        "qwen3",
+    );
     agrees_with_llamacpp(&model, &cases, 90, RANDOM_DRIFT);
 }
 
@@ -401,6 +426,23 @@ async fn files_that_cannot_be_served_are_refused_with_their_reason() {
     };
     assert!(err.contains("more than --memory-budget"), "{err}");
 
+    // A split GGUF named by a later part, or missing a part.
+    let split = common::repo_file("tests/fixtures/random-qwen3-split");
+    let err = start_error(&split.join("random-qwen3-00002-of-00003.gguf")).await;
+    assert!(
+        err.contains("give its first part, random-qwen3-00001-of-00003.gguf"),
+        "{err}"
+    );
+    for k in 1..=2 {
+        let part = format!("random-qwen3-{k:05}-of-00003.gguf");
+        std::fs::copy(split.join(&part), scratch(&part)).unwrap();
+    }
+    let err = start_error(&scratch("random-qwen3-00001-of-00003.gguf")).await;
+    assert!(
+        err.contains("random-qwen3-00003-of-00003.gguf is missing"),
+        "{err}"
+    );
+
     let mamba = scratch("mamba.gguf");
     gguf_with(
         &mamba,
@@ -423,6 +465,7 @@ async fn files_that_cannot_be_served_are_refused_with_their_reason() {
             ("llama.context_length", V::U32(64)),
             ("llama.block_count", V::U32(1)),
             ("llama.embedding_length", V::U32(8)),
+            ("llama.feed_forward_length", V::U32(16)),
             ("llama.attention.head_count", V::U32(1)),
             ("tokenizer.ggml.model", V::String("bert".into())),
             (

@@ -5,7 +5,9 @@ weights cannot be downloaded here, for wick's reference tests against llama.cpp.
     scripts/llamacpp-reference/random_gguf.py OUT_DIR
 
 Writes random-qwen3.gguf (per-head q/k norms), random-llama31.gguf (llama with a
-`rope_freqs.weight`, Llama 3.1's rope scaling) and random-gemma2.gguf (post-norms, GeGLU,
+`rope_freqs.weight`, Llama 3.1's rope scaling), random-phi3.gguf (fused attn_qkv and
+gate/up ffn_up, LongRoPE short and long factors with an original context of 32, so the long
+ones serve in any context llama.cpp or wick opens, and an attn_factor) and random-gemma2.gguf (post-norms, GeGLU,
 a sliding window of 8 on even layers, attention and final logit soft-capping), each two layers of width 128 with Q8_0
 matrices (an untied output), f32 norms and a byte-level BPE vocabulary of 256 bytes plus a few merges and
 <|endoftext|> (names, shapes and keys as llama.cpp's convert_hf_to_gguf.py writes them).
@@ -18,6 +20,7 @@ import numpy as np
 import gguf
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, LAYERS, CONTEXT = 128, 4, 2, 32, 256, 2, 256
+PHI3_ORIGINAL_CONTEXT = 32
 
 
 def byte_tokens():
@@ -52,7 +55,8 @@ def vocab(writer):
 def write(path, arch, seed):
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(path, arch)
-    w.add_name(f"random {arch} (wick test fixture, RANDOM WEIGHTS)")
+    # (Not "phi3" in the name: llama.cpp keys a tokenizer quirk of real Phi-3 vocabularies on it.)
+    w.add_name(f"random {arch.replace('phi3', 'phi 3')} (wick test fixture, RANDOM WEIGHTS)")
     w.add_context_length(CONTEXT)
     w.add_embedding_length(HIDDEN)
     w.add_block_count(LAYERS)
@@ -63,8 +67,13 @@ def write(path, arch, seed):
     w.add_value_length(HEAD_DIM)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(1_000_000.0 if arch == "qwen3" else 500_000.0)
-    if arch == "llama":
+    if arch in ("llama", "phi3"):
         w.add_rope_dimension_count(HEAD_DIM)
+    if arch == "phi3":
+        w.add_rope_scaling_orig_ctx_len(PHI3_ORIGINAL_CONTEXT)
+        w.add_rope_scaling_attn_factors(1.19)
+        # As Phi-3's converter writes it; llama.cpp turns phi3's window off.
+        w.add_sliding_window(CONTEXT)
     if arch == "gemma2":
         # Small enough that both matter for these random weights and short texts.
         w.add_sliding_window(8)
@@ -90,6 +99,10 @@ def write(path, arch, seed):
         matrix("token_embd.weight", n_vocab, HIDDEN, scale=np.sqrt(HIDDEN))
         matrix("output.weight", n_vocab, HIDDEN, scale=3.0)
     norm("output_norm.weight", HIDDEN)
+    if arch == "phi3":
+        # LongRoPE: per-pair divisors, the long set slowing low frequencies far more.
+        w.add_tensor("rope_factors_short.weight", np.linspace(1.0, 1.5, HEAD_DIM // 2).astype(np.float32))
+        w.add_tensor("rope_factors_long.weight", np.linspace(1.0, 12.0, HEAD_DIM // 2).astype(np.float32))
     if arch == "llama":
         # Llama 3.1's shape: high frequencies untouched, low ones slowed up to 8 times.
         w.add_tensor("rope_freqs.weight", np.linspace(1.0, 8.0, HEAD_DIM // 2).astype(np.float32))
@@ -99,9 +112,13 @@ def write(path, arch, seed):
         # Gemma 2's q and k larger, so its scores reach past the soft cap and attention is
         # peaked enough for the window to matter.
         qk = 4.0 if arch == "gemma2" else 1.0
-        matrix(f"{p}.attn_q.weight", HEADS * HEAD_DIM, HIDDEN, scale=qk)
-        matrix(f"{p}.attn_k.weight", KV_HEADS * HEAD_DIM, HIDDEN, scale=qk)
-        matrix(f"{p}.attn_v.weight", KV_HEADS * HEAD_DIM, HIDDEN)
+        if arch == "phi3":
+            # q, k and v stacked in one matrix, in that order.
+            matrix(f"{p}.attn_qkv.weight", (HEADS + 2 * KV_HEADS) * HEAD_DIM, HIDDEN)
+        else:
+            matrix(f"{p}.attn_q.weight", HEADS * HEAD_DIM, HIDDEN, scale=qk)
+            matrix(f"{p}.attn_k.weight", KV_HEADS * HEAD_DIM, HIDDEN, scale=qk)
+            matrix(f"{p}.attn_v.weight", KV_HEADS * HEAD_DIM, HIDDEN)
         if arch == "qwen3":
             norm(f"{p}.attn_q_norm.weight", HEAD_DIM)
             norm(f"{p}.attn_k_norm.weight", HEAD_DIM)
@@ -110,8 +127,12 @@ def write(path, arch, seed):
             norm(f"{p}.post_attention_norm.weight", HIDDEN)
             norm(f"{p}.post_ffw_norm.weight", HIDDEN)
         norm(f"{p}.ffn_norm.weight", HIDDEN)
-        matrix(f"{p}.ffn_gate.weight", FFN, HIDDEN)
-        matrix(f"{p}.ffn_up.weight", FFN, HIDDEN)
+        if arch == "phi3":
+            # gate then up, stacked.
+            matrix(f"{p}.ffn_up.weight", 2 * FFN, HIDDEN)
+        else:
+            matrix(f"{p}.ffn_gate.weight", FFN, HIDDEN)
+            matrix(f"{p}.ffn_up.weight", FFN, HIDDEN)
         matrix(f"{p}.ffn_down.weight", HIDDEN, FFN)
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -124,3 +145,4 @@ if __name__ == "__main__":
     write(os.path.join(out, "random-qwen3.gguf"), "qwen3", 3)
     write(os.path.join(out, "random-llama31.gguf"), "llama", 31)
     write(os.path.join(out, "random-gemma2.gguf"), "gemma2", 2)
+    write(os.path.join(out, "random-phi3.gguf"), "phi3", 33)

@@ -2,6 +2,7 @@
  * Asks llama.cpp itself what a GGUF does with a text, for wick's reference tests.
  *
  *   reference MODEL.gguf tokenize FILE   {"ids": [...]}        the text's ids
+ *   reference MODEL.gguf tokenize_all FILE {"ids": [[...], ...]} ids of each NUL-separated text
  *   reference MODEL.gguf logits FILE     {"ids": [...], "top": [[[id, logit] x5] per position]}
  *   reference MODEL.gguf greedy FILE     {"ids": [...], "output_ids": [...], "text": "..."}
  *
@@ -86,12 +87,32 @@ int main(int argc, char **argv) {
     int text_len;
     char *text = read_file(argv[3], &text_len);
 
-    llama_log_set(quiet, NULL);
+    if (!getenv("REFERENCE_VERBOSE")) llama_log_set(quiet, NULL);
     llama_backend_init();
-    struct llama_model *model = llama_model_load_from_file(argv[1], llama_model_default_params());
+    struct llama_model_params params = llama_model_default_params();
+    /* Tokenizing needs only the vocabulary: vocab-only GGUFs (llama.cpp's models/ggml-vocab-*)
+     * load this way. */
+    params.vocab_only = strncmp(mode, "tokenize", 8) == 0;
+    struct llama_model *model = llama_model_load_from_file(argv[1], params);
     if (!model) { fprintf(stderr, "cannot load %s\n", argv[1]); return 1; }
     const struct llama_vocab *vocab = llama_model_get_vocab(model);
     int n_vocab = llama_vocab_n_tokens(vocab);
+
+    if (strcmp(mode, "tokenize_all") == 0) {
+        /* One process for many texts: loading a large vocabulary takes longer than this. */
+        llama_token *all = malloc(sizeof(llama_token) * (text_len + 16));
+        printf("{\"ids\":[");
+        for (int start = 0, first = 1; start <= text_len; first = 0) {
+            int len = (int)strnlen(text + start, text_len - start);
+            int n = llama_tokenize(vocab, text + start, len, all, text_len + 16, true, true);
+            if (n < 0) { fprintf(stderr, "tokenize failed\n"); return 1; }
+            if (!first) printf(",");
+            json_ids(all, n);
+            start += len + 1;
+        }
+        printf("]}\n");
+        return 0;
+    }
 
     int cap = text_len + 16;
     llama_token *ids = malloc(sizeof(llama_token) * (cap + GREEDY));

@@ -16,10 +16,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use candle_core::quantized::gguf_file;
 
 use super::sources::hf;
 use super::{Catalog, ModelEntry, Progress, Source};
+use crate::model::gguf::split_name;
 
 /// The context a model given by path gets when `--ctx-size` does not say: every slot holds
 /// a full context, and 8K tokens keep a small model's cache small (the GGUF may allow 128K).
@@ -120,19 +120,36 @@ async fn from_hub(hub: &str, progress: &dyn Progress) -> anyhow::Result<PathBuf>
             pick_file(&files, quant).map_err(|e| anyhow::anyhow!("hf:{hub}: {e}"))?
         }
     };
-    hf::fetch_into_hf_cache(&repo, &file, progress)
+    let first = hf::fetch_into_hf_cache(&repo, &file, progress)
         .await
-        .map_err(unreachable)
+        .map_err(unreachable)?;
+    // A split model: the other parts go beside the first, where the loader looks for them.
+    if let Some((prefix, 1, count)) = split_name(Path::new(&file)) {
+        let folder = file.rsplit_once('/').map_or("", |(folder, _)| folder);
+        for k in 2..=count {
+            let part = format!("{prefix}-{k:05}-of-{count:05}.gguf");
+            let part = match folder {
+                "" => part,
+                folder => format!("{folder}/{part}"),
+            };
+            hf::fetch_into_hf_cache(&repo, &part, progress)
+                .await
+                .map_err(unreachable)?;
+        }
+    }
+    Ok(first)
 }
 
-/// The GGUF of a repository's listing that a quantization (or the default one) names. Split
-/// files (`-00001-of-00003.gguf`) and multimodal projectors (`mmproj`) are not candidates.
+/// The GGUF of a repository's listing that a quantization (or the default one) names. A split
+/// model is picked by its first part (`-00001-of-00003.gguf`); later parts and multimodal
+/// projectors (`mmproj`) are not candidates.
 fn pick_file(files: &[String], quant: Option<&str>) -> anyhow::Result<String> {
     let candidates: Vec<&String> = files
         .iter()
         .filter(|f| {
             let lower = f.to_ascii_lowercase();
-            !lower.contains("mmproj") && !is_split_part(&lower)
+            !lower.contains("mmproj")
+                && split_name(Path::new(f.as_str())).is_none_or(|(_, part, _)| part == 1)
         })
         .collect();
     let wanted = quant.unwrap_or(DEFAULT_QUANT).to_ascii_uppercase();
@@ -151,9 +168,6 @@ fn pick_file(files: &[String], quant: Option<&str>) -> anyhow::Result<String> {
         ([one], _, _) => Ok(one.to_string()),
         // No quantization asked for and no Q4_K_M: the only GGUF there is.
         ([], None, [only]) => Ok(only.to_string()),
-        (_, _, []) if files.iter().any(|f| is_split_part(&f.to_ascii_lowercase())) => {
-            bail!("the repository holds split GGUFs only, which wick does not load yet")
-        }
         ([], _, []) => bail!("the repository has no .gguf file"),
         ([], _, _) => bail!(
             "no file matches {wanted}; its GGUFs: {}",
@@ -164,18 +178,6 @@ fn pick_file(files: &[String], quant: Option<&str>) -> anyhow::Result<String> {
             names(many)
         ),
     }
-}
-
-/// `name-00001-of-00003.gguf` and its siblings.
-fn is_split_part(lower: &str) -> bool {
-    let Some((head, count)) = lower
-        .strip_suffix(".gguf")
-        .and_then(|s| s.rsplit_once("-of-"))
-    else {
-        return false;
-    };
-    let digits = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
-    digits(count) && head.rsplit_once('-').is_some_and(|(_, part)| digits(part))
 }
 
 /// `path` made absolute with its folder resolved, its own name kept: a file in the Hugging
@@ -201,10 +203,10 @@ fn looks_like_a_path(reference: &str) -> bool {
 }
 
 fn entry_for_file(path: &Path, options: &ReferenceOptions) -> anyhow::Result<ModelEntry> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let content = gguf_file::Content::read(&mut file)
-        .map_err(|e| anyhow::anyhow!("{} is not a readable GGUF file: {e}", path.display()))?;
+    // A split model is named by its first part, which holds all the metadata; all its
+    // parts must be there.
+    crate::model::gguf::part_paths(path)?;
+    let content = crate::model::gguf::read_header(path)?;
     let text = |key: &str| -> Option<String> {
         content
             .metadata
@@ -233,10 +235,13 @@ fn entry_for_file(path: &Path, options: &ReferenceOptions) -> anyhow::Result<Mod
         .with_context(|| format!("{} has no {arch}.context_length", path.display()))?;
     let id = match &options.alias {
         Some(alias) => alias.clone(),
-        None => path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .with_context(|| format!("{} has no file name", path.display()))?,
+        None => match crate::model::gguf::split_name(path) {
+            Some((prefix, _, _)) => prefix,
+            None => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .with_context(|| format!("{} has no file name", path.display()))?,
+        },
     };
     let entry = ModelEntry {
         name: text("general.name").unwrap_or_else(|| id.clone()),
@@ -249,7 +254,7 @@ fn entry_for_file(path: &Path, options: &ReferenceOptions) -> anyhow::Result<Mod
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default(),
         sha256: None,
-        size: Some(std::fs::metadata(path)?.len()),
+        size: Some(crate::model::gguf::model_size(path)?),
         chat_template: None,
         tokenizer_json: None,
         sources: vec![Source::Local {
@@ -301,14 +306,16 @@ mod tests {
     }
 
     #[test]
-    fn split_files_are_recognised_and_not_picked() {
-        assert!(is_split_part("big-q4_k_m-00001-of-00003.gguf"));
-        assert!(!is_split_part("big-q4_k_m.gguf"));
+    fn a_split_model_is_picked_by_its_first_part() {
         let split = files(&[
             "big-Q4_K_M-00001-of-00002.gguf",
             "big-Q4_K_M-00002-of-00002.gguf",
+            "big-Q8_0.gguf",
         ]);
-        let err = pick_file(&split, None).unwrap_err().to_string();
-        assert!(err.contains("split"), "{err}");
+        assert_eq!(
+            pick_file(&split, None).unwrap(),
+            "big-Q4_K_M-00001-of-00002.gguf"
+        );
+        assert_eq!(pick_file(&split, Some("q8_0")).unwrap(), "big-Q8_0.gguf");
     }
 }

@@ -3,29 +3,31 @@
 //! or tensor operations on a device), with the rotary tables and the sliding window a layer
 //! asks for. The family files (llama.rs, gemma.rs) hold only what makes them different.
 
-use std::io::{Read, Seek};
-
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::cuda::paged_attention::paged_attention;
 use super::cuda::paged_kv::{self, write_kv};
 use super::cuda::rope::rope_in_place;
+use super::gguf::GgufModel;
 use super::kv_cache::{HostCache, KvPool, PagedKv, BLOCK_TOKENS};
 use super::ops::{self, RopeTables};
 use super::quant::{tensor_bytes, Linear, QMatrix};
 use super::{ModelConfig, SeqChunk};
 
 /// Reads a GGUF's tensors onto the model's device.
-pub struct Reader<'a, R> {
-    pub content: &'a gguf_file::Content,
-    pub file: &'a mut R,
+pub struct Reader<'a> {
+    pub gguf: &'a mut GgufModel,
     pub device: &'a Device,
 }
 
-impl<R: Read + Seek> Reader<'_, R> {
+impl Reader<'_> {
+    /// The model's metadata.
+    pub fn content(&self) -> &gguf_file::Content {
+        self.gguf.content()
+    }
     pub fn qtensor(&mut self, name: &str) -> Result<QTensor> {
-        self.content.tensor(self.file, name, self.device)
+        self.gguf.tensor(name, self.device)
     }
     pub fn linear(&mut self, name: &str) -> Result<Linear> {
         Linear::new(self.qtensor(name)?, self.device)
@@ -34,7 +36,7 @@ impl<R: Read + Seek> Reader<'_, R> {
         self.qtensor(name)?.dequantize(self.device)
     }
     pub fn has(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(name)
+        self.gguf.has(name)
     }
 
     /// The output projection and the token embeddings. Small models tie the projection to
@@ -115,7 +117,7 @@ pub struct Ends {
 }
 
 impl Ends {
-    pub fn load<R: Read + Seek>(r: &mut Reader<'_, R>) -> Result<Self> {
+    pub fn load(r: &mut Reader<'_>) -> Result<Self> {
         let (output, embeddings) = r.output_and_embeddings()?;
         let output_norm = r.f32("output_norm.weight")?;
         Ok(Self {

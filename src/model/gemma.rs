@@ -19,12 +19,10 @@
 //! The attention itself, the KV cache and the kernels are shared with llama.rs
 //! (decoder.rs, ops.rs, quant/).
 
-use std::io::{Read, Seek};
-
-use candle_core::quantized::gguf_file;
 use candle_core::{Device, Result, Tensor};
 
 use super::decoder::{self, Attention, Ends, Reader, StepTensors};
+use super::gguf::GgufModel;
 use super::kv_cache::KvPool;
 use super::ops::{self, RopeStyle, RopeTables};
 use super::quant::{tensor_bytes, Linear, LinearGroup};
@@ -71,14 +69,14 @@ pub struct Gemma {
 impl Gemma {
     /// `max_positions`: the longest sequence this server will run (rotary tables are built
     /// that far, not to the 32K or 128K the weights allow).
-    pub fn load<R: Read + Seek>(
-        content: &gguf_file::Content,
-        file: &mut R,
+    pub fn load(
+        gguf: &mut GgufModel,
         config: ModelConfig,
         max_positions: usize,
         device: &Device,
     ) -> Result<Self> {
         let arch = config.architecture.clone();
+        let content = gguf.content();
         let meta_f32 = |key: &str| {
             content
                 .metadata
@@ -103,11 +101,23 @@ impl Gemma {
             meta_f32("attn_logit_softcapping"),
             meta_f32("final_logit_softcapping"),
         );
-        let mut r = Reader {
-            content,
-            file,
-            device,
+        let hd = config.head_dim;
+        let linear_scaling = content
+            .metadata
+            .get(&format!("{arch}.rope.scaling.type"))
+            .and_then(|v| v.to_string().ok())
+            .is_some_and(|t| t == "linear");
+        let factor = if linear_scaling {
+            meta_f32("rope.scaling.factor").unwrap_or(1.0)
+        } else {
+            1.0
         };
+        // Gemma 2's sliding layers rotate as its global ones do, unless the GGUF says.
+        let local_base = meta_f32("rope.freq_base_swa").unwrap_or(match gemma2 {
+            true => config.rope_base,
+            false => LOCAL_ROPE_BASE,
+        });
+        let mut r = Reader { gguf, device };
         let ends = Ends::load(&mut r)?;
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
@@ -142,17 +152,6 @@ impl Gemma {
                 sliding: i % pattern < pattern - 1,
             });
         }
-        let hd = config.head_dim;
-        let linear_scaling = content
-            .metadata
-            .get(&format!("{arch}.rope.scaling.type"))
-            .and_then(|v| v.to_string().ok())
-            .is_some_and(|t| t == "linear");
-        let factor = if linear_scaling {
-            meta_f32("rope.scaling.factor").unwrap_or(1.0)
-        } else {
-            1.0
-        };
         let rope_global = RopeTables::scaled(
             hd,
             max_positions,
@@ -161,11 +160,6 @@ impl Gemma {
             RopeStyle::Halves,
             device,
         )?;
-        // Gemma 2's sliding layers rotate as its global ones do, unless the GGUF says.
-        let local_base = meta_f32("rope.freq_base_swa").unwrap_or(match gemma2 {
-            true => config.rope_base,
-            false => LOCAL_ROPE_BASE,
-        });
         let rope_local = RopeTables::new(hd, max_positions, local_base, RopeStyle::Halves, device)?;
         // Queries are scaled by 1/sqrt(head_dim), except in the 27Bs (Gemma 2: 46 layers,
         // Gemma 3: 62), whose query_pre_attn_scalar is hidden / heads (as llama.cpp reads them).

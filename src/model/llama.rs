@@ -8,18 +8,28 @@
 //! - `qwen3` (Qwen3): rotary on halves, no biases, and an RMS norm of each q and k head
 //!   before rotary (`attn_q_norm`, `attn_k_norm`).
 //!
+//! - `phi3` (Phi-3, Phi-3.5, Phi-4): rotary on halves, q, k and v in one fused matrix
+//!   (`attn_qkv`) and gate and up in another (`ffn_up`, gate first), which are cut apart
+//!   after the product; LongRoPE for long contexts (below). Its GGUFs may state a sliding
+//!   window, which llama.cpp ignores for phi3 (and so does wick: the reference).
+//!
 //! A `rope_freqs.weight` tensor (Llama 3.1 and later) divides each rotary pair's frequency,
-//! which is how their GGUFs carry the rope scaling for long contexts.
+//! which is how their GGUFs carry the rope scaling for long contexts. Phi-3's LongRoPE
+//! carries two such sets, `rope_factors_short` and `rope_factors_long`: as llama.cpp does,
+//! the long ones serve when the served context is longer than
+//! `rope.scaling.original_context_length`, and `rope.scaling.attn_factor` scales the
+//! rotated q and k (so the scores by its square).
+//!
+//! A llama GGUF that states `llama.attention.sliding_window` (Mistral 7B v0.1's 4096) gets
+//! that window on every layer.
 //!
 //! All tie the output projection to the token embeddings when the GGUF has no
 //! `output.weight` (SmolLM2, small Qwen exports).
 
-use std::io::{Read, Seek};
-
-use candle_core::quantized::gguf_file;
 use candle_core::{Device, Result, Tensor};
 
 use super::decoder::{self, Attention, Ends, Reader, StepTensors};
+use super::gguf::GgufModel;
 use super::kv_cache::KvPool;
 use super::ops::{self, RopeStyle, RopeTables};
 use super::quant::{Linear, LinearGroup};
@@ -51,6 +61,29 @@ impl Variant {
         qkv_bias: false,
         qk_norm: true,
     };
+    pub const PHI3: Variant = Variant {
+        rope: RopeStyle::Halves,
+        qkv_bias: false,
+        qk_norm: false,
+    };
+}
+
+/// The outputs of a group of projections of one input as `N` tensors: a group of `N`
+/// matrices gives them as they are; one fused matrix (phi3's `attn_qkv`, `ffn_up`) gives one
+/// tensor, cut along its last dimension into `sizes`.
+fn unfuse<const N: usize>(outputs: Vec<Tensor>, sizes: [usize; N]) -> Result<[Tensor; N]> {
+    if outputs.len() == N {
+        return Ok(outputs.try_into().expect("N outputs"));
+    }
+    let fused = &outputs[0];
+    let last = fused.rank() - 1;
+    let mut start = 0;
+    let mut parts = Vec::with_capacity(N);
+    for size in sizes {
+        parts.push(fused.narrow(last, start, size)?.contiguous()?);
+        start += size;
+    }
+    Ok(parts.try_into().expect("N parts"))
 }
 
 struct Layer {
@@ -73,22 +106,41 @@ pub struct Llama {
     ends: Ends,
     layers: Vec<Layer>,
     rope: RopeTables,
+    /// Mistral-style sliding window on every layer, where the GGUF states one.
+    window: Option<usize>,
 }
 
 impl Llama {
-    pub fn load<R: Read + Seek>(
-        content: &gguf_file::Content,
-        file: &mut R,
+    pub fn load(
+        gguf: &mut GgufModel,
         config: ModelConfig,
         variant: Variant,
         max_positions: usize,
         device: &Device,
     ) -> Result<Self> {
-        let mut r = Reader {
-            content,
-            file,
-            device,
+        let arch = config.architecture.clone();
+        let meta = |key: &str| {
+            gguf.content()
+                .metadata
+                .get(&format!("{arch}.{key}"))
+                .cloned()
         };
+        let original_context = meta("rope.scaling.original_context_length")
+            .and_then(|v| v.to_u32().ok())
+            .map_or(config.context_length, |c| c as usize);
+        let attn_factor = meta("rope.scaling.attn_factor")
+            .and_then(|v| v.to_f32().ok())
+            .unwrap_or(1.0);
+        // llama.cpp reads a sliding window for none of this family but Phi-3, whose it
+        // turns off; Mistral-style llama files keep theirs.
+        let window = match arch.as_str() {
+            "llama" => meta("attention.sliding_window")
+                .and_then(|v| v.to_u32().ok())
+                .filter(|&w| w > 0)
+                .map(|w| w as usize),
+            _ => None,
+        };
+        let mut r = Reader { gguf, device };
         let ends = Ends::load(&mut r)?;
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
@@ -112,25 +164,41 @@ impl Llama {
             };
             layers.push(Layer {
                 attn_norm: r.f32(&format!("{p}.attn_norm.weight"))?,
-                qkv: LinearGroup::new(vec![
-                    r.linear(&format!("{p}.attn_q.weight"))?,
-                    r.linear(&format!("{p}.attn_k.weight"))?,
-                    r.linear(&format!("{p}.attn_v.weight"))?,
-                ]),
+                qkv: LinearGroup::new(match r.has(&format!("{p}.attn_qkv.weight")) {
+                    true => vec![r.linear(&format!("{p}.attn_qkv.weight"))?],
+                    false => vec![
+                        r.linear(&format!("{p}.attn_q.weight"))?,
+                        r.linear(&format!("{p}.attn_k.weight"))?,
+                        r.linear(&format!("{p}.attn_v.weight"))?,
+                    ],
+                }),
                 bias,
                 qk_norm,
                 wo: r.linear(&format!("{p}.attn_output.weight"))?,
                 ffn_norm: r.f32(&format!("{p}.ffn_norm.weight"))?,
-                gate_up: LinearGroup::new(vec![
-                    r.linear(&format!("{p}.ffn_gate.weight"))?,
-                    r.linear(&format!("{p}.ffn_up.weight"))?,
-                ]),
+                gate_up: LinearGroup::new(match r.has(&format!("{p}.ffn_gate.weight")) {
+                    true => vec![
+                        r.linear(&format!("{p}.ffn_gate.weight"))?,
+                        r.linear(&format!("{p}.ffn_up.weight"))?,
+                    ],
+                    false => vec![r.linear(&format!("{p}.ffn_up.weight"))?],
+                }),
                 w_down: r.linear(&format!("{p}.ffn_down.weight"))?,
             });
         }
-        let divisors = match r.has("rope_freqs.weight") {
-            true => r.f32("rope_freqs.weight")?.to_vec1::<f32>()?,
-            false => vec![1.0; config.head_dim / 2],
+        let factors = if r.has("rope_freqs.weight") {
+            Some("rope_freqs.weight")
+        } else if r.has("rope_factors_long.weight") {
+            Some(match max_positions > original_context {
+                true => "rope_factors_long.weight",
+                false => "rope_factors_short.weight",
+            })
+        } else {
+            None
+        };
+        let divisors = match factors {
+            Some(name) => r.f32(name)?.to_vec1::<f32>()?,
+            None => vec![1.0; config.head_dim / 2],
         };
         let rope = RopeTables::with_divisors(
             config.head_dim,
@@ -139,13 +207,15 @@ impl Llama {
             &divisors,
             variant.rope,
             device,
-        )?;
+        )?
+        .with_magnitude(attn_factor)?;
         Ok(Self {
             config,
             device: device.clone(),
             ends,
             layers,
             rope,
+            window,
         })
     }
 }
@@ -188,16 +258,16 @@ impl Model for Llama {
             config: &self.config,
             device: &self.device,
             rope: &self.rope,
-            window: None,
+            window: self.window,
             softcap: None,
         };
         for (index, layer) in self.layers.iter().enumerate() {
             let h = ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let [mut q, mut k, mut v]: [Tensor; 3] = layer
-                .qkv
-                .forward(&h)?
-                .try_into()
-                .expect("three projections");
+            let (q_size, kv_size) = (
+                self.config.n_heads * self.config.head_dim,
+                self.config.n_kv_heads * self.config.head_dim,
+            );
+            let [mut q, mut k, mut v] = unfuse(layer.qkv.forward(&h)?, [q_size, kv_size, kv_size])?;
             if let Some([bq, bk, bv]) = &layer.bias {
                 q = q.broadcast_add(bq)?;
                 k = k.broadcast_add(bk)?;
@@ -210,11 +280,8 @@ impl Model for Llama {
             let att = attention.run(index, &q, &k, &v, batch, kv, &step)?;
             x = (x + layer.wo.forward(&att)?)?;
             let h = ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let [gate, up]: [Tensor; 2] = layer
-                .gate_up
-                .forward(&h)?
-                .try_into()
-                .expect("two projections");
+            let ffn = self.config.ffn;
+            let [gate, up] = unfuse(layer.gate_up.forward(&h)?, [ffn, ffn])?;
             let act = ops::swiglu(&gate, &up)?;
             x = (x + layer.w_down.forward(&act)?)?;
         }

@@ -10,12 +10,12 @@
 pub mod cuda;
 pub mod decoder;
 pub mod gemma;
+pub mod gguf;
 pub mod kv_cache;
 pub mod llama;
 pub mod ops;
 pub mod quant;
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -51,6 +51,8 @@ pub struct ModelConfig {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Width of the feed-forward layer (`feed_forward_length`).
+    pub ffn: usize,
     pub vocab_size: usize,
     pub rope_base: f32,
     pub rms_eps: f32,
@@ -78,6 +80,16 @@ impl ModelConfig {
         let n_heads = usize_of("attention.head_count")?;
         let n_kv_heads = usize_of("attention.head_count_kv").unwrap_or(n_heads);
         let head_dim = usize_of("attention.key_length").unwrap_or(hidden / n_heads);
+        // Rotary on part of each head (Phi-4-mini: 96 of 128) is not implemented: refuse it
+        // rather than rotate the wrong dimensions.
+        if let Ok(rotary) = usize_of("rope.dimension_count") {
+            if rotary != head_dim {
+                bail!(
+                    "{arch}.rope.dimension_count is {rotary} but heads have {head_dim} \
+                     dimensions: partial rotary embeddings are not supported yet"
+                );
+            }
+        }
         let vocab_size = match usize_of("vocab_size") {
             Ok(v) => v,
             Err(_) => meta(ct, "tokenizer.ggml.tokens")?.to_vec()?.len(),
@@ -88,6 +100,7 @@ impl ModelConfig {
             n_heads,
             n_kv_heads,
             head_dim,
+            ffn: usize_of("feed_forward_length")?,
             vocab_size,
             rope_base: f32_of("rope.freq_base", 10_000.0),
             rms_eps: f32_of("attention.layer_norm_rms_epsilon", 1e-5),
@@ -131,17 +144,16 @@ pub struct LoadedModel {
 }
 
 /// The `general.architecture` values wick runs.
-pub const ARCHITECTURES: [&str; 5] = ["llama", "qwen2", "qwen3", "gemma2", "gemma3"];
+pub const ARCHITECTURES: [&str; 6] = ["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"];
 
 /// The metadata key that marks a GGUF of random weights written by `wick synth-gguf`.
 pub const SYNTHETIC_KEY: &str = "wick.synthetic";
 
 /// Load a GGUF file for a catalog entry.
 pub fn load(path: &Path, entry: &ModelEntry, device: &Device) -> anyhow::Result<LoadedModel> {
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let content = gguf_file::Content::read(&mut file)
-        .with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
-    let config = ModelConfig::from_gguf(&content)?;
+    let mut gguf = gguf::GgufModel::open(path)?;
+    let content = gguf.content();
+    let config = ModelConfig::from_gguf(content)?;
     let synthetic = content
         .metadata
         .get(SYNTHETIC_KEY)
@@ -155,8 +167,8 @@ pub fn load(path: &Path, entry: &ModelEntry, device: &Device) -> anyhow::Result<
     }
 
     let tokenizer = match &entry.tokenizer_json {
-        Some(json) => Tokenizer::from_file(json, Some(&content))?,
-        None => Tokenizer::from_gguf(&content)?,
+        Some(json) => Tokenizer::from_file(json, Some(content))?,
+        None => Tokenizer::from_gguf(content)?,
     };
     let template_source = match &entry.chat_template {
         Some(source) => source.clone(),
@@ -182,15 +194,15 @@ pub fn load(path: &Path, entry: &ModelEntry, device: &Device) -> anyhow::Result<
 
     let context_length = entry.context_length.min(config.context_length);
     let weights: Box<dyn Model> = match config.architecture.as_str() {
-        "llama" | "qwen2" | "qwen3" => {
+        "llama" | "qwen2" | "qwen3" | "phi3" => {
             let variant = match config.architecture.as_str() {
                 "llama" => llama::Variant::LLAMA,
                 "qwen2" => llama::Variant::QWEN2,
-                _ => llama::Variant::QWEN3,
+                "qwen3" => llama::Variant::QWEN3,
+                _ => llama::Variant::PHI3,
             };
             Box::new(llama::Llama::load(
-                &content,
-                &mut file,
+                &mut gguf,
                 config.clone(),
                 variant,
                 context_length,
@@ -198,8 +210,7 @@ pub fn load(path: &Path, entry: &ModelEntry, device: &Device) -> anyhow::Result<
             )?)
         }
         "gemma2" | "gemma3" => Box::new(gemma::Gemma::load(
-            &content,
-            &mut file,
+            &mut gguf,
             config.clone(),
             context_length,
             device,

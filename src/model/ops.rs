@@ -97,6 +97,22 @@ impl RopeTables {
         })
     }
 
+    /// The same rotation with every cos and sin times `magnitude`, so rotated vectors grow
+    /// by it: llama.cpp's rope `attn_factor` (Phi-3's LongRoPE `rope.scaling.attn_factor`).
+    pub fn with_magnitude(self, magnitude: f32) -> Result<Self> {
+        if magnitude == 1.0 {
+            return Ok(self);
+        }
+        let scale = |v: Vec<f32>| v.into_iter().map(|x| x * magnitude).collect();
+        Ok(Self {
+            cos: (self.cos * magnitude as f64)?,
+            sin: (self.sin * magnitude as f64)?,
+            host_cos: scale(self.host_cos),
+            host_sin: scale(self.host_sin),
+            ..self
+        })
+    }
+
     /// The cos and sin tables on the model's device, `[positions, head_dim / 2]` each (for
     /// wick's own rotary kernel, `cuda::rope`).
     pub fn tables(&self) -> (&Tensor, &Tensor) {

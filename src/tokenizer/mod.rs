@@ -21,18 +21,10 @@ use anyhow::{anyhow, bail, Context};
 use candle_core::quantized::gguf_file;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{AddedToken, SplitDelimiterBehavior};
+use tokenizers::AddedToken;
 
-/// GPT-2's split rule (also used, after a digit split, by `smollm` and its relatives).
-const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
-/// Qwen2's rule with the case-insensitive contractions spelled out, as llama.cpp has it.
-const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// Llama 3's rule: like Qwen2's but digits in groups of up to three.
-const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+mod pretokenize;
+pub use pretokenize::PreTokenization;
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_NORMAL: i64 = 1;
@@ -62,9 +54,14 @@ impl Tokenizer {
         let model = meta_str(content, "tokenizer.ggml.model")?
             .context("GGUF has no `tokenizer.ggml.model`")?;
         let tokens = string_array(content, "tokenizer.ggml.tokens")?;
-        let mut inner = match model {
-            "gpt2" => byte_level_bpe(content, &tokens)?,
-            "llama" => sentencepiece_bpe(content, &tokens)?,
+        // Whether BOS starts a text when the GGUF has no `add_bos_token`: llama.cpp's default
+        // for the vocabulary kind (SentencePiece yes; byte-level BPE per pre-tokenizer).
+        let (mut inner, add_bos_default) = match model {
+            "gpt2" => {
+                let pre = pre_tokenization(content)?;
+                (byte_level_bpe(content, &tokens, &pre)?, pre.add_bos)
+            }
+            "llama" => (sentencepiece_bpe(content, &tokens)?, true),
             other => bail!(
                 "tokenizer model `{other}` is not supported (supported: `gpt2`, byte-level BPE; \
                  `llama`, SentencePiece BPE); give the model's tokenizer.json instead"
@@ -73,12 +70,15 @@ impl Tokenizer {
         // Control and user-defined tokens are matched whole in the input before any splitting.
         // Control tokens are special (skipped by `decode`); user-defined ones stay visible in
         // decoded text, as in llama.cpp, so markers such as Qwen's `<tool_call>` reach the caller.
+        let strips = strips_after_special(content)?;
         let added: Vec<AddedToken> = tokens
             .iter()
             .zip(token_types(content, tokens.len())?)
             .filter(|(_, ty)| *ty == TOKEN_TYPE_CONTROL || *ty == TOKEN_TYPE_USER_DEFINED)
             .map(|(token, ty)| {
-                AddedToken::from(token.to_string(), ty == TOKEN_TYPE_CONTROL).normalized(false)
+                AddedToken::from(token.to_string(), ty == TOKEN_TYPE_CONTROL)
+                    .normalized(false)
+                    .rstrip(strips(token))
             })
             .collect();
         // `add_tokens` keeps the ids these texts already have in the vocabulary.
@@ -98,7 +98,8 @@ impl Tokenizer {
         let bos = id_of("tokenizer.ggml.bos_token_id")?;
         let eos = id_of("tokenizer.ggml.eos_token_id")?;
         let eot = id_of("tokenizer.ggml.eot_token_id")?.map(|(id, _)| id);
-        let add_bos = meta_bool(content, "tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+        let add_bos =
+            meta_bool(content, "tokenizer.ggml.add_bos_token")?.unwrap_or(add_bos_default);
         Ok(Self::assemble(inner, bos, eos, eot, add_bos))
     }
 
@@ -229,8 +230,8 @@ impl Tokenizer {
 fn byte_level_bpe(
     content: &gguf_file::Content,
     tokens: &[&str],
+    pre: &PreTokenization,
 ) -> anyhow::Result<tokenizers::Tokenizer> {
-    let pre = meta_str(content, "tokenizer.ggml.pre")?.unwrap_or("default");
     let merges = string_array(content, "tokenizer.ggml.merges")?
         .into_iter()
         .map(|m| {
@@ -241,14 +242,43 @@ fn byte_level_bpe(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let bpe = BPE::builder()
         .vocab_and_merges(vocab(tokens), merges)
-        // llama.cpp looks a whole llama3 pre-token up in the vocabulary before merging.
-        .ignore_merges(matches!(pre, "llama3" | "llama-bpe"))
+        // llama.cpp looks a whole llama3 (or tekken, ...) piece up in the vocabulary first.
+        .ignore_merges(pre.ignore_merges)
         .build()
         .map_err(|e| anyhow!("building the BPE model from the GGUF vocabulary: {e}"))?;
     let mut inner = tokenizers::Tokenizer::new(bpe);
-    inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
+    inner.with_pre_tokenizer(Some(pre.pre_tokenizer()?));
     inner.with_decoder(Some(ByteLevelDecoder::default()));
     Ok(inner)
+}
+
+/// Which special tokens swallow the whitespace after them. llama.cpp decides this by the
+/// model's name, not its metadata: in a vocabulary named like Phi-3 (`phi-3`, `phi3`) every
+/// special token does but `<unk>`, `<s>` and `<|endoftext|>` (as Phi-3's own tokenizer has
+/// it, so `<|user|>\n` reads as the marker alone); elsewhere none.
+fn strips_after_special(content: &gguf_file::Content) -> anyhow::Result<impl Fn(&str) -> bool> {
+    let name = meta_str(content, "general.name")?
+        .unwrap_or_default()
+        .to_lowercase();
+    let phi3 = name.contains("phi-3") || name.contains("phi3");
+    Ok(move |token: &str| phi3 && !matches!(token, "<unk>" | "<s>" | "<|endoftext|>"))
+}
+
+/// The pre-tokenization of a byte-level BPE GGUF: llama.cpp's for its `tokenizer.ggml.pre`,
+/// or its `default` rules (with a warning, as llama.cpp gives) for a missing or unknown name.
+fn pre_tokenization(content: &gguf_file::Content) -> anyhow::Result<PreTokenization> {
+    let name = meta_str(content, "tokenizer.ggml.pre")?;
+    Ok(match name.and_then(pretokenize::for_name) {
+        Some(family) => family,
+        None => {
+            tracing::warn!(
+                "pre-tokenizer `{}` is not one llama.cpp knows: using its default rules; \
+                 ids may differ from the model's training",
+                name.unwrap_or("(none)")
+            );
+            pretokenize::DEFAULT
+        }
+    })
 }
 
 fn vocab(tokens: &[&str]) -> tokenizers::models::bpe::Vocab {
@@ -425,37 +455,6 @@ impl StreamDecoder {
     }
 }
 
-/// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` name: its regexes applied in
-/// turn (each splits the pieces of the previous one, keeping matches and gaps), then the
-/// GPT-2 byte-to-unicode mapping, with no prefix space.
-fn pre_tokenizer(pre: &str) -> anyhow::Result<PreTokenizerWrapper> {
-    let regexes: &[&str] = match pre {
-        // One token per digit first, then GPT-2's rule.
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
-            &[r"\p{N}", GPT2_REGEX]
-        }
-        "qwen2" | "stablelm2" => &[QWEN2_REGEX],
-        "llama3" | "llama-bpe" | "smaug-bpe" | "dbrx" => &[LLAMA3_REGEX],
-        "gpt2" | "default" | "mpt" | "olmo" | "jais" => &[GPT2_REGEX],
-        other => {
-            tracing::warn!("unknown pre-tokenizer `{other}`: using GPT-2's; ids may differ");
-            &[GPT2_REGEX]
-        }
-    };
-    let mut steps = Vec::new();
-    for regex in regexes {
-        let split = Split::new(
-            SplitPattern::Regex(regex.to_string()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(|e| anyhow!("pre-tokenizer regex for `{pre}`: {e}"))?;
-        steps.push(split.into());
-    }
-    steps.push(ByteLevel::new(false, false, false).into());
-    Ok(Sequence::new(steps).into())
-}
-
 fn meta_str<'a>(content: &'a gguf_file::Content, key: &str) -> anyhow::Result<Option<&'a str>> {
     content
         .metadata
@@ -515,42 +514,4 @@ fn string_array<'a>(content: &'a gguf_file::Content, key: &str) -> anyhow::Resul
                 .map_err(|e| anyhow!("{key}: {e}"))
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
-
-    fn pieces(pre: &str, text: &str) -> Vec<String> {
-        let mut s = PreTokenizedString::from(text);
-        pre_tokenizer(pre).unwrap().pre_tokenize(&mut s).unwrap();
-        s.get_splits(OffsetReferential::Original, OffsetType::Byte)
-            .into_iter()
-            .map(|(p, _, _)| p.to_string())
-            .collect()
-    }
-
-    #[test]
-    fn smollm_splits_every_digit() {
-        assert_eq!(pieces("smollm", "in 2024"), ["in", "Ġ", "2", "0", "2", "4"]);
-    }
-
-    #[test]
-    fn gpt2_keeps_digit_runs_and_adds_no_prefix_space() {
-        assert_eq!(pieces("gpt2", "in 2024"), ["in", "Ġ2024"]);
-    }
-
-    #[test]
-    fn qwen2_splits_digits_and_keeps_newlines_apart() {
-        assert_eq!(
-            pieces("qwen2", "x = 12\n\n  y"),
-            ["x", "Ġ=", "Ġ", "1", "2", "ĊĊ", "Ġ", "Ġy"]
-        );
-    }
-
-    #[test]
-    fn llama3_groups_digits_by_three() {
-        assert_eq!(pieces("llama3", "12345"), ["123", "45"]);
-    }
 }
