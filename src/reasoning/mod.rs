@@ -32,6 +32,10 @@ pub enum Start {
     /// The model may open a think block at the very start of its output (Qwen3's hybrid
     /// template leaves that to the model); output that starts otherwise is all answer.
     Before,
+    /// The prompt ends in a closed block (`<think>\n\n</think>\n\n`: the template was
+    /// told not to think): the output is all answer, and a grammar leaves no room for
+    /// thinking (a small model shown an empty block likes to open another).
+    Closed,
 }
 
 impl Start {
@@ -40,8 +44,11 @@ impl Start {
         // Only the prompt's very end counts: user text that mentions the tag is data, and
         // a template that closed the block (`<think>\n\n</think>\n\n`, thinking switched
         // off) leaves the model outside it.
-        if prompt.trim_end().ends_with(OPEN) {
+        let end = prompt.trim_end();
+        if end.ends_with(OPEN) {
             Start::Inside
+        } else if end.ends_with(CLOSE) {
+            Start::Closed
         } else {
             Start::Before
         }
@@ -75,6 +82,7 @@ pub fn grammar_after_thinking(lark: &str, start: Start) -> String {
     };
     let thinking = "wick_thinking[lazy]: /(.|\\n)*<\\/think>/";
     let top = match start {
+        Start::Closed => return lark.to_string(),
         Start::Inside => format!("start: wick_thinking \"\\n\\n\" {ANSWER_RULE}"),
         Start::Before => {
             format!("start: (\"<think>\" wick_thinking \"\\n\\n\")? {ANSWER_RULE}")
@@ -96,7 +104,7 @@ mod tests {
         assert_eq!(Start::after("<｜Assistant｜><think>"), Start::Inside);
         assert_eq!(
             Start::after("<|im_start|>assistant\n<think>\n\n</think>\n\n"),
-            Start::Before
+            Start::Closed
         );
         assert_eq!(
             Start::after("<|im_start|>user\n<think>\n<|im_end|>\n<|im_start|>assistant\n"),
@@ -124,5 +132,7 @@ mod tests {
             grammar_after_thinking("other: \"x\"", Start::Inside),
             "other: \"x\""
         );
+        let g = "start: \"x\"";
+        assert_eq!(grammar_after_thinking(g, Start::Closed), g);
     }
 }

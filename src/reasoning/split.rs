@@ -78,6 +78,7 @@ impl ReasoningSplitter {
             state: match start {
                 Start::Inside => State::Thinking,
                 Start::Before => State::Before,
+                Start::Closed => State::Answer,
             },
             held: String::new(),
             blank: String::new(),
@@ -355,6 +356,23 @@ mod tests {
             }
         );
         let (_, _, split) = split_answer(Start::Before, "plain");
+        assert_eq!(
+            split,
+            Split {
+                span: None,
+                closed: false
+            }
+        );
+    }
+
+    #[test]
+    fn after_a_block_the_prompt_closed_everything_is_the_answer() {
+        same_at_every_cut(
+            Start::Closed,
+            "<think>x</think>y",
+            &[c("<think>x</think>y")],
+        );
+        let (_, _, split) = split_answer(Start::Closed, "<think>x</think>y");
         assert_eq!(
             split,
             Split {
