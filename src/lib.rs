@@ -12,6 +12,7 @@ pub mod device;
 pub mod engine;
 pub mod metrics;
 pub mod model;
+pub mod reasoning;
 pub mod routing;
 pub mod server;
 pub mod service;

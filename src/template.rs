@@ -25,6 +25,9 @@ pub struct ChatMessage {
     pub tool_calls: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// An assistant turn's thinking (Qwen3's templates read `message.reasoning_content`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 impl ChatMessage {
@@ -35,9 +38,24 @@ impl ChatMessage {
             name: None,
             tool_calls: None,
             tool_call_id: None,
+            reasoning_content: None,
         }
     }
 }
+
+/// Variables a request adds to the template's context (`chat_template_kwargs`,
+/// `reasoning_effort`, `enable_thinking`); the template's own (`messages`, `tools`, ...)
+/// always win over them.
+pub type TemplateVars = serde_json::Map<String, serde_json::Value>;
+
+/// The variables [`ChatTemplate::render_with`] sets itself.
+pub const RESERVED_VARS: [&str; 5] = [
+    "messages",
+    "tools",
+    "add_generation_prompt",
+    "bos_token",
+    "eos_token",
+];
 
 /// Why a template could not render: the template raised (`raise_exception`) or failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +82,7 @@ const RAISED_MARKER: &str = "raise_exception: ";
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos: String,
     eos: String,
 }
@@ -84,6 +103,7 @@ impl ChatTemplate {
             .map_err(|e| TemplateError::Invalid(describe(&e)))?;
         Ok(Self {
             env,
+            source: source.to_string(),
             bos: bos.unwrap_or_default().to_string(),
             eos: eos.unwrap_or_default().to_string(),
         })
@@ -95,6 +115,22 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         tools: Option<&serde_json::Value>,
         add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
+        self.render_with(messages, tools, add_generation_prompt, &TemplateVars::new())
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// [`Self::render`] with the request's own variables beside the usual ones.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+        vars: &TemplateVars,
     ) -> Result<String, TemplateError> {
         let template = self
             .env
@@ -109,6 +145,7 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos,
             eos_token => &self.eos,
+            ..Value::from_serialize(vars)
         };
         template.render(ctx).map_err(|e| match raised_message(&e) {
             Some(msg) => TemplateError::Raised(msg),
@@ -451,6 +488,43 @@ mod tests {
             t.render(&[], Some(&tools), false).unwrap(),
             "{\n  \"a\": [\n    1\n  ]\n}"
         );
+    }
+
+    #[test]
+    fn request_variables_reach_the_template_and_its_own_win() {
+        let t = ChatTemplate::new(
+            "{{ messages | length }} {{ enable_thinking }} {{ reasoning_effort is defined }}",
+            None,
+            None,
+        )
+        .unwrap();
+        let mut vars = TemplateVars::new();
+        vars.insert("enable_thinking".into(), false.into());
+        vars.insert("messages".into(), serde_json::json!([1, 2, 3]));
+        let m = msgs(&[("user", "a")]);
+        assert_eq!(
+            t.render_with(&m, None, true, &vars).unwrap(),
+            "1 False False"
+        );
+        assert_eq!(t.render(&m, None, true).unwrap(), "1  False");
+    }
+
+    #[test]
+    fn an_assistant_turn_carries_its_thinking() {
+        let t = ChatTemplate::new(
+            "{% for m in messages %}{% if m.reasoning_content is defined %}<think>{{ m.reasoning_content }}</think>{% endif %}{{ m.content }}{% endfor %}",
+            None,
+            None,
+        )
+        .unwrap();
+        let mut a = ChatMessage::new("assistant", "4");
+        a.reasoning_content = Some("2+2".into());
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "q"), a], None, false)
+                .unwrap(),
+            "q<think>2+2</think>4"
+        );
+        assert!(t.source().contains("reasoning_content"));
     }
 
     #[test]

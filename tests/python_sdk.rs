@@ -1,6 +1,7 @@
 //! The official Python `openai` SDK against the real server: tests/python/openai_sdk.py runs
 //! in a virtual environment under the target dir (created, with the pinned SDK installed
-//! from PyPI, on first run) and must exit 0.
+//! from PyPI, on first run) and must exit 0; so must tests/python/reasoning_sdk.py, against a
+//! thinking model (tests/common/thinking.rs).
 
 mod common;
 
@@ -11,6 +12,9 @@ use std::process::Command;
 const OPENAI_SDK: &str = "openai==3.51.0";
 
 fn venv() -> PathBuf {
+    // The tests of this file run at once; one of them sets the environment up.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-openai");
     let python = dir.join("bin").join("python");
     let pinned = Command::new(&python)
@@ -51,4 +55,23 @@ fn the_official_python_sdk_uses_every_endpoint() {
         "the SDK script failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("checks passed"), "{stdout}");
+}
+
+#[test]
+fn the_official_python_sdk_reads_a_thinking_models_reasoning_content() {
+    let python = venv();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/reasoning_sdk.py");
+    let output = Command::new(python)
+        .arg(script)
+        .arg(format!("http://{}", common::thinking::server()))
+        .arg(common::thinking::OPENS)
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the SDK script failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("reasoning checks passed"), "{stdout}");
 }

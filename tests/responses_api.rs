@@ -207,7 +207,7 @@ async fn v2_routing_fields_and_bad_input() {
     for (body, param) in [
         (json!({ "input": [] }), "input"),
         (
-            json!({ "input": [{ "type": "reasoning", "summary": [] }] }),
+            json!({ "input": [{ "type": "web_search_call", "id": "ws_1" }] }),
             "input[0].type",
         ),
         (json!({ "input": [{ "role": "user" }] }), "input[0].content"),

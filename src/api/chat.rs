@@ -9,9 +9,9 @@ use async_openai::types::chat::{
     ChatChoice, ChatChoiceLogprobs, ChatChoiceStream, ChatCompletionMessageToolCall,
     ChatCompletionMessageToolCallChunk, ChatCompletionMessageToolCalls,
     ChatCompletionResponseMessage, ChatCompletionStreamResponseDelta, ChatCompletionTokenLogprob,
-    CompletionUsage, CreateChatCompletionResponse, CreateChatCompletionStreamResponse,
-    FinishReason as OpenAiFinish, FunctionCall, FunctionCallStream, FunctionType, Role,
-    TopLogprobs,
+    CompletionTokensDetails, CompletionUsage, CreateChatCompletionResponse,
+    CreateChatCompletionStreamResponse, FinishReason as OpenAiFinish, FunctionCall,
+    FunctionCallStream, FunctionType, Role, TopLogprobs,
 };
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -22,6 +22,7 @@ use axum::Json;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 
+use super::answer::{self, AnswerSplitter, Out};
 use super::error::ApiError;
 use super::fields::GenerationFields;
 use super::generation::{self, fit_context, submit_choices, token_text, ChoiceOutput};
@@ -29,10 +30,11 @@ use super::request::{parse_json, ChatRequest, ChatSettings};
 use super::AppState;
 use crate::engine::{Event, EventStream, FinishReason, ServedModel, TokenLogprob, Usage};
 use crate::metrics::GenerationTimer;
+use crate::reasoning::{self, Start};
 use crate::routing::{self, tradition, Family, Mechanism, RoutingFields, Tradition};
 use crate::template::TemplateError;
 use crate::tokenizer::Tokenizer;
-use crate::tools::{self, CallFormat, CallSplitter, Piece, PrepareError, ToolCall};
+use crate::tools::{self, CallFormat, PrepareError, ToolCall};
 
 pub async fn completions_v1(
     State(state): State<Arc<AppState>>,
@@ -69,6 +71,8 @@ pub(super) struct Answer {
     pub meta: Option<RoutingMeta>,
     /// Read the answer for tool calls in this format (when tools are offered).
     pub calls: Option<CallFormat>,
+    /// Where a thinking model's thinking starts; None for a model that does not think.
+    pub reasoning: Option<Start>,
 }
 
 /// The fields a /v2 response carries beside OpenAI's, on the body and on every chunk.
@@ -194,6 +198,7 @@ pub(super) async fn start(
 ) -> Result<Started, ApiError> {
     let settings = request.settings(fields)?;
     let tool_spec = request.tool_spec()?;
+    let mut vars = request.template_vars()?;
     let mut messages = request.template_messages()?;
     let tradition = request
         .tradition
@@ -238,10 +243,16 @@ pub(super) async fn start(
     let layer = state.traditions.layer(tradition, version == Version::V2);
     tradition::apply_layer(&mut messages, layer);
 
+    let thinks = reasoning::thinks(&served.frontend.template, &served.frontend.tokenizer);
+    if thinks {
+        request.set_thinking(&mut vars);
+    }
     let prepared = tools::prepare(
         &tool_spec,
         messages,
         &served.frontend.template,
+        &vars,
+        thinks,
         &served.frontend.tokenizer,
         &served.grammar,
     )
@@ -279,6 +290,7 @@ pub(super) async fn start(
         model: served.entry.id.clone(),
         meta,
         calls: prepared.calls,
+        reasoning: prepared.reasoning,
     };
     Ok(Started {
         answer,
@@ -338,13 +350,21 @@ fn finish_reason(f: FinishReason, made_calls: bool) -> OpenAiFinish {
     }
 }
 
-fn usage(u: Usage) -> CompletionUsage {
+/// OpenAI's usage; `reasoning_tokens` (given for thinking models) goes in
+/// `completion_tokens_details`.
+fn usage(u: Usage, reasoning_tokens: Option<usize>) -> CompletionUsage {
     CompletionUsage {
         prompt_tokens: u.prompt_tokens as u32,
         completion_tokens: u.completion_tokens as u32,
         total_tokens: (u.prompt_tokens + u.completion_tokens) as u32,
         prompt_tokens_details: None,
-        completion_tokens_details: None,
+        completion_tokens_details: reasoning_tokens.map(|n| CompletionTokensDetails {
+            accepted_prediction_tokens: Some(0),
+            audio_tokens: Some(0),
+            reasoning_tokens: Some(n as u32),
+            rejected_prediction_tokens: Some(0),
+            text_tokens: None,
+        }),
     }
 }
 
@@ -397,31 +417,37 @@ fn message_call(call: ToolCall) -> ChatCompletionMessageToolCalls {
     })
 }
 
-/// The whole `chat.completion` once every choice has finished.
+/// The whole `chat.completion` once every choice has finished. A thinking model's
+/// thinking goes in each message's `reasoning_content` (a field OpenAI's types lack, so it
+/// is added to the JSON), and the tokens it took in `completion_tokens_details`.
 #[allow(deprecated)] // function_call and system_fingerprint are deprecated but part of the types
-fn completion<'a>(
-    answer: &'a Answer,
+fn completion(
+    answer: &Answer,
     tokenizer: &Tokenizer,
     asked_logprobs: bool,
     outputs: Vec<ChoiceOutput>,
-) -> WithMeta<'a, CreateChatCompletionResponse> {
+) -> serde_json::Value {
     let total = generation::total_usage(outputs.iter().map(|o| o.usage), outputs.len());
+    let mut reasoning_tokens = 0;
+    let mut thoughts = Vec::with_capacity(outputs.len());
     let choices = outputs
         .into_iter()
         .enumerate()
         .map(|(index, output)| {
-            let (content, calls) = match answer.calls {
-                Some(format) => tools::split_answer(format, &output.text),
-                None => (Some(output.text), Vec::new()),
-            };
-            let made_calls = !calls.is_empty();
+            let read = answer::split_answer(answer.reasoning, answer.calls, &output.text);
+            if let Some(split) = &read.split {
+                reasoning_tokens += split.tokens(tokenizer, output.usage.completion_tokens);
+            }
+            thoughts.push(read.reasoning);
+            let made_calls = !read.calls.is_empty();
             ChatChoice {
                 index: index as u32,
                 logprobs: asked_logprobs.then(|| chat_logprobs(tokenizer, &output.logprobs)),
                 message: ChatCompletionResponseMessage {
-                    content,
+                    content: read.content,
                     refusal: None,
-                    tool_calls: made_calls.then(|| calls.into_iter().map(message_call).collect()),
+                    tool_calls: made_calls
+                        .then(|| read.calls.into_iter().map(message_call).collect()),
                     annotations: None,
                     role: Role::Assistant,
                     function_call: None,
@@ -431,7 +457,7 @@ fn completion<'a>(
             }
         })
         .collect();
-    WithMeta {
+    let body = WithMeta {
         base: CreateChatCompletionResponse {
             id: answer.id.clone(),
             choices,
@@ -440,13 +466,24 @@ fn completion<'a>(
             service_tier: None,
             system_fingerprint: None,
             object: "chat.completion".into(),
-            usage: Some(usage(total)),
+            usage: Some(usage(total, answer.reasoning.map(|_| reasoning_tokens))),
             metadata: None,
             moderation: None,
         },
         meta: answer.meta.as_ref(),
+    };
+    let mut body = serde_json::to_value(&body).unwrap_or_default();
+    for (index, thought) in thoughts.into_iter().enumerate() {
+        if let Some(thought) = thought {
+            body["choices"][index]["message"][REASONING_FIELD] = thought.into();
+        }
     }
+    body
 }
+
+/// The field that carries thinking, in messages and deltas: llama.cpp's server's name
+/// (vLLM's `reasoning` is accepted on input too).
+pub(super) const REASONING_FIELD: &str = "reasoning_content";
 
 #[allow(deprecated)] // system_fingerprint is deprecated but part of the type
 fn chunk(
@@ -529,6 +566,23 @@ fn chunk_event(answer: &Answer, chunk: CreateChatCompletionStreamResponse) -> Ss
     })
 }
 
+/// A chunk of thinking: `delta.reasoning_content`, which OpenAI's types lack.
+fn reasoning_event(
+    answer: &Answer,
+    index: usize,
+    text: String,
+    logprobs: Option<ChatChoiceLogprobs>,
+) -> SseEvent {
+    let chunk = chunk(answer, index, delta(None, None), None, logprobs);
+    let mut body = serde_json::to_value(&WithMeta {
+        base: chunk,
+        meta: answer.meta.as_ref(),
+    })
+    .unwrap_or_default();
+    body["choices"][0]["delta"][REASONING_FIELD] = text.into();
+    sse_json(&body)
+}
+
 /// The chunk sent when generation fails after the stream has started: the status line is
 /// gone, so the failure travels as a last chunk with `finish_reason: "error"`.
 fn error_chunk(answer: &Answer, index: usize, message: String) -> SseEvent {
@@ -546,7 +600,8 @@ fn error_chunk(answer: &Answer, index: usize, message: String) -> SseEvent {
     })
 }
 
-/// OpenAI's chunk sequence: the role first (for each choice), then content deltas, then each
+/// OpenAI's chunk sequence: the role first (for each choice), then thinking deltas
+/// (`reasoning_content`, thinking models only), then content deltas, then each
 /// choice's finish reason, then (when asked) a usage chunk with no choices, then `[DONE]`.
 /// Log-probabilities ride on the chunk of the text their tokens produced. Dropping this
 /// stream (a client that disconnects) drops `events`, which cancels the request in the engine.
@@ -566,9 +621,11 @@ fn stream_chunks(
         // Tokens whose text has not come out yet, per choice.
         let mut pending: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
         let mut usages = vec![Usage::default(); n];
-        // Each choice's text is read for calls on its own, and its calls numbered from 0.
-        let mut splitters: Vec<Option<CallSplitter>> =
-            (0..n).map(|_| answer.calls.map(CallSplitter::new)).collect();
+        // Each choice's text is read for thinking and calls on its own, and its calls
+        // numbered from 0.
+        let mut splitters: Vec<AnswerSplitter> =
+            (0..n).map(|_| AnswerSplitter::new(answer.reasoning, answer.calls)).collect();
+        let mut reasoning_tokens = 0;
         let mut calls_sent = vec![0u32; n];
         let mut finished = 0;
         let mut failed = false;
@@ -579,19 +636,22 @@ fn stream_chunks(
                 break;
             };
             let Some((index, event)) = event else { break };
-            let pieces = match (&event, splitters[index].as_mut()) {
-                (Event::Text(text), Some(s)) => s.push(text),
-                (Event::Text(text), None) => vec![Piece::Text(text.clone())],
-                (Event::Done { .. }, Some(s)) => s.finish(),
+            let outs = match &event {
+                Event::Text(text) => splitters[index].push(text),
+                Event::Done { .. } => splitters[index].finish(),
                 _ => Vec::new(),
             };
-            for piece in pieces {
-                match piece {
-                    Piece::Text(text) => {
+            for out in outs {
+                match out {
+                    Out::Reasoning(text) => {
+                        let logprobs = take_logprobs(tokenizer, &mut pending[index]);
+                        yield Ok(reasoning_event(&answer, index, text, logprobs));
+                    }
+                    Out::Text(text) => {
                         let logprobs = take_logprobs(tokenizer, &mut pending[index]);
                         yield Ok(chunk_event(&answer, chunk(&answer, index, delta(None, Some(text)), None, logprobs)));
                     }
-                    Piece::Call(call) => {
+                    Out::Call(call) => {
                         for d in call_deltas(calls_sent[index], call) {
                             yield Ok(chunk_event(&answer, chunk(&answer, index, d, None, None)));
                         }
@@ -606,6 +666,9 @@ fn stream_chunks(
                     let logprobs = take_logprobs(tokenizer, &mut pending[index]);
                     let reason = finish_reason(finish, calls_sent[index] > 0);
                     yield Ok(chunk_event(&answer, chunk(&answer, index, delta(None, None), Some(reason), logprobs)));
+                    if let Some(split) = splitters[index].split() {
+                        reasoning_tokens += split.tokens(tokenizer, u.completion_tokens);
+                    }
                     usages[index] = u;
                     finished += 1;
                 }
@@ -621,7 +684,8 @@ fn stream_chunks(
         } else if !failed && include_usage {
             let mut last = chunk(&answer, 0, delta(None, None), None, None);
             last.choices.clear();
-            last.usage = Some(usage(generation::total_usage(usages, n)));
+            let thought = answer.reasoning.map(|_| reasoning_tokens);
+            last.usage = Some(usage(generation::total_usage(usages, n), thought));
             yield Ok(chunk_event(&answer, last));
         }
         yield Ok(SseEvent::default().data("[DONE]"));

@@ -1,6 +1,7 @@
 //! The HTTP API: an axum router speaking OpenAI's JSON and server-sent events. It knows
 //! HTTP and JSON, not candle: generation goes through [`crate::engine::Backend`].
 
+mod answer;
 pub mod auth;
 mod chat;
 mod completions;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::error::ApiError;
 pub use super::fields::StopField;
 use super::fields::{chat_logprobs, GenerationFields, GenerationSettings};
-use crate::template::ChatMessage;
+use crate::template::{ChatMessage, TemplateVars, RESERVED_VARS};
 use crate::tools::ToolSpec;
 
 /// Parse a JSON body, reporting the path of a field with the wrong type as `param`.
@@ -55,6 +55,11 @@ pub struct ChatRequest {
     pub model_family: Option<String>,
     /// The theological perspective of the answer (shared/ROUTING.md).
     pub tradition: Option<String>,
+    /// OpenAI's: how hard a reasoning model thinks. Reaches the template as
+    /// `reasoning_effort`; `none` also switches thinking off (`enable_thinking: false`).
+    pub reasoning_effort: Option<String>,
+    /// vLLM's and llama.cpp's: variables for the chat template (`enable_thinking`, ...).
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +75,10 @@ pub struct RequestMessage {
     pub name: Option<String>,
     pub tool_calls: Option<serde_json::Value>,
     pub tool_call_id: Option<String>,
+    /// An earlier answer's thinking, under llama.cpp's name (the one wick sends) ...
+    pub reasoning_content: Option<String>,
+    /// ... or vLLM's.
+    pub reasoning: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +94,12 @@ pub struct ContentPart {
     pub kind: String,
     pub text: Option<String>,
 }
+
+/// The template variable Qwen3's (and other hybrid models') templates read to think or not.
+const ENABLE_THINKING: &str = "enable_thinking";
+
+/// OpenAI's values for `reasoning_effort`.
+pub const REASONING_EFFORTS: [&str; 6] = ["none", "minimal", "low", "medium", "high", "xhigh"];
 
 /// A chat request's settings, checked and with defaults filled in.
 #[derive(Debug)]
@@ -128,6 +143,54 @@ impl ChatRequest {
             .as_ref()
             .and_then(|t| t.as_array())
             .is_some_and(|t| !t.is_empty())
+    }
+
+    /// The variables this request adds to the chat template, checked:
+    /// `chat_template_kwargs` as given, and `reasoning_effort`. Templates that do not read
+    /// them are unaffected.
+    pub fn template_vars(&self) -> Result<TemplateVars, ApiError> {
+        let mut vars = self.chat_template_kwargs.clone().unwrap_or_default();
+        if let Some(name) = RESERVED_VARS.iter().find(|v| vars.contains_key(**v)) {
+            return Err(ApiError::invalid(
+                format!(
+                    "chat_template_kwargs may not set '{name}': the server sets it from the \
+                     request"
+                ),
+                Some(&format!("chat_template_kwargs.{name}")),
+            )
+            .with_code("invalid_value"));
+        }
+        if let Some(v) = vars.get(ENABLE_THINKING) {
+            if !v.is_boolean() {
+                return Err(ApiError::invalid(
+                    format!("chat_template_kwargs.{ENABLE_THINKING} must be a boolean, got {v}"),
+                    Some(&format!("chat_template_kwargs.{ENABLE_THINKING}")),
+                ));
+            }
+        }
+        if let Some(effort) = &self.reasoning_effort {
+            if !REASONING_EFFORTS.contains(&effort.as_str()) {
+                return Err(ApiError::invalid(
+                    format!(
+                        "Invalid value for reasoning_effort: '{effort}'. Supported values are: {}",
+                        REASONING_EFFORTS.join(", ")
+                    ),
+                    Some("reasoning_effort"),
+                )
+                .with_code("invalid_value"));
+            }
+            vars.entry("reasoning_effort")
+                .or_insert_with(|| effort.clone().into());
+        }
+        Ok(vars)
+    }
+
+    /// For a model that thinks: `enable_thinking` (read by Qwen3's templates and the
+    /// DeepSeek-R1 template llama.cpp ships), true unless the kwargs set it or
+    /// `reasoning_effort` is `none`.
+    pub fn set_thinking(&self, vars: &mut TemplateVars) {
+        let on = self.reasoning_effort.as_deref() != Some("none");
+        vars.entry(ENABLE_THINKING).or_insert(on.into());
     }
 
     /// The conversation in the shape chat templates expect.
@@ -193,5 +256,7 @@ fn convert_message(index: usize, m: &RequestMessage) -> Result<ChatMessage, ApiE
         name: m.name.clone(),
         tool_calls: m.tool_calls.clone(),
         tool_call_id: m.tool_call_id.clone(),
+        // Either name is accepted; templates read llama.cpp's.
+        reasoning_content: m.reasoning_content.clone().or_else(|| m.reasoning.clone()),
     })
 }

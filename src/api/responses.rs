@@ -19,7 +19,8 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::chat::{self, chat_logprobs, Answer, Started, Version};
+use super::answer::{self, AnswerSplitter, Out, SplitAnswer};
+use super::chat::{self, chat_logprobs, Answer, Started, Version, REASONING_FIELD};
 use super::error::ApiError;
 use super::fields::GenerationFields;
 use super::generation::{self, ChoiceOutput};
@@ -28,7 +29,7 @@ use super::response_store::StoredResponse;
 use super::AppState;
 use crate::engine::{Event, FinishReason, TokenLogprob, Usage};
 use crate::tokenizer::Tokenizer;
-use crate::tools::{self, CallSplitter, Piece, ToolCall};
+use crate::tools::ToolCall;
 
 /// The fields read here; sampling fields are read by [`GenerationFields`], and anything else
 /// is ignored as OpenAI's newer fields are.
@@ -48,6 +49,21 @@ struct ResponsesRequest {
     #[serde(default)]
     include: Vec<String>,
     metadata: Option<Value>,
+    /// `reasoning.effort` becomes chat's `reasoning_effort`; `summary` is accepted and
+    /// ignored (wick returns the thinking itself, not a summary of it).
+    reasoning: Option<ReasoningParam>,
+    /// Read here only to check their types; passed on to chat as they are.
+    #[allow(dead_code)]
+    reasoning_effort: Option<String>,
+    #[allow(dead_code)]
+    chat_template_kwargs: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReasoningParam {
+    effort: Option<String>,
+    #[allow(dead_code)] // read to check its type
+    summary: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,8 +73,9 @@ enum Input {
     Items(Vec<InputItem>),
 }
 
-/// A message (`type` "message" or absent), a `function_call` the model made earlier, or a
-/// `function_call_output` answering one.
+/// A message (`type` "message" or absent), a `function_call` the model made earlier, a
+/// `function_call_output` answering one, or a `reasoning` item (an earlier answer's
+/// thinking, kept with the assistant turn that follows it).
 #[derive(Debug, Deserialize)]
 struct InputItem {
     #[serde(rename = "type")]
@@ -69,6 +86,7 @@ struct InputItem {
     name: Option<String>,
     arguments: Option<String>,
     output: Option<Value>,
+    summary: Option<Vec<ContentPart>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,7 +110,7 @@ struct TextParam {
 
 /// Fields copied from a Responses body into the chat request unchanged: sampling and the
 /// /v2 routing fields.
-const PASSED_THROUGH: [&str; 13] = [
+const PASSED_THROUGH: [&str; 15] = [
     "model",
     "temperature",
     "top_p",
@@ -106,6 +124,8 @@ const PASSED_THROUGH: [&str; 13] = [
     "auto_routing",
     "model_family",
     "tradition",
+    "reasoning_effort",
+    "chat_template_kwargs",
 ];
 
 /// What the include list names to ask for output log-probabilities.
@@ -192,6 +212,7 @@ async fn handle(
     let reply = Reply {
         id: format!("resp_{}", uuid::Uuid::new_v4().simple()),
         message_id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+        reasoning_id: format!("rs_{}", uuid::Uuid::new_v4().simple()),
         store: request.store.unwrap_or(true),
         conversation,
         echo,
@@ -230,6 +251,8 @@ fn input_messages(input: &Input) -> Result<Vec<Value>, ApiError> {
         Input::Items(items) => items,
     };
     let mut messages: Vec<Value> = Vec::with_capacity(items.len());
+    // A reasoning item's text, for the assistant turn that comes next.
+    let mut thinking: Option<String> = None;
     for (i, item) in items.iter().enumerate() {
         let param = |field: &str| format!("input[{i}]{field}");
         let missing = |field: &str| {
@@ -246,7 +269,13 @@ fn input_messages(input: &Input) -> Result<Vec<Value>, ApiError> {
                     Some(ItemContent::Parts(parts)) => parts_text(parts, i)?,
                     None => return Err(missing("content")),
                 };
-                messages.push(json!({ "role": role, "content": content }));
+                let mut message = json!({ "role": role, "content": content });
+                if role == "assistant" {
+                    if let Some(thinking) = thinking.take() {
+                        message[REASONING_FIELD] = thinking.into();
+                    }
+                }
+                messages.push(message);
             }
             Some("function_call") => {
                 let call = json!({
@@ -264,10 +293,27 @@ fn input_messages(input: &Input) -> Result<Vec<Value>, ApiError> {
                             calls.push(call);
                         }
                     }
-                    _ => messages.push(
-                        json!({ "role": "assistant", "content": null, "tool_calls": [call] }),
-                    ),
+                    _ => {
+                        let mut message =
+                            json!({ "role": "assistant", "content": null, "tool_calls": [call] });
+                        if let Some(thinking) = thinking.take() {
+                            message[REASONING_FIELD] = thinking.into();
+                        }
+                        messages.push(message)
+                    }
                 }
+            }
+            Some("reasoning") => {
+                // The thinking itself when given, else its summary.
+                let text = match (&item.content, &item.summary) {
+                    (Some(ItemContent::Parts(parts)), _) if !parts.is_empty() => {
+                        parts_text(parts, i)?
+                    }
+                    (Some(ItemContent::Text(t)), _) => t.clone(),
+                    (_, Some(summary)) => parts_text(summary, i)?,
+                    _ => String::new(),
+                };
+                thinking = Some(text);
             }
             Some("function_call_output") => {
                 let output = match &item.output {
@@ -285,7 +331,7 @@ fn input_messages(input: &Input) -> Result<Vec<Value>, ApiError> {
                 return Err(ApiError::invalid(
                     format!(
                         "input items of type '{other}' are not supported; send message, \
-                         function_call or function_call_output items"
+                         function_call, function_call_output or reasoning items"
                     ),
                     Some(&param(".type")),
                 )
@@ -305,7 +351,10 @@ fn parts_text(parts: &[ContentPart], item: usize) -> Result<String, ApiError> {
     let mut text = String::new();
     for (j, part) in parts.iter().enumerate() {
         match (part.kind.as_str(), &part.text) {
-            ("input_text" | "output_text" | "text", Some(t)) => text.push_str(t),
+            (
+                "input_text" | "output_text" | "text" | "reasoning_text" | "summary_text",
+                Some(t),
+            ) => text.push_str(t),
             (kind, _) => {
                 return Err(ApiError::invalid(
                     format!("content parts of type '{kind}' are not supported; send input_text"),
@@ -337,6 +386,9 @@ fn chat_request(
     }
     if let Some(max) = request.max_output_tokens {
         chat.insert("max_tokens".into(), json!(max));
+    }
+    if let Some(effort) = request.reasoning.as_ref().and_then(|r| r.effort.as_ref()) {
+        chat.entry("reasoning_effort").or_insert(json!(effort));
     }
     if request.top_logprobs.is_some() || request.include.iter().any(|i| i == INCLUDE_LOGPROBS) {
         chat.insert("logprobs".into(), json!(true));
@@ -437,6 +489,8 @@ impl Echo {
 struct Reply {
     id: String,
     message_id: String,
+    /// The reasoning item's, when a thinking model thought.
+    reasoning_id: String,
     store: bool,
     /// The conversation so far (without instructions), kept with the response when stored.
     conversation: Vec<Value>,
@@ -444,13 +498,13 @@ struct Reply {
 }
 
 impl Reply {
-    /// The response object in a given state.
+    /// The response object in a given state; `usage` with the tokens the thinking took.
     fn object(
         &self,
         answer: &Answer,
         status: &str,
         output: Vec<Value>,
-        usage: Option<Usage>,
+        usage: Option<(Usage, usize)>,
         extra: Option<(&str, Value)>,
     ) -> Value {
         let mut object = Map::new();
@@ -467,12 +521,12 @@ impl Reply {
         object.insert(
             "usage".into(),
             usage
-                .map(|u| {
+                .map(|(u, reasoning_tokens)| {
                     json!({
                         "input_tokens": u.prompt_tokens,
                         "input_tokens_details": { "cached_tokens": 0 },
                         "output_tokens": u.completion_tokens,
-                        "output_tokens_details": { "reasoning_tokens": 0 },
+                        "output_tokens_details": { "reasoning_tokens": reasoning_tokens },
                         "total_tokens": u.prompt_tokens + u.completion_tokens,
                     })
                 })
@@ -500,8 +554,25 @@ impl Reply {
         })
     }
 
-    /// The finished response object; stored when asked. The message item is left out when
-    /// the answer is only calls, unless a stream has already announced it (`streamed`).
+    /// The reasoning item: the thinking as one `reasoning_text` part (wick has no summary
+    /// to give).
+    fn reasoning_item(&self, status: &str, text: Option<&str>) -> Value {
+        let content = match text {
+            Some(text) => json!([{ "type": "reasoning_text", "text": text }]),
+            None => json!([]),
+        };
+        json!({
+            "type": "reasoning",
+            "id": self.reasoning_id,
+            "summary": [],
+            "content": content,
+            "status": status,
+        })
+    }
+
+    /// The finished response object; stored when asked. A thinking model's thinking comes
+    /// first, as a reasoning item. The message item is left out when the answer is only
+    /// calls, unless a stream has already announced it (`streamed`).
     fn finish(
         &self,
         answer: &Answer,
@@ -510,22 +581,37 @@ impl Reply {
         streamed: bool,
         state: &AppState,
     ) -> Value {
-        let (content, calls) = match answer.calls {
-            Some(format) => tools::split_answer(format, &output.text),
-            None => (Some(output.text.clone()), Vec::new()),
-        };
+        let SplitAnswer {
+            reasoning,
+            content,
+            calls,
+            split,
+        } = answer::split_answer(answer.reasoning, answer.calls, &output.text);
         let text = content.unwrap_or_default();
         let (status, extra) = status_of(output.finish);
         let mut items = Vec::new();
+        let reasoning_tokens = match &split {
+            Some(split) => split.tokens(tokenizer, output.usage.completion_tokens),
+            None => 0,
+        };
+        if let (Some(thinking), Some(split)) = (&reasoning, &split) {
+            // Thinking the output ended in is as complete as the response.
+            let status = if split.closed { "completed" } else { status };
+            items.push(self.reasoning_item(status, Some(thinking)));
+        }
         if streamed || !text.is_empty() || calls.is_empty() {
             let part = text_part(&text, responses_logprobs(tokenizer, &output.logprobs));
             items.push(self.message_item(status, vec![part]));
         }
         items.extend(calls.iter().map(|c| function_call_item(c, "completed")));
-        let object = self.object(answer, status, items, Some(output.usage), extra);
+        let usage = Some((output.usage, reasoning_tokens));
+        let object = self.object(answer, status, items, usage, extra);
         if self.store {
             let mut conversation = self.conversation.clone();
             let mut message = json!({ "role": "assistant", "content": text });
+            if let Some(thinking) = reasoning {
+                message[REASONING_FIELD] = thinking.into();
+            }
             if !calls.is_empty() {
                 message["tool_calls"] = calls
                     .iter()
@@ -588,11 +674,15 @@ fn responses_logprobs(tokenizer: &Tokenizer, logprobs: &[TokenLogprob]) -> Value
     serde_json::to_value(content).unwrap_or(json!([]))
 }
 
-/// The documented event sequence: `response.created`, `response.in_progress`,
-/// `response.output_item.added`, `response.content_part.added`, `response.output_text.delta`
-/// per piece of text, `response.output_text.done`, `response.content_part.done`,
-/// `response.output_item.done`, then `response.completed` (or `response.incomplete` when
-/// `max_output_tokens` ran out, `response.failed` on an engine error).
+/// The documented event sequence: `response.created`, `response.in_progress`, then each
+/// output item in order: `response.output_item.added`, its content (for a message:
+/// `response.content_part.added`, `response.output_text.delta` per piece of text,
+/// `response.output_text.done`, `response.content_part.done`), `response.output_item.done`;
+/// then `response.completed` (or `response.incomplete` when `max_output_tokens` ran out,
+/// `response.failed` on an engine error). A thinking model's thinking is the first item, a
+/// reasoning item whose text streams as `response.reasoning_text.delta` and `.done`; its
+/// message item is announced when the answer starts (a model that does not think announces
+/// it at once). Calls come last, as `function_call` items.
 fn stream_events(
     state: Arc<AppState>,
     reply: Reply,
@@ -614,45 +704,86 @@ fn stream_events(
         let pending = reply.object(&answer, "in_progress", Vec::new(), None, None);
         yield Ok(event("response.created", json!({ "response": pending })));
         yield Ok(event("response.in_progress", json!({ "response": pending })));
-        let at = |extra: Value| {
-            let mut body = json!({ "item_id": reply.message_id, "output_index": 0, "content_index": 0 });
+        // Where an item's content events point.
+        let at = |item_id: &str, output_index: usize, extra: Value| {
+            let mut body = json!({ "item_id": item_id, "output_index": output_index, "content_index": 0 });
             if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
                 b.extend(e);
             }
             body
         };
-        yield Ok(event("response.output_item.added", json!({
-            "output_index": 0,
-            "item": reply.message_item("in_progress", Vec::new()),
-        })));
-        yield Ok(event("response.content_part.added", at(json!({ "part": text_part("", json!([])) }))));
+        let reasoning_part = |text: &str| json!({ "type": "reasoning_text", "text": text });
+        // The message's output index once announced; the thinking, while its item is open.
+        let mut message_index: Option<usize> = None;
+        let mut thinking: Option<String> = None;
+        let mut thought = false;
+        if answer.reasoning.is_none() {
+            message_index = Some(0);
+            yield Ok(event("response.output_item.added", json!({
+                "output_index": 0,
+                "item": reply.message_item("in_progress", Vec::new()),
+            })));
+            yield Ok(event("response.content_part.added", at(&reply.message_id, 0, json!({ "part": text_part("", json!([])) }))));
+        }
         // All generated text (calls included, for the stored answer) and the text shown.
         let mut text = String::new();
         let mut shown = String::new();
         let mut logprobs: Vec<TokenLogprob> = Vec::new();
         let mut sent_logprobs = 0;
-        // With tools offered, call markup is held back and comes out as function_call items.
-        let mut splitter = answer.calls.map(CallSplitter::new);
+        // Thinking is split off first; with tools offered, call markup is held back and
+        // comes out as function_call items.
+        let mut splitter = AnswerSplitter::new(answer.reasoning, answer.calls);
         let mut calls: Vec<ToolCall> = Vec::new();
         while let Some((_, e)) = events.next().await {
-            let pieces = match (&e, splitter.as_mut()) {
-                (Event::Text(t), Some(s)) => s.push(t),
-                (Event::Text(t), None) => vec![Piece::Text(t.clone())],
-                (Event::Done { .. }, Some(s)) => s.finish(),
+            let outs = match &e {
+                Event::Text(t) => splitter.push(t),
+                Event::Done { .. } => splitter.finish(),
                 _ => Vec::new(),
             };
             if let Event::Text(t) = &e {
                 text.push_str(t);
             }
-            for piece in pieces {
-                match piece {
-                    Piece::Text(delta) => {
+            for out in outs {
+                if let Out::Reasoning(delta) = out {
+                    if !thought {
+                        thought = true;
+                        thinking = Some(String::new());
+                        yield Ok(event("response.output_item.added", json!({
+                            "output_index": 0,
+                            "item": reply.reasoning_item("in_progress", None),
+                        })));
+                        yield Ok(event("response.content_part.added", at(&reply.reasoning_id, 0, json!({ "part": reasoning_part("") }))));
+                    }
+                    if let Some(t) = thinking.as_mut() {
+                        t.push_str(&delta);
+                    }
+                    yield Ok(event("response.reasoning_text.delta", at(&reply.reasoning_id, 0, json!({ "delta": delta }))));
+                    continue;
+                }
+                // The answer has started: the thinking is over.
+                if let Some(t) = thinking.take() {
+                    yield Ok(event("response.reasoning_text.done", at(&reply.reasoning_id, 0, json!({ "text": t }))));
+                    yield Ok(event("response.content_part.done", at(&reply.reasoning_id, 0, json!({ "part": reasoning_part(&t) }))));
+                    yield Ok(event("response.output_item.done", json!({ "output_index": 0, "item": reply.reasoning_item("completed", Some(&t)) })));
+                }
+                if message_index.is_none() {
+                    let index = usize::from(thought);
+                    message_index = Some(index);
+                    yield Ok(event("response.output_item.added", json!({
+                        "output_index": index,
+                        "item": reply.message_item("in_progress", Vec::new()),
+                    })));
+                    yield Ok(event("response.content_part.added", at(&reply.message_id, index, json!({ "part": text_part("", json!([])) }))));
+                }
+                match out {
+                    Out::Text(delta) => {
                         shown.push_str(&delta);
                         let new = responses_logprobs(tokenizer, &logprobs[sent_logprobs..]);
                         sent_logprobs = logprobs.len();
-                        yield Ok(event("response.output_text.delta", at(json!({ "delta": delta, "logprobs": new }))));
+                        yield Ok(event("response.output_text.delta", at(&reply.message_id, message_index.unwrap_or(0), json!({ "delta": delta, "logprobs": new }))));
                     }
-                    Piece::Call(call) => calls.push(call),
+                    Out::Call(call) => calls.push(call),
+                    Out::Reasoning(_) => {}
                 }
             }
             match e {
@@ -660,13 +791,32 @@ fn stream_events(
                 Event::Text(_) => {}
                 Event::Done { finish, usage } => {
                     let output = ChoiceOutput { text, logprobs, finish, usage };
-                    let part = text_part(&shown, responses_logprobs(tokenizer, &output.logprobs));
-                    yield Ok(event("response.output_text.done", at(json!({ "text": shown, "logprobs": part["logprobs"] }))));
-                    yield Ok(event("response.content_part.done", at(json!({ "part": part }))));
                     let object = reply.finish(&answer, tokenizer, &output, true, &state);
-                    yield Ok(event("response.output_item.done", json!({ "output_index": 0, "item": object["output"][0] })));
+                    // Thinking the output ended in closes with the response.
+                    if let Some(t) = thinking.take() {
+                        yield Ok(event("response.reasoning_text.done", at(&reply.reasoning_id, 0, json!({ "text": t }))));
+                        yield Ok(event("response.content_part.done", at(&reply.reasoning_id, 0, json!({ "part": reasoning_part(&t) }))));
+                        yield Ok(event("response.output_item.done", json!({ "output_index": 0, "item": object["output"][0] })));
+                    }
+                    // Every stream ends with a message item, empty if need be.
+                    let index = match message_index {
+                        Some(index) => index,
+                        None => {
+                            let index = usize::from(thought);
+                            yield Ok(event("response.output_item.added", json!({
+                                "output_index": index,
+                                "item": reply.message_item("in_progress", Vec::new()),
+                            })));
+                            yield Ok(event("response.content_part.added", at(&reply.message_id, index, json!({ "part": text_part("", json!([])) }))));
+                            index
+                        }
+                    };
+                    let part = text_part(&shown, responses_logprobs(tokenizer, &output.logprobs));
+                    yield Ok(event("response.output_text.done", at(&reply.message_id, index, json!({ "text": shown, "logprobs": part["logprobs"] }))));
+                    yield Ok(event("response.content_part.done", at(&reply.message_id, index, json!({ "part": part }))));
+                    yield Ok(event("response.output_item.done", json!({ "output_index": index, "item": object["output"][index] })));
                     for (i, call) in calls.iter().enumerate() {
-                        let index = i + 1;
+                        let index = index + 1 + i;
                         let mut item = function_call_item(call, "in_progress");
                         item["arguments"] = json!("");
                         let item_id = item["id"].clone();

@@ -14,7 +14,7 @@
 use serde_json::Value;
 
 use super::spec::ToolSpec;
-use crate::template::{ChatMessage, ChatTemplate, TemplateError};
+use crate::template::{ChatMessage, ChatTemplate, TemplateError, TemplateVars};
 
 /// The markers around calls and whether one marker pair holds a list of calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,10 +61,11 @@ pub fn render(
     template: &ChatTemplate,
     spec: &ToolSpec,
     mut messages: Vec<ChatMessage>,
+    vars: &TemplateVars,
 ) -> Result<Prompt, TemplateError> {
     let uses_tools = spec.offers_tools() || messages.iter().any(is_tool_turn);
     if !uses_tools {
-        let text = template.render(&messages, None, true)?;
+        let text = template.render_with(&messages, None, true, vars)?;
         return Ok(Prompt {
             text,
             format: CallFormat::HERMES,
@@ -79,7 +80,7 @@ pub fn render(
             }
         }
         let tools = spec.offers_tools().then(|| spec.tools_json());
-        let text = template.render(&messages, tools.as_ref(), true)?;
+        let text = template.render_with(&messages, tools.as_ref(), true, vars)?;
         return Ok(Prompt {
             text,
             format: CallFormat::HERMES,
@@ -95,7 +96,7 @@ pub fn render(
             _ => messages.insert(0, ChatMessage::new("system", &instructions)),
         }
     }
-    let text = template.render(&messages, None, true)?;
+    let text = template.render_with(&messages, None, true, vars)?;
     Ok(Prompt {
         text,
         format: CallFormat::LIST,
@@ -203,7 +204,7 @@ mod tests {
     #[test]
     fn a_template_without_tools_gets_the_fallback_and_the_history_in_text() {
         let template = ChatTemplate::new(PLAIN, None, None).unwrap();
-        let prompt = render(&template, &spec(), conversation()).unwrap();
+        let prompt = render(&template, &spec(), conversation(), &TemplateVars::new()).unwrap();
         assert_eq!(prompt.format, CallFormat::LIST);
         let text = prompt.text;
         assert!(text.starts_with("<|im_start|>system\n"), "{text}");
@@ -223,7 +224,7 @@ mod tests {
     #[test]
     fn a_template_with_tools_renders_them_with_arguments_as_objects() {
         let template = ChatTemplate::new(WITH_TOOLS, None, None).unwrap();
-        let prompt = render(&template, &spec(), conversation()).unwrap();
+        let prompt = render(&template, &spec(), conversation(), &TemplateVars::new()).unwrap();
         assert_eq!(prompt.format, CallFormat::HERMES);
         assert!(
             prompt.text.contains("\"name\": \"get_time\""),

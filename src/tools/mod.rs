@@ -17,7 +17,8 @@ pub use parse::{split_answer, CallSplitter, Piece, ToolCall};
 pub use spec::{check_schema, Function, ResponseFormat, ToolChoice, ToolSpec};
 
 use crate::engine::{Constraint, GrammarCompiler};
-use crate::template::{ChatMessage, ChatTemplate, TemplateError};
+use crate::reasoning::{self, Start};
+use crate::template::{ChatMessage, ChatTemplate, TemplateError, TemplateVars};
 use crate::tokenizer::Tokenizer;
 
 /// A problem with the request's tool or format fields: a 400 naming `param`.
@@ -53,18 +54,29 @@ pub struct Prepared {
     pub constraint: Option<Constraint>,
     /// Read the answer for calls in this format; None when no tools are offered.
     pub calls: Option<CallFormat>,
+    /// Where the thinking of a thinking model starts; None for a model that does not think.
+    pub reasoning: Option<Start>,
 }
 
-/// Render the prompt with the tools offered and build the output's constraint.
+/// Render the prompt (with the request's template variables) with the tools offered and
+/// build the output's constraint. A model that `thinks` may think before a constrained
+/// answer: its grammar holds only what follows the thinking.
 pub fn prepare(
     spec: &ToolSpec,
     messages: Vec<ChatMessage>,
     template: &ChatTemplate,
+    vars: &TemplateVars,
+    thinks: bool,
     tokenizer: &Tokenizer,
     compiler: &GrammarCompiler,
 ) -> Result<Prepared, PrepareError> {
-    let prompt = format::render(template, spec, messages).map_err(PrepareError::Template)?;
-    let constraint = match grammar::grammar(spec, prompt.format) {
+    let prompt = format::render(template, spec, messages, vars).map_err(PrepareError::Template)?;
+    let start = thinks.then(|| Start::after(&prompt.text));
+    let lark = grammar::grammar(spec, prompt.format).map(|lark| match start {
+        Some(start) => reasoning::grammar_after_thinking(&lark, start),
+        None => lark,
+    });
+    let constraint = match lark {
         None => None,
         Some(lark) => Some(
             compiler
@@ -76,6 +88,7 @@ pub fn prepare(
         prompt: prompt.text,
         constraint,
         calls: spec.offers_tools().then_some(prompt.format),
+        reasoning: start,
     })
 }
 

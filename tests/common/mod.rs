@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod thinking;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -44,7 +46,9 @@ pub fn start_stoppable_server(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> (SocketAddr, std::sync::mpsc::Receiver<Result<(), String>>) {
     init_threads(None);
-    args.catalog.catalog = Some(repo_file("models.toml"));
+    if args.catalog.catalog.is_none() {
+        args.catalog.catalog = Some(repo_file("models.toml"));
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
