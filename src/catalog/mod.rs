@@ -46,7 +46,9 @@ pub struct ModelEntry {
     pub family: String,
     pub tier: String,
     pub context_length: usize,
-    /// File name in the cache.
+    /// File name in the cache. May be left out when a local source names the file: its
+    /// name is used (a path-only entry needs no `file`, `sha256` or `size`).
+    #[serde(default)]
     pub file: String,
     pub sha256: Option<String>,
     pub size: Option<u64>,
@@ -95,6 +97,19 @@ impl Catalog {
         let mut catalog: Catalog =
             toml::from_str(text).map_err(|e| anyhow::anyhow!("invalid catalog: {e}"))?;
         catalog.base_dir = base_dir.to_path_buf();
+        for entry in &mut catalog.models {
+            if entry.file.is_empty() {
+                entry.file = entry
+                    .sources
+                    .iter()
+                    .find_map(|source| match source {
+                        Source::Local { path } => path.file_name(),
+                        _ => None,
+                    })
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+            }
+        }
         validate::check(&catalog)?;
         Ok(catalog)
     }

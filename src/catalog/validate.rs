@@ -194,6 +194,23 @@ path = "a.gguf"
     }
 
     #[test]
+    fn a_path_only_entry_takes_its_file_name_from_the_path() {
+        let text = ONE.replace("file = \"a.gguf\"\n", "").replace(
+            "path = \"a.gguf\"",
+            "path = \"/models/qwen3-8b-q4_k_m.gguf\"",
+        );
+        let catalog = Catalog::parse(&text, Path::new(".")).unwrap();
+        assert_eq!(catalog.models[0].file, "qwen3-8b-q4_k_m.gguf");
+        assert_eq!(catalog.models[0].sha256, None);
+        // Without a local source there is nothing to take it from.
+        let hub = ONE.replace("file = \"a.gguf\"\n", "").replace(
+            "type = \"local\"\npath = \"a.gguf\"",
+            "type = \"hf\"\nrepo = \"o/r\"\nfile = \"a.gguf\"",
+        );
+        assert!(parse_err(&hub).contains("`file`"));
+    }
+
+    #[test]
     fn file_with_folders_is_rejected() {
         let err = parse_err(&ONE.replace("file = \"a.gguf\"", "file = \"../a.gguf\""));
         assert!(err.contains("`file`"), "{err}");
