@@ -116,6 +116,35 @@ fn start_hub(hub: Hub) -> std::net::SocketAddr {
     addr
 }
 
+/// The server lists `id` in /v1/models and answers a chat request for it.
+async fn assert_serves(addr: std::net::SocketAddr, id: &str) {
+    let models: serde_json::Value = reqwest::get(format!("http://{addr}/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == id),
+        "{models}"
+    );
+    let body = serde_json::json!({
+        "model": id, "max_tokens": 4, "temperature": 0,
+        "messages": [{ "role": "user", "content": "Hi" }]
+    });
+    let answer = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+}
+
 #[tokio::test]
 async fn an_hf_reference_is_fetched_into_the_hf_cache_and_served() {
     let gguf = std::fs::read(common::model_file(FILE)).unwrap();
@@ -132,21 +161,8 @@ async fn an_hf_reference_is_fetched_into_the_hf_cache_and_served() {
     args.model = Some("hf:someone/smollm2:q4_1".into());
     args.ctx_size = Some(512);
     let addr = common::start_server(args);
-    let models: serde_json::Value = reqwest::get(format!("http://{addr}/v1/models"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     let id = "SmolLM2-135M-Instruct.Q4_1";
-    assert!(
-        models["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["id"] == id),
-        "{models}"
-    );
+    assert_serves(addr, id).await;
     // In the Hugging Face cache's layout, whole.
     let cached = home
         .join("hub/models--someone--smollm2/snapshots")
@@ -154,38 +170,13 @@ async fn an_hf_reference_is_fetched_into_the_hf_cache_and_served() {
         .join(FILE);
     assert_eq!(std::fs::read(&cached).unwrap(), gguf);
 
-    let body = serde_json::json!({
-        "model": id, "max_tokens": 4, "temperature": 0,
-        "messages": [{ "role": "user", "content": "Hi" }]
-    });
-    let answer = reqwest::Client::new()
-        .post(format!("http://{addr}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200);
-
     // A split model is picked by its first part; all parts land in the cache, side by side,
     // and it is served under the name they share.
     let mut args = ServeArgs::local_ephemeral();
     args.model = Some("hf:someone/smollm2:Q8_0".into());
     args.ctx_size = Some(128);
     let split_addr = common::start_server(args);
-    let models: serde_json::Value = reqwest::get(format!("http://{split_addr}/v1/models"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        models["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["id"] == SPLIT_PREFIX),
-        "{models}"
-    );
+    assert_serves(split_addr, SPLIT_PREFIX).await;
     for k in 1..=SPLIT_PARTS {
         let part = home
             .join("hub/models--someone--smollm2/snapshots")
@@ -193,17 +184,6 @@ async fn an_hf_reference_is_fetched_into_the_hf_cache_and_served() {
             .join(format!("{SPLIT_PREFIX}-{k:05}-of-{SPLIT_PARTS:05}.gguf"));
         assert!(part.is_file(), "{part:?}");
     }
-    let body = serde_json::json!({
-        "model": SPLIT_PREFIX, "max_tokens": 4, "temperature": 0,
-        "messages": [{ "role": "user", "content": "Hi" }]
-    });
-    let answer = reqwest::Client::new()
-        .post(format!("http://{split_addr}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200);
 
     // A quantization the repository lacks names what it has.
     let mut args = ServeArgs::local_ephemeral();

@@ -39,13 +39,14 @@ fn run(command: &mut Command) {
     assert!(status.success(), "{command:?} failed: {status}");
 }
 
-#[test]
-fn the_official_python_sdk_uses_every_endpoint() {
-    let python = venv();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_sdk.py");
-    let output = Command::new(python)
+/// Run a script of tests/python with the SDK's venv; it must succeed and print `passed`.
+fn run_script(script: &str, args: &[String], passed: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let output = Command::new(venv())
         .arg(script)
-        .arg(common::base_url())
+        .args(args)
         .output()
         .expect("python runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -54,24 +55,19 @@ fn the_official_python_sdk_uses_every_endpoint() {
         output.status.success(),
         "the SDK script failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("checks passed"), "{stdout}");
+    assert!(stdout.contains(passed), "{stdout}");
+}
+
+#[test]
+fn the_official_python_sdk_uses_every_endpoint() {
+    run_script("openai_sdk.py", &[common::base_url()], "checks passed");
 }
 
 #[test]
 fn the_official_python_sdk_reads_a_thinking_models_reasoning_content() {
-    let python = venv();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/reasoning_sdk.py");
-    let output = Command::new(python)
-        .arg(script)
-        .arg(format!("http://{}", common::thinking::server()))
-        .arg(common::thinking::OPENS)
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the SDK script failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("reasoning checks passed"), "{stdout}");
+    let args = [
+        format!("http://{}", common::thinking::server()),
+        common::thinking::OPENS.to_string(),
+    ];
+    run_script("reasoning_sdk.py", &args, "reasoning checks passed");
 }
