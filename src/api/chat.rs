@@ -267,7 +267,7 @@ pub(super) async fn start(
     let prompt = served
         .frontend
         .tokenizer
-        .encode(&prepared.prompt)
+        .encode_prompt(&prepared.prompt)
         .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e}")))?;
     let max_tokens = fit_context(
         &served,

@@ -23,6 +23,7 @@ use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
 use tokenizers::AddedToken;
 
+mod guard;
 mod pretokenize;
 pub use pretokenize::PreTokenization;
 
@@ -42,6 +43,8 @@ pub struct Tokenizer {
     eos: Option<(u32, String)>,
     add_bos: bool,
     stop_ids: Vec<u32>,
+    /// Control-token texts kept out of user content (`guard`).
+    controls: guard::ControlTexts,
 }
 
 impl Tokenizer {
@@ -148,12 +151,14 @@ impl Tokenizer {
                 stop_ids.push(id);
             }
         }
+        let controls = guard::ControlTexts::new(&inner);
         Self {
             inner,
             bos,
             eos,
             add_bos,
             stop_ids,
+            controls,
         }
     }
 

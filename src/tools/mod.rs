@@ -70,7 +70,15 @@ pub fn prepare(
     tokenizer: &Tokenizer,
     compiler: &GrammarCompiler,
 ) -> Result<Prepared, PrepareError> {
-    let prompt = format::render(template, spec, messages, vars).map_err(PrepareError::Template)?;
+    // Client strings reach the template with control-token texts defused, so typed markers
+    // stay text (src/tokenizer/guard.rs); the grammar keeps the spec as given.
+    let messages = messages
+        .into_iter()
+        .map(|m| defuse_message(tokenizer, m))
+        .collect();
+    let shown = defuse_spec(tokenizer, spec);
+    let prompt =
+        format::render(template, &shown, messages, vars).map_err(PrepareError::Template)?;
     let start = thinks.then(|| Start::after(&prompt.text));
     let lark = grammar::grammar(spec, prompt.format).map(|lark| match start {
         Some(start) => reasoning::grammar_after_thinking(&lark, start),
@@ -90,6 +98,34 @@ pub fn prepare(
         calls: spec.offers_tools().then_some(prompt.format),
         reasoning: start,
     })
+}
+
+fn defuse_message(tokenizer: &Tokenizer, mut m: ChatMessage) -> ChatMessage {
+    let defuse = |s: &mut String| {
+        if let std::borrow::Cow::Owned(d) = tokenizer.defuse(s) {
+            *s = d;
+        }
+    };
+    defuse(&mut m.content);
+    [&mut m.name, &mut m.tool_call_id, &mut m.reasoning_content]
+        .into_iter()
+        .flatten()
+        .for_each(defuse);
+    if let Some(calls) = &mut m.tool_calls {
+        tokenizer.defuse_json(calls);
+    }
+    m
+}
+
+fn defuse_spec(tokenizer: &Tokenizer, spec: &ToolSpec) -> ToolSpec {
+    let mut shown = spec.clone();
+    for f in &mut shown.functions {
+        if let Some(d) = &f.description {
+            f.description = Some(tokenizer.defuse(d).into_owned());
+        }
+        tokenizer.defuse_json(&mut f.parameters);
+    }
+    shown
 }
 
 /// The error for a grammar llguidance refused, blamed on the field it came from.
