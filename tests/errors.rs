@@ -98,6 +98,25 @@ async fn too_many_stop_sequences() {
 }
 
 #[tokio::test]
+async fn a_stop_sequence_past_the_length_cap() {
+    let long = "x".repeat(wick::api::fields::MAX_STOP_BYTES + 1);
+    let (status, body) = chat(json!({"messages": hi(), "stop": ["a", long]})).await;
+    let error = error_of(status, &body, 400);
+    assert_eq!(error["param"], "stop");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 512 bytes"),
+        "{body}"
+    );
+    // At the cap it is accepted.
+    let at_cap = "x".repeat(wick::api::fields::MAX_STOP_BYTES);
+    let (status, body) = chat(json!({"messages": hi(), "stop": at_cap, "max_tokens": 1})).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
 async fn unknown_model_is_404_through_the_sdk() {
     let request = async_openai::types::chat::CreateChatCompletionRequestArgs::default()
         .model("no-such-model")

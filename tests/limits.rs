@@ -77,3 +77,42 @@ async fn a_full_queue_answers_429_with_retry_after() {
     let text = second.chunk().await.unwrap().expect("a generated chunk");
     assert!(String::from_utf8_lossy(&text).contains("\"content\""));
 }
+
+/// `n` choices wait in the queue as `n` requests: more than the queue holds is a 400 naming
+/// `n` (a 429 would be retried forever); as many as it holds are served together.
+#[tokio::test]
+async fn n_beyond_the_queue_is_a_client_error() {
+    let mut args = ServeArgs::local_ephemeral();
+    args.parallel = 1;
+    args.queue = 2;
+    args.ctx_size = Some(512);
+    let base = format!("http://{}", common::start_server(args));
+    let http = reqwest::Client::new();
+    let ask =
+        |n: u32| json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "n": n});
+    let too_many = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&ask(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_many.status(), 400);
+    let body: Value = too_many.json().await.unwrap();
+    assert_eq!(body["error"]["param"], "n", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--queue"),
+        "{body}"
+    );
+    let fits = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&ask(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fits.status(), 200);
+    let body: Value = fits.json().await.unwrap();
+    assert_eq!(body["choices"].as_array().unwrap().len(), 2, "{body}");
+}

@@ -49,6 +49,9 @@ pub struct GenerationSettings {
 
 /// OpenAI accepts at most four stop sequences.
 const MAX_STOPS: usize = 4;
+/// Bytes in one stop sequence: each is searched for in the text after every token, so a huge
+/// one would slow every step of its request.
+pub const MAX_STOP_BYTES: usize = 512;
 /// Choices one request may ask for (OpenAI's limit).
 pub const MAX_N: i64 = 128;
 /// Alternatives per token a request may ask for (OpenAI's chat limit).
@@ -124,6 +127,15 @@ impl GenerationFields {
                 format!(
                     "at most {MAX_STOPS} stop sequences are allowed, got {}",
                     stop.len()
+                ),
+                Some("stop"),
+            ));
+        }
+        if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid(
+                format!(
+                    "a stop sequence may be at most {MAX_STOP_BYTES} bytes, got one of {}",
+                    long.len()
                 ),
                 Some("stop"),
             ));

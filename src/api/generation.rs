@@ -76,28 +76,39 @@ pub fn submit_choices(
     deadline: Option<std::time::Instant>,
 ) -> Result<Vec<EventStream>, ApiError> {
     settings.check_vocab(served.frontend.tokenizer.vocab_size())?;
-    (0..settings.n)
+    // Every choice waits in the queue as a request of its own; more than the queue holds can
+    // never be served, so that is the client's error to fix, not a 429 to retry forever.
+    let capacity = served.backend.queue_capacity();
+    if settings.n > capacity {
+        return Err(ApiError::invalid(
+            format!(
+                "n = {} choices can never be queued: this server queues at most {capacity} \
+                 requests at once (--queue)",
+                settings.n
+            ),
+            Some("n"),
+        ));
+    }
+    let requests = (0..settings.n)
         .map(|i| {
             let mut sampling = settings.sampling.clone();
             sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
-            served
-                .backend
-                .submit(GenerateRequest {
-                    prompt: prompt.to_vec(),
-                    sampling,
-                    max_tokens,
-                    stop: settings.stop.clone(),
-                    ignore_eos,
-                    // Each choice walks the grammar on its own.
-                    constraint: constraint.cloned(),
-                    deadline,
-                })
-                .map_err(|e| match e {
-                    SubmitError::QueueFull(_) => ApiError::busy(e.to_string()),
-                    SubmitError::Stopped => ApiError::internal(e.to_string()),
-                })
+            GenerateRequest {
+                prompt: prompt.to_vec(),
+                sampling,
+                max_tokens,
+                stop: settings.stop.clone(),
+                ignore_eos,
+                // Each choice walks the grammar on its own.
+                constraint: constraint.cloned(),
+                deadline,
+            }
         })
-        .collect()
+        .collect();
+    served.backend.submit_all(requests).map_err(|e| match e {
+        SubmitError::QueueFull(_) => ApiError::busy(e.to_string()),
+        SubmitError::Stopped => ApiError::internal(e.to_string()),
+    })
 }
 
 /// One finished choice.

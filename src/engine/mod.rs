@@ -113,7 +113,15 @@ pub struct Health {
 
 /// The seam between the API and whatever generates tokens.
 pub trait Backend: Send + Sync {
-    fn submit(&self, request: GenerateRequest) -> Result<EventStream, SubmitError>;
+    fn submit(&self, request: GenerateRequest) -> Result<EventStream, SubmitError> {
+        let mut streams = self.submit_all(vec![request])?;
+        Ok(streams.pop().expect("one stream per request"))
+    }
+    /// Submit requests that belong together (a request's `n` choices): all are queued or,
+    /// when the queue cannot take them all, none.
+    fn submit_all(&self, requests: Vec<GenerateRequest>) -> Result<Vec<EventStream>, SubmitError>;
+    /// Requests that may wait at once; a group larger than this can never be queued.
+    fn queue_capacity(&self) -> usize;
     fn health(&self) -> Health;
 }
 
@@ -353,25 +361,35 @@ impl Engine {
 }
 
 impl Backend for Engine {
-    fn submit(&self, request: GenerateRequest) -> Result<EventStream, SubmitError> {
-        let (events, stream) = unbounded_channel();
+    fn submit_all(&self, requests: Vec<GenerateRequest>) -> Result<Vec<EventStream>, SubmitError> {
+        let n = requests.len();
         // The bound is on requests not yet admitted to a slot, wherever they wait (this
         // channel or the scheduler's queue). Counted before sending so the engine never
-        // sees a negative queue.
-        if self.stats.waiting.fetch_add(1, Ordering::SeqCst) >= self.queue_capacity {
-            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+        // sees a negative queue; a group is counted whole, so it is queued whole or not.
+        if self.stats.waiting.fetch_add(n, Ordering::SeqCst) + n > self.queue_capacity {
+            self.stats.waiting.fetch_sub(n, Ordering::SeqCst);
             return Err(SubmitError::QueueFull(self.queue_capacity));
         }
-        match self.submit.try_send(Submission { request, events }) {
-            Ok(()) => Ok(stream),
-            Err(e) => {
-                self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-                match e {
-                    TrySendError::Full(_) => Err(SubmitError::QueueFull(self.queue_capacity)),
-                    TrySendError::Disconnected(_) => Err(SubmitError::Stopped),
-                }
+        let mut streams = Vec::with_capacity(n);
+        for request in requests {
+            let (events, stream) = unbounded_channel();
+            if let Err(e) = self.submit.try_send(Submission { request, events }) {
+                // Those not sent leave the count; those sent end when their streams drop.
+                self.stats
+                    .waiting
+                    .fetch_sub(n - streams.len(), Ordering::SeqCst);
+                return Err(match e {
+                    TrySendError::Full(_) => SubmitError::QueueFull(self.queue_capacity),
+                    TrySendError::Disconnected(_) => SubmitError::Stopped,
+                });
             }
+            streams.push(stream);
         }
+        Ok(streams)
+    }
+
+    fn queue_capacity(&self) -> usize {
+        self.queue_capacity
     }
 
     fn health(&self) -> Health {
