@@ -3,7 +3,7 @@
 //! PyPI sources of the same llama.cpp by scripts/llamacpp-vocab.py). The fixture
 //! (tests/fixtures/llamacpp-vocab-reference.json, written by
 //! scripts/llamacpp-reference/vocab.py) holds llama.cpp's ids for each vocabulary, and for
-//! pre-tokenizer names with no vocabulary there, for Qwen2's vocabulary relabelled to the name.
+//! pre-tokenizer names with no vocabulary there, for Llama 3's vocabulary relabelled to the name.
 
 mod common;
 

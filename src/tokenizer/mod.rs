@@ -10,10 +10,8 @@
 //!   entry of highest score, leftmost first; ranking every such pair by that score gives
 //!   a merge list that `tokenizers`' BPE applies in the same order ([`spm_merges`]).
 //!
-//! For `gpt2`, The split rules below follow llama.cpp's table for those names,
-//! because llama.cpp is the reference the ids are checked against (a wrong pre-tokenizer still
-//! produces plausible ids, just not the ones the model was trained on — e.g. digits grouped
-//! where the model expects one token per digit).
+//! For `gpt2`, the split rules for that name are llama.cpp's (`pretokenize.rs`). Chat prompts
+//! keep control-token texts typed by clients as text (`guard.rs`).
 
 use std::path::Path;
 
@@ -50,7 +48,7 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Build from GGUF metadata: `tokenizer.ggml.{model,pre,tokens,token_type,merges,
     /// bos_token_id,eos_token_id,eot_token_id,add_bos_token}`. Pre-tokenizer chosen from
-    /// `tokenizer.ggml.pre` as llama.cpp does (`smollm`, `qwen2`, `llama-bpe`, `gpt2`/default).
+    /// `tokenizer.ggml.pre` as llama.cpp does (`pretokenize.rs`).
     /// Control tokens (token_type 3) and user-defined ones (4) are added as special tokens so
     /// `<|im_start|>` encodes to one id.
     pub fn from_gguf(content: &gguf_file::Content) -> anyhow::Result<Self> {
