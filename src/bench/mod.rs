@@ -94,8 +94,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let plan = args.plan()?;
     // No overall timeout: a slow model on a small machine may take minutes for one
     // request. Unreachable servers are caught by `Target::connect`'s own timeout.
+    // A fresh connection per request: llama-server closes idle keep-alive connections after
+    // a few seconds, and a pooled one it closed fails the next request (seen as "does not
+    // answer" between phases). Both servers pay the same loopback connect.
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(0)
         .build()
         .context("building the HTTP client")?;
 
