@@ -133,6 +133,9 @@ pub struct ServeArgs {
     pub traditions: Option<PathBuf>,
     #[command(flatten)]
     pub service: ServiceArgs,
+    /// Faults tests inject (src/faults.rs): no flag sets it.
+    #[arg(skip)]
+    pub faults: Option<std::sync::Arc<crate::faults::Faults>>,
 }
 
 /// Settings for running wick as a shared service: access, limits, metrics, lifecycle.
@@ -263,6 +266,7 @@ impl ServeArgs {
                 shutdown_grace: 30.0,
                 ..ServiceArgs::default()
             },
+            faults: None,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod chat;
 pub mod config;
 pub mod device;
 pub mod engine;
+pub mod faults;
 pub mod metrics;
 pub mod model;
 pub mod reasoning;

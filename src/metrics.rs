@@ -27,6 +27,8 @@ pub const KV_CACHE_USAGE: &str = "wick_kv_cache_usage_ratio";
 pub const PREFIX_CACHE_HITS: &str = "wick_prefix_cache_hit_tokens_total";
 /// Sequences that gave their paged KV blocks up to older ones (and recomputed later).
 pub const KV_PREEMPTIONS: &str = "wick_kv_preemptions_total";
+/// Panics an engine caught and recovered from (each failed only the requests it touched).
+pub const ENGINE_FAULTS: &str = "wick_engine_faults_total";
 pub const MODELS_LOADED: &str = "wick_models_loaded";
 pub const OPEN_CONNECTIONS: &str = "wick_open_connections";
 /// This process's resident memory, bytes (Linux).
@@ -89,7 +91,8 @@ pub fn render(models: &ModelRegistry) -> String {
             // The engine's own running total; a reloaded model starts again from zero.
             counter!(PREFIX_CACHE_HITS, "model" => model.clone())
                 .absolute(h.prefix_cache_hits as u64);
-            counter!(KV_PREEMPTIONS, "model" => model).absolute(h.preempted as u64);
+            counter!(KV_PREEMPTIONS, "model" => model.clone()).absolute(h.preempted as u64);
+            counter!(ENGINE_FAULTS, "model" => model).absolute(h.faults as u64);
         }
     }
     if let Some(bytes) = resident_bytes() {

@@ -80,6 +80,7 @@ impl Server {
                 kv_type: args.kv_type,
                 kv_budget: args.kv_budget.map(|b| b.as_u64()),
                 device_sampling: None,
+                faults: args.faults.clone(),
             },
             RegistryLimits {
                 max_loaded: args.max_loaded_models.max(1),
@@ -122,6 +123,7 @@ impl Server {
             cors_origins: service.cors_origins.clone(),
             request_timeout,
             end_streams: CancellationToken::new(),
+            faults: args.faults.clone(),
         });
         Ok(Self {
             addr,

@@ -105,6 +105,7 @@ async fn handle(
     version: Version,
     arrived: Instant,
 ) -> Result<Response, ApiError> {
+    crate::faults::trip(&state.faults, crate::faults::FaultPoint::Handler);
     let body = generation::checked_body(state, body)?;
     let request: ChatRequest = parse_json(&body)?;
     let fields: GenerationFields = parse_json(&body)?;

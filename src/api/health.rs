@@ -1,6 +1,7 @@
 //! GET /health: `ok` when every loaded model's engine is alive, `loading` while the first
-//! model is still loading, `error` when an engine has stopped; each model with its state,
-//! and the device they run on.
+//! model is still loading, `error` when an engine has stopped, `degraded` (still 200: it
+//! serves) when an engine caught a fault in the last few minutes; each model with its
+//! state, and the device they run on.
 
 use std::sync::Arc;
 
@@ -18,7 +19,12 @@ pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
         .iter()
         .map(|m| {
             let h = m.backend.health();
-            json!({ "id": m.entry.id, "state": if h.alive { "ok" } else { "stopped" }, "engine": h })
+            let state = match (h.alive, h.recent_fault) {
+                (false, _) => "stopped",
+                (true, true) => "degraded",
+                (true, false) => "ok",
+            };
+            json!({ "id": m.entry.id, "state": state, "engine": h })
         })
         .collect();
     models.extend(
@@ -33,6 +39,8 @@ pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
         ("error", StatusCode::SERVICE_UNAVAILABLE)
     } else if loaded.is_empty() && !loading.is_empty() {
         ("loading", StatusCode::SERVICE_UNAVAILABLE)
+    } else if loaded.iter().any(|m| m.backend.health().recent_fault) {
+        ("degraded", StatusCode::OK)
     } else {
         ("ok", StatusCode::OK)
     };

@@ -1,12 +1,14 @@
-//! The layers every route shares, innermost first: request counting for /metrics, CORS,
-//! request-id propagation, the tracing span, and the request id itself (outermost, so the
-//! span and the response both carry it).
+//! The layers every route shares, innermost first: a handler panic turned into an
+//! OpenAI-shaped 500, request counting for /metrics, CORS, request-id propagation, the
+//! tracing span, and the request id itself (outermost, so the span and the response both
+//! carry it).
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -18,7 +20,9 @@ pub fn around<S: Clone + Send + Sync + 'static>(
     app: Router<S>,
     cors_origins: &[String],
 ) -> Router<S> {
-    let mut app = app.layer(middleware::from_fn(count_request));
+    let mut app = app
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(count_request));
     if let Some(cors) = cors(cors_origins) {
         app = app.layer(cors);
     }
@@ -86,4 +90,14 @@ async fn count_request(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     crate::metrics::record_request(&route, response.status().as_u16());
     response
+}
+
+/// What a client gets when its handler panicked: a 500 in OpenAI's shape, not a dropped
+/// connection. (A panic inside a stream, after its headers went out, ends the stream.)
+fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = crate::faults::panic_message(&*payload);
+    tracing::error!(panic = message, "a request handler panicked");
+    axum::response::IntoResponse::into_response(crate::api::error::ApiError::internal(
+        "The server had an error while processing your request.",
+    ))
 }

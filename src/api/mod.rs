@@ -54,6 +54,8 @@ pub struct AppState {
     pub request_timeout: Option<std::time::Duration>,
     /// Cancelled when the shutdown grace is over: streams still running end then.
     pub end_streams: tokio_util::sync::CancellationToken,
+    /// Faults tests inject (src/faults.rs); None outside tests.
+    pub faults: Option<Arc<crate::faults::Faults>>,
 }
 
 impl AppState {

@@ -109,7 +109,17 @@ pub struct Health {
     /// Bytes of the KV cache with every slot in use (slots are allocated on first use; a
     /// paged cache all at once).
     pub kv_bytes: u64,
+    /// Panics the engine caught and recovered from since the start (each failed only the
+    /// requests it touched), and the last one's message.
+    pub faults: usize,
+    pub last_fault: Option<String>,
+    /// A fault happened in the last [`FAULT_WINDOW`]: /health says `degraded`.
+    #[serde(skip)]
+    pub recent_fault: bool,
 }
+
+/// How long after a caught engine fault /health reports the model `degraded`.
+pub const FAULT_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The seam between the API and whatever generates tokens.
 pub trait Backend: Send + Sync {
@@ -145,6 +155,8 @@ pub struct EngineConfig {
     /// the host (requests with penalties, bias, log-probabilities or a grammar still sample
     /// on the host). None: on a CUDA device only; on the CPU the kernel's CPU reference runs.
     pub device_sampling: Option<bool>,
+    /// Faults tests inject (src/faults.rs); None outside tests.
+    pub faults: Option<Arc<crate::faults::Faults>>,
 }
 
 impl Default for EngineConfig {
@@ -157,6 +169,7 @@ impl Default for EngineConfig {
             kv_type: KvType::F16,
             kv_budget: None,
             device_sampling: None,
+            faults: None,
         }
     }
 }
@@ -284,6 +297,18 @@ struct Stats {
     prefix_cache_hits: AtomicUsize,
     kv_tokens: AtomicUsize,
     preempted: AtomicUsize,
+    faults: AtomicUsize,
+    last_fault: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+impl Stats {
+    /// Count a caught panic (the scheduler has already failed the requests it touched).
+    fn record_fault(&self, message: &str) {
+        tracing::error!(fault = message, "engine fault caught; the engine goes on");
+        self.faults.fetch_add(1, Ordering::SeqCst);
+        *self.last_fault.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::Instant::now(), message.to_string()));
+    }
 }
 
 struct Submission {
@@ -333,6 +358,7 @@ impl Engine {
         let thread_stats = stats.clone();
         let prefill_chunk = config.prefill_chunk.max(1);
         let device_sampling = config.device_sampling.unwrap_or(weights.device().is_cuda());
+        let faults = config.faults.clone();
         std::thread::Builder::new()
             .name("wick-engine".into())
             .spawn(move || {
@@ -343,6 +369,7 @@ impl Engine {
                     prefill_chunk,
                     device_sampling,
                     thread_stats.clone(),
+                    faults,
                 );
                 scheduler.run(incoming);
                 thread_stats.alive.store(false, Ordering::SeqCst);
@@ -393,7 +420,18 @@ impl Backend for Engine {
     }
 
     fn health(&self) -> Health {
+        let last_fault = self
+            .stats
+            .last_fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         Health {
+            faults: self.stats.faults.load(Ordering::SeqCst),
+            recent_fault: last_fault
+                .as_ref()
+                .is_some_and(|(at, _)| at.elapsed() < FAULT_WINDOW),
+            last_fault: last_fault.map(|(_, message)| message),
             alive: self.stats.alive.load(Ordering::SeqCst),
             running: self.stats.running.load(Ordering::SeqCst),
             waiting: self.stats.waiting.load(Ordering::SeqCst),

@@ -8,6 +8,12 @@
 //! recomputation, as vLLM does: the preempted sequence keeps its state and output, and feeds
 //! all its tokens again once blocks are free). The oldest sequence can always go on, since
 //! the budget holds at least one full context.
+//!
+//! Faults: a panic in the forward pass fails that step's sequences; a panic while one
+//! sequence samples, detokenizes or matches stops fails that sequence alone; a panic
+//! anywhere else in a loop turn (admission, planning, KV bookkeeping) fails every running
+//! sequence and resets the KV pool, whose record may be wrong then. Each is counted for
+//! /health and /metrics, and the engine goes on serving the queue.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -20,6 +26,7 @@ use super::sequence::{Progress, Sequence};
 use super::{Event, Stats, Submission};
 use candle_core::Tensor;
 
+use crate::faults::{panic_message, trip, FaultPoint, Faults};
 use crate::model::cuda::sampling::{sample_rows, RowSampling};
 use crate::model::{KvPool, Model, ModelFrontend, SeqChunk};
 
@@ -39,6 +46,7 @@ pub struct Scheduler {
     starved: bool,
     /// Sample on the model's device where a request allows it (see [`outputs`]).
     device_sampling: bool,
+    faults: Option<Arc<Faults>>,
 }
 
 impl Scheduler {
@@ -49,6 +57,7 @@ impl Scheduler {
         prefill_chunk: usize,
         device_sampling: bool,
         stats: Arc<Stats>,
+        faults: Option<Arc<Faults>>,
     ) -> Self {
         Self {
             model,
@@ -62,6 +71,7 @@ impl Scheduler {
             admissions: 0,
             starved: false,
             device_sampling,
+            faults,
         }
     }
 
@@ -83,13 +93,33 @@ impl Scheduler {
                     Err(TryRecvError::Disconnected) => break,
                 }
             }
-            self.retire_cancelled();
-            self.admit();
-            self.publish_counts();
-            if !self.running.is_empty() {
-                self.step();
+            let turn = catch_unwind(AssertUnwindSafe(|| {
+                self.retire_cancelled();
+                self.admit();
+                self.publish_counts();
+                if !self.running.is_empty() {
+                    self.step();
+                }
+            }));
+            if let Err(payload) = turn {
+                self.recover(&panic_message(&*payload));
             }
         }
+    }
+
+    /// After a panic outside any one sequence's work: fail every running sequence (their
+    /// state may be half-updated), give all KV memory back, forget the prefix index, and go
+    /// on with the queue.
+    fn recover(&mut self, message: &str) {
+        self.stats.record_fault(message);
+        let error = format!("internal error in the engine: {message}");
+        for mut seq in self.running.drain(..) {
+            seq.fail(error.clone());
+        }
+        self.kv.reset();
+        self.prefix = PrefixCache::new(self.kv.n_slots());
+        self.starved = false;
+        self.publish_counts();
     }
 
     fn idle(&self) -> bool {
@@ -169,6 +199,7 @@ impl Scheduler {
             }
             match self.kv.acquire_slot(choice.slot) {
                 Ok(()) => {
+                    trip(&self.faults, FaultPoint::Admission);
                     // Blocks past the reused prefix go back to the pool for anyone.
                     self.kv.truncate(choice.slot, choice.reused);
                     self.admissions += 1;
@@ -317,8 +348,17 @@ impl Scheduler {
             .collect();
         let wants: Vec<bool> = batch.iter().map(|c| c.want_logits).collect();
 
-        let (model, kv) = (&self.model, &self.kv);
+        let (model, kv, faults) = (&self.model, &self.kv, &self.faults);
         let result = catch_unwind(AssertUnwindSafe(|| {
+            if faults
+                .as_ref()
+                .is_some_and(|f| f.take(FaultPoint::KernelTask))
+            {
+                // A panicking task in the kernel pool, as a kernel bug would be.
+                wick_quant::pool::Pool::global().run(8, &|i| {
+                    assert!(i != 3, "injected fault at {:?}", FaultPoint::KernelTask);
+                });
+            }
             let logits = model.forward(&batch, kv)?;
             outputs(&logits, &draws)
         }));
@@ -326,7 +366,11 @@ impl Scheduler {
         let outputs = match result {
             Ok(Ok(outputs)) => outputs,
             Ok(Err(e)) => return self.fail_batch(&plan, format!("model step failed: {e}")),
-            Err(_) => return self.fail_batch(&plan, "model step panicked".into()),
+            Err(payload) => {
+                let message = format!("model step panicked: {}", panic_message(&*payload));
+                self.stats.record_fault(&message);
+                return self.fail_batch(&plan, message);
+            }
         };
 
         let mut outputs = outputs.into_iter();
@@ -338,10 +382,22 @@ impl Scheduler {
             if !wants_logits {
                 continue;
             }
-            let progress = match outputs.next().expect("one output per sampling sequence") {
-                Output::Token(token) => seq.accept(token, tokenizer, context),
-                Output::Logits(mut row) => seq.advance(&mut row, tokenizer, context),
-            };
+            let output = outputs.next().expect("one output per sampling sequence");
+            // Sampling, grammar, detokenizing and stop matching are this sequence's alone: a
+            // panic there fails it and nobody else.
+            let faults = &self.faults;
+            let progress = catch_unwind(AssertUnwindSafe(|| {
+                trip(faults, FaultPoint::Sampling);
+                match output {
+                    Output::Token(token) => seq.accept(token, tokenizer, context),
+                    Output::Logits(mut row) => seq.advance(&mut row, tokenizer, context),
+                }
+            }));
+            let progress = progress.unwrap_or_else(|payload| {
+                let message = panic_message(&*payload);
+                self.stats.record_fault(&message);
+                seq.fail(format!("internal error in the engine: {message}"))
+            });
             if let Progress::Finished = progress {
                 finished.push(i);
             }

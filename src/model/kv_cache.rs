@@ -404,6 +404,18 @@ impl KvPool {
         Ok(())
     }
 
+    /// Every slot free and, in the paged layout, every block back in the free list: what
+    /// the engine does after a caught fault, when its record of who holds what may be
+    /// wrong. Allocated slot memory is kept for reuse.
+    pub fn reset(&mut self) {
+        let n_slots = self.n_slots();
+        self.free = (0..n_slots).rev().collect();
+        if let Store::Paged(paged) = &mut self.store {
+            paged.free_blocks = (0..paged.layer.num_blocks as u32).rev().collect();
+            paged.tables.iter_mut().for_each(Vec::clear);
+        }
+    }
+
     /// Give a slot back. Its contents stay until a later sequence overwrites them.
     pub fn release(&mut self, index: usize) {
         debug_assert!(!self.free.contains(&index));

@@ -3,7 +3,14 @@
 //! does) costs more than the loops themselves. Here the calling thread takes part in every
 //! loop, and helper threads spin between loops for a while before they park, so a handoff
 //! inside a step costs well under a microsecond.
+//!
+//! A task that panics does not take the pool down: every task runs under `catch_unwind`, the
+//! loop still counts it done, and the caller re-raises the first panic only after every task
+//! of the loop has finished, so no helper can still be using the caller's borrowed closure
+//! while the caller unwinds, and no helper thread dies with the panic.
 
+use std::any::Any;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
@@ -30,8 +37,12 @@ struct Shared {
     /// finishing the previous loop can never take a task of the next one.
     state: AtomicU64,
     job: Mutex<Option<Job>>,
-    /// Tasks of the current loop that have finished.
+    /// Tasks of the current loop that have finished (or panicked).
     done: AtomicUsize,
+    /// The first panic of the current loop, re-raised in the caller once the loop is over.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+    /// Set when a task of the current loop panicked: the rest are counted, not run.
+    failed: AtomicBool,
     /// Helpers parked after spinning without work.
     parked: Mutex<Vec<Thread>>,
     any_parked: AtomicBool,
@@ -50,6 +61,8 @@ impl Pool {
             state: AtomicU64::new(0),
             job: Mutex::new(None),
             done: AtomicUsize::new(0),
+            panic: Mutex::new(None),
+            failed: AtomicBool::new(false),
             parked: Mutex::new(Vec::new()),
             any_parked: AtomicBool::new(false),
         });
@@ -88,7 +101,9 @@ impl Pool {
         self.threads
     }
 
-    /// Run `f(0..tasks)` across the pool; returns when every task has run.
+    /// Run `f(0..tasks)` across the pool; returns when every task has run. When a task
+    /// panics, the tasks not yet started are skipped and the panic resumes here, after every
+    /// running task has finished.
     pub fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         if tasks == 0 {
             return;
@@ -108,6 +123,7 @@ impl Pool {
             let mut job = s.job.lock().unwrap();
             *job = Some(Job { f: f_static, tasks });
             s.done.store(0, Ordering::SeqCst);
+            s.failed.store(false, Ordering::SeqCst);
             let epoch = (s.state.load(Ordering::SeqCst) >> 32) + 1;
             s.state.store(epoch << 32, Ordering::SeqCst);
             epoch
@@ -121,7 +137,11 @@ impl Pool {
         while s.done.load(Ordering::Acquire) < tasks {
             std::hint::spin_loop();
         }
-        *s.job.lock().unwrap() = None;
+        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let panic = s.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(payload) = panic {
+            resume_unwind(payload);
+        }
     }
 }
 
@@ -139,7 +159,15 @@ fn work(s: &Shared, epoch: u64, f: &(dyn Fn(usize) + Sync), tasks: usize) {
         {
             continue;
         }
-        f(i);
+        if !s.failed.load(Ordering::Acquire) {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(i))) {
+                s.failed.store(true, Ordering::Release);
+                s.panic
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(payload);
+            }
+        }
         s.done.fetch_add(1, Ordering::AcqRel);
     }
 }
@@ -199,6 +227,43 @@ mod tests {
                 hits.iter().all(|h| h.load(Ordering::SeqCst) == 1),
                 "round {round}"
             );
+        }
+    }
+
+    #[test]
+    fn a_panicking_task_resumes_in_the_caller_after_the_loop_and_the_pool_goes_on() {
+        let pool = Pool::new(3);
+        for round in 0..200 {
+            let finished = AtomicUsize::new(0);
+            let tasks = 16;
+            let bad = round % tasks;
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                pool.run(tasks, &|i| {
+                    if i == bad {
+                        panic!("task {i} fails");
+                    }
+                    // Slow enough that helpers are still inside tasks when the panic happens.
+                    thread::sleep(Duration::from_micros(50));
+                    finished.fetch_add(1, Ordering::SeqCst);
+                });
+            }));
+            let payload = result.expect_err("the task's panic reaches the caller");
+            assert_eq!(
+                payload.downcast_ref::<String>().map(String::as_str),
+                Some(format!("task {bad} fails").as_str())
+            );
+            // Nothing of the loop runs after the caller got the panic back: the tasks that
+            // ran have all ended.
+            let at_return = finished.load(Ordering::SeqCst);
+            thread::sleep(Duration::from_millis(2));
+            assert_eq!(finished.load(Ordering::SeqCst), at_return, "round {round}");
+            assert!(at_return < tasks);
+            // Every helper survived: a full loop after the failure runs every task.
+            let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(tasks, &|i| {
+                hits[i].fetch_add(1, Ordering::SeqCst);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::SeqCst) == 1));
         }
     }
 
