@@ -116,6 +116,7 @@ impl Server {
             traditions,
             responses: crate::api::response_store::ResponseStore::new(
                 crate::api::response_store::CAPACITY,
+                crate::api::response_store::MAX_BYTES,
                 crate::api::response_store::MAX_AGE,
             ),
             api_keys: Keys::new(api_keys),

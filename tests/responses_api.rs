@@ -292,3 +292,69 @@ async fn a_named_tool_comes_back_as_a_function_call_item_plain_and_streamed() {
     );
     assert_eq!(kinds.last(), Some(&"response.completed"), "{kinds:?}");
 }
+
+/// With keys on, a stored response belongs to the key that created it: for another key it
+/// does not exist (GET and DELETE 404, `previous_response_id` 400), through the official
+/// client with each key.
+#[tokio::test]
+async fn a_stored_response_is_read_and_continued_only_with_the_key_that_made_it() {
+    let mut args = wick::config::ServeArgs::local_ephemeral();
+    args.ctx_size = Some(1024);
+    args.service.api_keys = vec!["key-alice".into(), "key-bob".into()];
+    let addr = common::start_server(args);
+    let client_with = |key: &str| {
+        async_openai::Client::with_config(
+            async_openai::config::OpenAIConfig::new()
+                .with_api_base(format!("http://{addr}/v1"))
+                .with_api_key(key),
+        )
+    };
+    let (alice, bob) = (client_with("key-alice"), client_with("key-bob"));
+    let made = alice
+        .responses()
+        .create(common::sdk_request(json!({
+            "input": "Say hello.", "max_output_tokens": 4, "store": true,
+        })))
+        .await
+        .expect("alice's response");
+    let raw = |key: &'static str, method: reqwest::Method| {
+        let id = made.id.clone();
+        async move {
+            reqwest::Client::new()
+                .request(method, format!("http://{addr}/v1/responses/{id}"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(raw("key-bob", reqwest::Method::GET).await, 404);
+    assert_eq!(raw("key-bob", reqwest::Method::DELETE).await, 404);
+    let continued = bob
+        .responses()
+        .create(common::sdk_request(json!({
+            "input": "And again.", "max_output_tokens": 4,
+            "previous_response_id": made.id,
+        })))
+        .await;
+    match continued {
+        Err(async_openai::error::OpenAIError::ApiError(e)) => {
+            assert_eq!(
+                e.api_error.code.as_deref(),
+                Some("previous_response_not_found"),
+                "{e:?}"
+            )
+        }
+        other => panic!("bob continued alice's response: {other:?}"),
+    }
+    // Alice still has it, whole.
+    let fetched = alice
+        .responses()
+        .retrieve(&made.id)
+        .await
+        .expect("alice reads hers");
+    assert_eq!(fetched.id, made.id);
+    assert_eq!(raw("key-alice", reqwest::Method::DELETE).await, 200);
+}

@@ -12,6 +12,26 @@ use tower_http::validate_request::ValidateRequestHeaderLayer;
 
 use super::error::ApiError;
 
+/// Who presented a key: a digest of the key (the key itself is never kept), used to tie
+/// stored responses to the key that made them and to share the queue fairly between keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Owner([u8; 32]);
+
+impl Owner {
+    pub fn of(key: &[u8]) -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::digest(key).into())
+    }
+}
+
+/// The bearer key a request presents, if any.
+fn presented_key(headers: &axum::http::HeaderMap) -> Option<&[u8]> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .map(<[u8]>::trim_ascii)
+}
+
 /// The keys that open a group of routes. Empty: the routes are open.
 #[derive(Clone, Default)]
 pub struct Keys(Arc<Vec<Vec<u8>>>);
@@ -36,18 +56,22 @@ impl Keys {
             .into()
     }
 
+    /// The owner a request acts for: its key's digest when keys are on (the key layer has
+    /// already checked it), None when they are off.
+    pub fn owner(&self, headers: &axum::http::HeaderMap) -> Option<Owner> {
+        if self.is_empty() {
+            return None;
+        }
+        presented_key(headers).map(Owner::of)
+    }
+
     /// Why the request may not pass (the message for the client), or `None` when no key is
     /// configured or it carries a right one.
     pub fn rejection(&self, request: &Request<Body>) -> Option<&'static str> {
         if self.is_empty() {
             return None;
         }
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .map(<[u8]>::trim_ascii);
-        match presented {
+        match presented_key(request.headers()) {
             Some(key) if self.accepts(key) => None,
             Some(_) => Some(
                 "Incorrect API key provided. Send one of this server's keys as \

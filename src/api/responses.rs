@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -25,7 +25,7 @@ use super::error::ApiError;
 use super::fields::GenerationFields;
 use super::generation::{self, ChoiceOutput};
 use super::request::{parse_json, ChatRequest};
-use super::response_store::StoredResponse;
+use super::response_store::{Owner, StoredResponse};
 use super::AppState;
 use crate::engine::{Event, FinishReason, TokenLogprob, Usage};
 use crate::tokenizer::Tokenizer;
@@ -133,22 +133,35 @@ const INCLUDE_LOGPROBS: &str = "message.output_text.logprobs";
 
 pub async fn create(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle(state, body)
+    let owner = state.api_keys.owner(&headers);
+    handle(state, owner, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn retrieve(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match state.responses.get(&id) {
+/// A stored response exists only for the key that created it (when keys are on).
+pub async fn retrieve(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let owner = state.api_keys.owner(&headers);
+    match state.responses.get(&id, owner.as_ref()) {
         Some(stored) => Json(stored.object).into_response(),
         None => not_found(&id).into_response(),
     }
 }
 
-pub async fn delete(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    if state.responses.remove(&id) {
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let owner = state.api_keys.owner(&headers);
+    if state.responses.remove(&id, owner.as_ref()) {
         Json(json!({ "id": id, "object": "response", "deleted": true })).into_response()
     } else {
         not_found(&id).into_response()
@@ -164,6 +177,7 @@ fn not_found(id: &str) -> ApiError {
 
 async fn handle(
     state: Arc<AppState>,
+    owner: Option<Owner>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = generation::checked_body(&state, body)?;
@@ -176,7 +190,7 @@ async fn handle(
         Some(id) => {
             state
                 .responses
-                .get(id)
+                .get(id, owner.as_ref())
                 .ok_or_else(|| {
                     ApiError::invalid(
                         format!("Previous response with id '{id}' not found."),
@@ -214,6 +228,7 @@ async fn handle(
         message_id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
         reasoning_id: format!("rs_{}", uuid::Uuid::new_v4().simple()),
         store: request.store.unwrap_or(true),
+        owner,
         conversation,
         echo,
     };
@@ -492,6 +507,8 @@ struct Reply {
     /// The reasoning item's, when a thinking model thought.
     reasoning_id: String,
     store: bool,
+    /// The key it is stored for.
+    owner: Option<Owner>,
     /// The conversation so far (without instructions), kept with the response when stored.
     conversation: Vec<Value>,
     echo: Echo,
@@ -629,6 +646,7 @@ impl Reply {
                 StoredResponse {
                     object: object.clone(),
                     conversation,
+                    owner: self.owner,
                 },
             );
         }
