@@ -76,14 +76,16 @@ pub fn submit_choices(
     deadline: Option<std::time::Instant>,
 ) -> Result<Vec<EventStream>, ApiError> {
     settings.check_vocab(served.frontend.tokenizer.vocab_size())?;
-    // Every choice waits in the queue as a request of its own; more than the queue holds can
-    // never be served, so that is the client's error to fix, not a 429 to retry forever.
+    // Every choice waits in the queue as a request of its own; more than one client may
+    // hold there can never be served, so that is the client's error to fix, not a 429 to
+    // retry forever.
     let capacity = served.backend.queue_capacity();
-    if settings.n > capacity {
+    let share = crate::engine::client_share(capacity);
+    if settings.n > share {
         return Err(ApiError::invalid(
             format!(
-                "n = {} choices can never be queued: this server queues at most {capacity} \
-                 requests at once (--queue)",
+                "n = {} choices can never be queued: this server queues at most {share} \
+                 requests of one client at once (--queue {capacity})",
                 settings.n
             ),
             Some("n"),

@@ -2,6 +2,7 @@
 //! handlers reach it through [`Backend`] (submit a request, receive a stream of events,
 //! cancel by dropping the stream) and never touch the model.
 
+mod admission;
 pub mod constraint;
 mod prefix_cache;
 pub mod registry;
@@ -18,6 +19,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 pub use crate::model::kv_cache::{KvType, Q8_BLOCK};
 use crate::model::{KvPool, KvShape, LoadedModel};
+pub use admission::{client_share, ClientId, ANONYMOUS};
 pub use constraint::{Constraint, GrammarCompiler};
 pub use registry::{LoadError, ModelRegistry, RegistryLimits, ServedModel};
 pub use sampler::{SamplingParams, TokenLogprob};
@@ -129,8 +131,18 @@ pub trait Backend: Send + Sync {
     }
     /// Submit requests that belong together (a request's `n` choices): all are queued or,
     /// when the queue cannot take them all, none.
-    fn submit_all(&self, requests: Vec<GenerateRequest>) -> Result<Vec<EventStream>, SubmitError>;
-    /// Requests that may wait at once; a group larger than this can never be queued.
+    fn submit_all(&self, requests: Vec<GenerateRequest>) -> Result<Vec<EventStream>, SubmitError> {
+        self.submit_for(ANONYMOUS, requests)
+    }
+    /// [`Self::submit_all`] for one client: the queue is shared fairly between clients
+    /// (src/engine/admission.rs).
+    fn submit_for(
+        &self,
+        client: ClientId,
+        requests: Vec<GenerateRequest>,
+    ) -> Result<Vec<EventStream>, SubmitError>;
+    /// Requests that may wait at once; a group larger than [`client_share`] of it can never
+    /// be queued.
     fn queue_capacity(&self) -> usize;
     fn health(&self) -> Health;
 }
@@ -291,7 +303,7 @@ fn kv_pool(
 struct Stats {
     alive: AtomicBool,
     running: AtomicUsize,
-    waiting: AtomicUsize,
+    waiting: admission::Waiting,
     cancelled: AtomicUsize,
     prompt_tokens: AtomicUsize,
     prefix_cache_hits: AtomicUsize,
@@ -313,6 +325,7 @@ impl Stats {
 
 struct Submission {
     request: GenerateRequest,
+    client: ClientId,
     events: UnboundedSender<Event>,
 }
 
@@ -388,23 +401,27 @@ impl Engine {
 }
 
 impl Backend for Engine {
-    fn submit_all(&self, requests: Vec<GenerateRequest>) -> Result<Vec<EventStream>, SubmitError> {
+    fn submit_for(
+        &self,
+        client: ClientId,
+        requests: Vec<GenerateRequest>,
+    ) -> Result<Vec<EventStream>, SubmitError> {
         let n = requests.len();
         // The bound is on requests not yet admitted to a slot, wherever they wait (this
         // channel or the scheduler's queue). Counted before sending so the engine never
         // sees a negative queue; a group is counted whole, so it is queued whole or not.
-        if self.stats.waiting.fetch_add(n, Ordering::SeqCst) + n > self.queue_capacity {
-            self.stats.waiting.fetch_sub(n, Ordering::SeqCst);
-            return Err(SubmitError::QueueFull(self.queue_capacity));
-        }
+        self.stats.waiting.enter(client, n, self.queue_capacity)?;
         let mut streams = Vec::with_capacity(n);
         for request in requests {
             let (events, stream) = unbounded_channel();
-            if let Err(e) = self.submit.try_send(Submission { request, events }) {
+            let submission = Submission {
+                request,
+                client,
+                events,
+            };
+            if let Err(e) = self.submit.try_send(submission) {
                 // Those not sent leave the count; those sent end when their streams drop.
-                self.stats
-                    .waiting
-                    .fetch_sub(n - streams.len(), Ordering::SeqCst);
+                self.stats.waiting.leave(client, n - streams.len());
                 return Err(match e {
                     TrySendError::Full(_) => SubmitError::QueueFull(self.queue_capacity),
                     TrySendError::Disconnected(_) => SubmitError::Stopped,
@@ -434,7 +451,7 @@ impl Backend for Engine {
             last_fault: last_fault.map(|(_, message)| message),
             alive: self.stats.alive.load(Ordering::SeqCst),
             running: self.stats.running.load(Ordering::SeqCst),
-            waiting: self.stats.waiting.load(Ordering::SeqCst),
+            waiting: self.stats.waiting.total(),
             slots: self.slots,
             cancelled: self.stats.cancelled.load(Ordering::SeqCst),
             prompt_tokens: self.stats.prompt_tokens.load(Ordering::SeqCst),

@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 
+use super::admission::Turns;
 use super::prefix_cache::PrefixCache;
 use super::sequence::{Progress, Sequence};
 use super::{Event, Stats, Submission};
@@ -41,6 +42,8 @@ pub struct Scheduler {
     running: Vec<Sequence>,
     /// Admissions so far: the next sequence's `admitted`.
     admissions: u64,
+    /// Which client's turn it is to get a slot.
+    turns: Turns,
     /// The last step left a sequence out for want of KV blocks: admit nobody new until it
     /// runs again.
     starved: bool,
@@ -69,6 +72,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             admissions: 0,
+            turns: Turns::default(),
             starved: false,
             device_sampling,
             faults,
@@ -145,25 +149,35 @@ impl Scheduler {
             }
             keep
         });
-        self.waiting.retain(|s| !s.events.is_closed());
+        let waiting = &self.stats.waiting;
+        self.waiting.retain(|s| {
+            let keep = !s.events.is_closed();
+            if !keep {
+                waiting.leave(s.client, 1);
+            }
+            keep
+        });
         let dropped_waiting = before.1 - self.waiting.len();
         let dropped = before.0 - self.running.len() + dropped_waiting;
-        self.stats
-            .waiting
-            .fetch_sub(dropped_waiting, Ordering::SeqCst);
         if dropped > 0 {
             tracing::debug!(dropped, "cancelled requests retired");
             self.stats.cancelled.fetch_add(dropped, Ordering::SeqCst);
         }
     }
 
-    /// Move waiting requests into free slots, oldest first.
+    /// Move waiting requests into free slots, clients taking turns (src/engine/admission.rs),
+    /// oldest first within a client.
     fn admit(&mut self) {
+        let (waiting, running) = (&self.waiting, &self.running);
+        self.turns.keep_only(|client| {
+            waiting.iter().any(|s| s.client == client) || running.iter().any(|s| s.client == client)
+        });
         while self.kv.n_free() > 0 {
-            let Some(submission) = self.waiting.pop_front() else {
+            let Some(next) = self.turns.next(self.waiting.iter().map(|s| s.client)) else {
                 break;
             };
-            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            let submission = self.waiting.remove(next).expect("a waiting position");
+            self.stats.waiting.leave(submission.client, 1);
             if submission
                 .request
                 .deadline
@@ -192,9 +206,9 @@ impl Scheduler {
                     kv.held_tokens(slot)
                 });
             if !self.has_room_for(&submission.request.prompt) {
-                // Oldest first: it waits for blocks, and so does everything behind it.
-                self.stats.waiting.fetch_add(1, Ordering::SeqCst);
-                self.waiting.push_front(submission);
+                // Its turn: it waits for blocks, and so does everything behind it.
+                self.stats.waiting.restore(submission.client);
+                self.waiting.insert(next, submission);
                 break;
             }
             match self.kv.acquire_slot(choice.slot) {
@@ -210,13 +224,16 @@ impl Scheduler {
                     self.stats
                         .prefix_cache_hits
                         .fetch_add(choice.reused, Ordering::SeqCst);
-                    self.running.push(Sequence::new(
+                    self.turns.admitted(submission.client, self.admissions);
+                    let mut seq = Sequence::new(
                         submission.request,
                         submission.events,
                         choice.slot,
                         choice.reused,
                         self.admissions,
-                    ));
+                    );
+                    seq.client = submission.client;
+                    self.running.push(seq);
                 }
                 Err(e) => {
                     let _ = submission

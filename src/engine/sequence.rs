@@ -19,6 +19,8 @@ pub struct Sequence {
     pub slot: usize,
     /// Admission order: the scheduler serves older sequences first and preempts newer ones.
     pub admitted: u64,
+    /// Who sent it (src/engine/admission.rs).
+    pub client: super::ClientId,
     max_tokens: usize,
     ignore_eos: bool,
     deadline: Option<std::time::Instant>,
@@ -52,6 +54,7 @@ impl Sequence {
             cached: reused,
             slot,
             admitted,
+            client: super::ANONYMOUS,
             max_tokens: request.max_tokens,
             ignore_eos: request.ignore_eos,
             sampler,
