@@ -4,7 +4,9 @@
 //! each point costs one `Option` check.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Where a fault can be injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,6 +25,11 @@ pub enum FaultPoint {
 #[derive(Debug, Default)]
 pub struct Faults {
     armed: Mutex<HashMap<FaultPoint, usize>>,
+    /// How long each request's CPU work (template, tokenizing, grammar) is made to take.
+    heavy: Mutex<Option<Duration>>,
+    /// Pieces of that work running now, and the most ever at once.
+    heavy_now: AtomicUsize,
+    heavy_peak: AtomicUsize,
 }
 
 impl Faults {
@@ -47,6 +54,17 @@ impl Faults {
         }
     }
 
+    /// Make every request's CPU work take `duration` more (blocking its thread, as a
+    /// huge prompt or schema would).
+    pub fn make_work_heavy(&self, duration: Duration) {
+        *self.heavy.lock().unwrap_or_else(|e| e.into_inner()) = Some(duration);
+    }
+
+    /// The most pieces of request CPU work that ran at once while it was heavy.
+    pub fn heavy_work_peak(&self) -> usize {
+        self.heavy_peak.load(Ordering::SeqCst)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FaultPoint, usize>> {
         // A panic never happens while this lock is held, but a poisoned map is still right.
         self.armed.lock().unwrap_or_else(|e| e.into_inner())
@@ -58,6 +76,18 @@ pub fn trip(hook: &Option<Arc<Faults>>, point: FaultPoint) {
     if hook.as_ref().is_some_and(|f| f.take(point)) {
         panic!("injected fault at {point:?}");
     }
+}
+
+/// Block this thread for the heavy-work time, when the hook sets one.
+pub fn heavy_work(hook: &Option<Arc<Faults>>) {
+    let Some(faults) = hook else { return };
+    let Some(duration) = *faults.heavy.lock().unwrap_or_else(|e| e.into_inner()) else {
+        return;
+    };
+    let now = faults.heavy_now.fetch_add(1, Ordering::SeqCst) + 1;
+    faults.heavy_peak.fetch_max(now, Ordering::SeqCst);
+    std::thread::sleep(duration);
+    faults.heavy_now.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// The text of a caught panic's payload.

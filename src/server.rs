@@ -125,6 +125,13 @@ impl Server {
             request_timeout,
             end_streams: CancellationToken::new(),
             faults: args.faults.clone(),
+            // As many as the cores, so heavy requests use the machine without queueing
+            // behind each other more than they must.
+            cpu_work: crate::api::cpu_work::CpuWork::new(
+                args.threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+                    .max(2),
+            ),
         });
         Ok(Self {
             addr,

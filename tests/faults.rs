@@ -197,3 +197,35 @@ async fn a_panicking_kernel_pool_task_fails_the_step_and_the_pool_goes_on() {
     // The pool's threads survived: the next forward passes (which use them) complete.
     still_serves(addr).await;
 }
+
+/// Heavy request work (template, tokenizing, grammar: made to take 3 s each through the
+/// hook) runs on blocking threads a few at a time: while six such requests are in it, the
+/// server still answers others at once, and no more than the bound run together.
+#[tokio::test]
+async fn heavy_request_work_never_holds_the_async_threads() {
+    let (addr, faults) = faulty_server(2);
+    faults.make_work_heavy(Duration::from_secs(3));
+    let heavy: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(async move { post(addr, &hello(false)).await }))
+        .collect();
+    // Let them all reach their work.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, text) = get(addr, "/health").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        heavy.iter().all(|h| !h.is_finished()),
+        "/health waited for a heavy request to finish"
+    );
+    for h in heavy {
+        let (status, text) = h.await.unwrap();
+        assert_eq!(status, 200, "{text}");
+    }
+    let bound = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2);
+    let peak = faults.heavy_work_peak();
+    assert!(
+        (1..=bound).contains(&peak),
+        "{peak} ran at once, bound {bound}"
+    );
+}

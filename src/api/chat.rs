@@ -198,7 +198,25 @@ pub(super) async fn start(
     arrived: Instant,
 ) -> Result<Started, ApiError> {
     let settings = request.settings(fields)?;
-    let tool_spec = request.tool_spec()?;
+    // Checking tool schemas can be heavy (src/api/cpu_work.rs).
+    let tools = (
+        request.tools.clone(),
+        request.tool_choice.clone(),
+        request.response_format.clone(),
+        request.parallel_tool_calls,
+    );
+    let tool_spec = state
+        .cpu_work
+        .run(move || {
+            crate::tools::ToolSpec::parse(
+                tools.0.as_ref(),
+                tools.1.as_ref(),
+                tools.2.as_ref(),
+                tools.3,
+            )
+            .map_err(|e| ApiError::invalid(e.message, Some(&e.param)))
+        })
+        .await??;
     let mut vars = request.template_vars()?;
     let mut messages = request.template_messages()?;
     let tradition = request
@@ -248,28 +266,16 @@ pub(super) async fn start(
     if thinks {
         request.set_thinking(&mut vars);
     }
-    let prepared = tools::prepare(
-        &tool_spec,
-        messages,
-        &served.frontend.template,
-        &vars,
-        thinks,
-        &served.frontend.tokenizer,
-        &served.grammar,
-    )
-    .map_err(|e| match e {
-        PrepareError::Template(TemplateError::Raised(message)) => ApiError::invalid(
-            format!("The model's chat template rejected the messages: {message}"),
-            Some("messages"),
-        ),
-        PrepareError::Template(TemplateError::Invalid(message)) => ApiError::internal(message),
-        PrepareError::Fields(e) => ApiError::invalid(e.message, Some(&e.param)),
-    })?;
-    let prompt = served
-        .frontend
-        .tokenizer
-        .encode_prompt(&prepared.prompt)
-        .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e}")))?;
+    // Rendering, tokenizing and compiling the grammar (the first use per model builds the
+    // compiler) run off the async threads (src/api/cpu_work.rs).
+    let (model, faults) = (served.clone(), state.faults.clone());
+    let (prepared, prompt) = state
+        .cpu_work
+        .run(move || {
+            crate::faults::heavy_work(&faults);
+            prepare_prompt(&model, &tool_spec, messages, &vars, thinks)
+        })
+        .await??;
     let max_tokens = fit_context(
         &served,
         prompt.len(),
@@ -299,6 +305,40 @@ pub(super) async fn start(
         served,
         streams,
     })
+}
+
+/// The prompt of a chat request for `served`: the template rendered with the tools'
+/// instructions, the grammar its answer must follow, and the tokens.
+fn prepare_prompt(
+    served: &ServedModel,
+    tool_spec: &crate::tools::ToolSpec,
+    messages: Vec<crate::template::ChatMessage>,
+    vars: &crate::template::TemplateVars,
+    thinks: bool,
+) -> Result<(tools::Prepared, Vec<u32>), ApiError> {
+    let prepared = tools::prepare(
+        tool_spec,
+        messages,
+        &served.frontend.template,
+        vars,
+        thinks,
+        &served.frontend.tokenizer,
+        &served.grammar,
+    )
+    .map_err(|e| match e {
+        PrepareError::Template(TemplateError::Raised(message)) => ApiError::invalid(
+            format!("The model's chat template rejected the messages: {message}"),
+            Some("messages"),
+        ),
+        PrepareError::Template(TemplateError::Invalid(message)) => ApiError::internal(message),
+        PrepareError::Fields(e) => ApiError::invalid(e.message, Some(&e.param)),
+    })?;
+    let prompt = served
+        .frontend
+        .tokenizer
+        .encode_prompt(&prepared.prompt)
+        .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e}")))?;
+    Ok((prepared, prompt))
 }
 
 /// What watches a generation on its way out: its timings for /metrics, and the signal

@@ -5,6 +5,7 @@ mod answer;
 pub mod auth;
 mod chat;
 mod completions;
+pub mod cpu_work;
 pub mod error;
 pub mod fields;
 mod generation;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub end_streams: tokio_util::sync::CancellationToken,
     /// Faults tests inject (src/faults.rs); None outside tests.
     pub faults: Option<Arc<crate::faults::Faults>>,
+    /// Where CPU-heavy request work runs (src/api/cpu_work.rs).
+    pub cpu_work: cpu_work::CpuWork,
 }
 
 impl AppState {
