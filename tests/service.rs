@@ -333,20 +333,22 @@ async fn metrics_say_what_the_model_and_its_kv_cache_hold() {
     );
     // The recorder is process-wide and other tests' servers (other slot counts) set the same
     // model's gauges when they are scraped: a few tries for a scrape of this server alone.
+    // Other models' gauges (a test serves SmolLM2 under an alias of its own) stay out.
+    let model = ["model=\"smollm2-135m-instruct\""];
     let mut text = String::new();
     for _ in 0..5 {
         text = metrics_text(&base).await;
-        if sample(&text, "wick_kv_cache_bytes", &[]) == kv as f64 {
+        if sample(&text, "wick_kv_cache_bytes", &model) == kv as f64 {
             break;
         }
     }
     assert_eq!(
-        sample(&text, "wick_kv_cache_bytes", &[]),
+        sample(&text, "wick_kv_cache_bytes", &model),
         kv as f64,
         "{text}"
     );
     assert_eq!(
-        sample(&text, "wick_model_weight_bytes", &[]),
+        sample(&text, "wick_model_weight_bytes", &model),
         weights,
         "{text}"
     );
@@ -781,6 +783,18 @@ async fn every_endpoint_moves_the_generation_metrics() {
             "{endpoint:?} (stream: {stream})\n{after}"
         );
     }
+    // The gauges are process-wide too: leave this model's idle, for tests that sum them.
+    let mut idle = false;
+    for _ in 0..200 {
+        let text = metrics_text(&base).await;
+        if count(&text, "wick_running_sequences") == 0.0 && count(&text, "wick_queue_depth") == 0.0
+        {
+            idle = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(idle, "requests left running");
 }
 
 async fn get_json(base: &str, path: &str) -> Value {

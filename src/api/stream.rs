@@ -23,7 +23,7 @@ use crate::engine::{Event, EventStream, FinishReason, TokenLogprob, Usage};
 use crate::metrics::GenerationTimer;
 
 /// Why a request still running at the end of the shutdown grace stopped.
-pub(super) const SHUTTING_DOWN: &str = "the server is shutting down";
+const SHUTTING_DOWN: &str = "the server is shutting down";
 /// Why a request whose choice streams closed before every choice finished stopped.
 const NO_ANSWER: &str = "the engine ended the request without an answer";
 
