@@ -333,20 +333,22 @@ async fn metrics_say_what_the_model_and_its_kv_cache_hold() {
     );
     // The recorder is process-wide and other tests' servers (other slot counts) set the same
     // model's gauges when they are scraped: a few tries for a scrape of this server alone.
+    // Other models' gauges (a test serves SmolLM2 under an alias of its own) stay out.
+    let model = ["model=\"smollm2-135m-instruct\""];
     let mut text = String::new();
     for _ in 0..5 {
         text = metrics_text(&base).await;
-        if sample(&text, "wick_kv_cache_bytes", &[]) == kv as f64 {
+        if sample(&text, "wick_kv_cache_bytes", &model) == kv as f64 {
             break;
         }
     }
     assert_eq!(
-        sample(&text, "wick_kv_cache_bytes", &[]),
+        sample(&text, "wick_kv_cache_bytes", &model),
         kv as f64,
         "{text}"
     );
     assert_eq!(
-        sample(&text, "wick_model_weight_bytes", &[]),
+        sample(&text, "wick_model_weight_bytes", &model),
         weights,
         "{text}"
     );
@@ -386,6 +388,63 @@ async fn the_request_timeout_ends_generation_with_length() {
     );
 }
 
+/// `--request-timeout` counts from the request's arrival, not from when its prompt reached
+/// the engine: a request that waits for its model to load longer than the limit has no time
+/// left to generate in, on every endpoint.
+#[tokio::test]
+async fn the_request_timeout_counts_from_arrival_on_every_endpoint() {
+    let mut args = small_args();
+    // Shorter than loading the model takes (about 0.4 s here), longer than an idle engine
+    // takes to admit a request and generate a token.
+    args.service.request_timeout = Some(0.05);
+    args.service.keep_alive = Some(0.2);
+    let base = format!("http://{}", common::start_server(args));
+    let http = reqwest::Client::new();
+    for endpoint in Endpoint::ALL {
+        // Wait for the idle model to be unloaded: this request loads it again.
+        let mut unloaded = false;
+        for _ in 0..400 {
+            if health(&base).await["models"].as_array().unwrap().is_empty() {
+                unloaded = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(unloaded, "the idle model was never unloaded");
+        let body: Value = http
+            .post(format!("{base}{}", endpoint.path()))
+            .json(&endpoint.long(200, false))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let (finish, generated) = match endpoint {
+            Endpoint::Chat | Endpoint::Completions => (
+                body["choices"][0]["finish_reason"].clone(),
+                &body["usage"]["completion_tokens"],
+            ),
+            Endpoint::Responses => (body["status"].clone(), &body["usage"]["output_tokens"]),
+        };
+        let ran_out = if matches!(endpoint, Endpoint::Responses) {
+            "incomplete"
+        } else {
+            "length"
+        };
+        let load = sample(
+            &metrics_text(&base).await,
+            "wick_model_load_duration_seconds",
+            &[],
+        );
+        assert_eq!(finish, ran_out, "{endpoint:?}: {body}");
+        assert_eq!(
+            generated, 0,
+            "{endpoint:?} (the model loaded in {load} s): {body}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn connections_past_the_cap_get_503() {
     let mut args = small_args();
@@ -410,17 +469,82 @@ async fn connections_past_the_cap_get_503() {
     assert!(served, "the place was never given back");
 }
 
-/// Start a stream and return it after its first content chunk.
-async fn started_stream(base: &str, max_tokens: u32) -> (reqwest::Response, String) {
+/// What a request to each generating endpoint looks like in these tests.
+#[derive(Clone, Copy, Debug)]
+enum Endpoint {
+    Chat,
+    Completions,
+    Responses,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 3] = [Endpoint::Chat, Endpoint::Completions, Endpoint::Responses];
+
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Responses => "/v1/responses",
+        }
+    }
+
+    /// A long answer (exactly `max_tokens` tokens where the endpoint can ignore the end of
+    /// text), streamed or not.
+    fn long(self, max_tokens: u32, stream: bool) -> Value {
+        match self {
+            Endpoint::Chat => {
+                let mut body = long_stream(max_tokens);
+                body["stream"] = json!(stream);
+                if !stream {
+                    body.as_object_mut().unwrap().remove("stream_options");
+                }
+                body
+            }
+            Endpoint::Completions => {
+                let mut body = json!({
+                    "prompt": "Once upon a time, in a land far away,",
+                    "max_tokens": max_tokens, "ignore_eos": true, "stream": stream,
+                });
+                if stream {
+                    body["stream_options"] = json!({"include_usage": true});
+                }
+                body
+            }
+            // Responses passes no ignore_eos on: a story asked for is long enough.
+            Endpoint::Responses => json!({
+                "input": "Write a long story.",
+                "max_output_tokens": max_tokens, "stream": stream, "store": false,
+            }),
+        }
+    }
+
+    /// Whether a stream's text so far shows generated text.
+    fn has_text(self, seen: &str) -> bool {
+        match self {
+            Endpoint::Chat => {
+                seen.contains("\"content\":\"") && seen.matches("data: ").count() >= 2
+            }
+            Endpoint::Completions => seen.contains("\"text\":\""),
+            Endpoint::Responses => seen.contains("response.output_text.delta"),
+        }
+    }
+}
+
+/// Start a stream and return it once it has shown generated text.
+async fn started_stream(
+    base: &str,
+    endpoint: Endpoint,
+    max_tokens: u32,
+) -> (reqwest::Response, String) {
     let mut response = reqwest::Client::new()
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&long_stream(max_tokens))
+        .post(format!("{base}{}", endpoint.path()))
+        .json(&endpoint.long(max_tokens, true))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
     let mut seen = String::new();
-    while !seen.contains("\"content\":\"") || seen.matches("data: ").count() < 2 {
+    while !endpoint.has_text(&seen) {
         let piece = response.chunk().await.unwrap().expect("stream open");
         seen.push_str(&String::from_utf8_lossy(&piece));
     }
@@ -434,19 +558,31 @@ async fn rest_of(mut response: reqwest::Response, mut seen: String) -> String {
     seen
 }
 
-/// Start a server with this shutdown grace, start a stream of `max_tokens`, ask the server
-/// to stop after its first text, and return the stream's chunks once the server has
-/// stopped cleanly (and no longer listens).
-async fn shutdown_during_a_stream(grace: f64, max_tokens: u32) -> (Vec<Value>, String) {
+/// A server with this shutdown grace, to be stopped by sending on the sender; the
+/// receiver gets `run`'s result.
+fn stoppable_server(
+    grace: f64,
+    parallel: usize,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    std::sync::mpsc::Receiver<Result<(), String>>,
+) {
     let mut args = small_args();
     args.service.shutdown_grace = grace;
+    args.parallel = parallel;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (addr, done) = common::start_stoppable_server(args, async {
         let _ = stopped.await;
     });
-    let (response, seen) = started_stream(&format!("http://{addr}"), max_tokens).await;
-    stop.send(()).unwrap();
-    let text = rest_of(response, seen).await;
+    (addr, stop, done)
+}
+
+/// Wait for the server to stop, and check it stopped cleanly and no longer listens.
+async fn stopped_cleanly(
+    addr: std::net::SocketAddr,
+    done: std::sync::mpsc::Receiver<Result<(), String>>,
+) {
     let result = tokio::task::spawn_blocking(move || done.recv().unwrap())
         .await
         .unwrap();
@@ -455,6 +591,23 @@ async fn shutdown_during_a_stream(grace: f64, max_tokens: u32) -> (Vec<Value>, S
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "nothing listens any more"
     );
+}
+
+/// Start a server with this shutdown grace, start a stream of `max_tokens` on `endpoint`,
+/// ask the server to stop after its first text, and return the stream's text once the
+/// server has stopped cleanly (and no longer listens).
+async fn shutdown_during_a_stream_of(endpoint: Endpoint, grace: f64, max_tokens: u32) -> String {
+    let (addr, stop, done) = stoppable_server(grace, 2);
+    let (response, seen) = started_stream(&format!("http://{addr}"), endpoint, max_tokens).await;
+    stop.send(()).unwrap();
+    let text = rest_of(response, seen).await;
+    stopped_cleanly(addr, done).await;
+    text
+}
+
+/// [`shutdown_during_a_stream_of`] a chat stream, as chunks.
+async fn shutdown_during_a_stream(grace: f64, max_tokens: u32) -> (Vec<Value>, String) {
+    let text = shutdown_during_a_stream_of(Endpoint::Chat, grace, max_tokens).await;
     (chunks(&text), text)
 }
 
@@ -474,6 +627,174 @@ async fn shutdown_ends_streams_still_running_after_the_grace_with_an_error_chunk
         .as_str()
         .unwrap()
         .contains("shutting down"));
+}
+
+#[tokio::test]
+async fn shutdown_ends_completions_streams_after_the_grace_with_an_error_chunk() {
+    let text = shutdown_during_a_stream_of(Endpoint::Completions, 0.0, 900).await;
+    let chunks = chunks(&text);
+    assert_eq!(finish_reasons(&chunks), ["error"], "{text}");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["object"], "text_completion", "{last}");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shutting down"),
+        "{last}"
+    );
+    // No usage chunk after a failure.
+    assert!(chunks.iter().all(|c| c["usage"].is_null()), "{text}");
+}
+
+#[tokio::test]
+async fn shutdown_ends_responses_streams_after_the_grace_with_response_failed() {
+    let text = shutdown_during_a_stream_of(Endpoint::Responses, 0.0, 900).await;
+    let events: Vec<Value> = sse_data(&text)
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("every event is JSON"))
+        .collect();
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "response.failed", "{text}");
+    assert_eq!(last["response"]["status"], "failed", "{last}");
+    assert!(
+        last["response"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shutting down"),
+        "{last}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["type"] != "response.completed" && e["type"] != "response.incomplete"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_answers_requests_still_running_after_the_grace_with_503() {
+    let (addr, stop, done) = stoppable_server(0.0, 3);
+    let base = format!("http://{addr}");
+    let requests: Vec<_> = Endpoint::ALL
+        .into_iter()
+        .map(|endpoint| {
+            let base = base.clone();
+            tokio::spawn(async move {
+                let r = reqwest::Client::new()
+                    .post(format!("{base}{}", endpoint.path()))
+                    .json(&endpoint.long(900, false))
+                    .send()
+                    .await
+                    .unwrap();
+                (endpoint, r.status(), r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    // Stop once all three are generating.
+    let mut running = false;
+    let mut last = Value::Null;
+    for _ in 0..800 {
+        last = health(&base).await;
+        if last["models"][0]["engine"]["running"] == 3 {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(running, "the requests never all ran: {last}");
+    stop.send(()).unwrap();
+    for request in requests {
+        let (endpoint, status, body) = request.await.unwrap();
+        assert_eq!(status, 503, "{endpoint:?}: {body}");
+        assert_openai_error(&body, "server_shutting_down");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("shutting down"),
+            "{endpoint:?}: {body}"
+        );
+    }
+    stopped_cleanly(addr, done).await;
+}
+
+/// Completions and responses are timed as chat is: time to first token, inter-token
+/// latency and request duration, under the model's id (a model of this test's own, so other
+/// tests' requests do not count).
+#[tokio::test]
+async fn every_endpoint_moves_the_generation_metrics() {
+    let mut args = small_args();
+    args.model = Some(
+        common::model_file("SmolLM2-135M-Instruct.Q4_1.gguf")
+            .to_string_lossy()
+            .into_owned(),
+    );
+    args.catalog.alias = Some("smollm2-timed".into());
+    let base = format!("http://{}", common::start_server(args));
+    let model = "model=\"smollm2-timed\"";
+    let count = |text: &str, name: &str| sample(text, name, &[model]);
+    let http = reqwest::Client::new();
+    let mut expected = 0.0;
+    for (endpoint, stream) in [
+        (Endpoint::Completions, false),
+        (Endpoint::Completions, true),
+        (Endpoint::Responses, false),
+        (Endpoint::Responses, true),
+    ] {
+        let before = metrics_text(&base).await;
+        let r = http
+            .post(format!("{base}{}", endpoint.path()))
+            .json(&endpoint.long(4, stream))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{endpoint:?}");
+        let body = r.text().await.unwrap();
+        expected += 1.0;
+        // A stream's duration is recorded as the server drops it, just after its last bytes.
+        let mut after = metrics_text(&base).await;
+        for _ in 0..40 {
+            if count(&after, "wick_request_duration_seconds_count") >= expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            after = metrics_text(&base).await;
+        }
+        for name in [
+            "wick_time_to_first_token_seconds_count",
+            "wick_request_duration_seconds_count",
+        ] {
+            assert_eq!(
+                count(&after, name),
+                expected,
+                "{endpoint:?} (stream: {stream}) {name}: {}\n{body}\n{after}",
+                count(&before, name)
+            );
+        }
+        assert!(
+            count(&after, "wick_inter_token_latency_seconds_count")
+                > count(&before, "wick_inter_token_latency_seconds_count"),
+            "{endpoint:?} (stream: {stream})\n{after}"
+        );
+        assert!(
+            count(&after, "wick_generated_tokens_total")
+                > count(&before, "wick_generated_tokens_total"),
+            "{endpoint:?} (stream: {stream})\n{after}"
+        );
+    }
+    // The gauges are process-wide too: leave this model's idle, for tests that sum them.
+    let mut idle = false;
+    for _ in 0..200 {
+        let text = metrics_text(&base).await;
+        if count(&text, "wick_running_sequences") == 0.0 && count(&text, "wick_queue_depth") == 0.0
+        {
+            idle = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(idle, "requests left running");
 }
 
 async fn get_json(base: &str, path: &str) -> Value {

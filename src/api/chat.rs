@@ -19,17 +19,17 @@ use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use serde::Serialize;
 
 use super::answer::{self, AnswerSplitter, Out};
 use super::error::ApiError;
 use super::fields::GenerationFields;
-use super::generation::{self, fit_context, submit_choices, token_text, ChoiceOutput};
+use super::generation::{self, fit_context, submit_choices, token_text};
 use super::request::{parse_json, ChatRequest, ChatSettings};
+use super::stream::{ChoiceOutput, Generation, Step};
 use super::AppState;
-use crate::engine::{Event, EventStream, FinishReason, ServedModel, TokenLogprob, Usage};
-use crate::metrics::GenerationTimer;
+use crate::engine::{EventStream, FinishReason, ServedModel, TokenLogprob, Usage};
 use crate::reasoning::{self, Start};
 use crate::routing::{self, tradition, Family, Mechanism, RoutingFields, Tradition};
 use crate::template::TemplateError;
@@ -111,23 +111,19 @@ async fn handle(
     let fields: GenerationFields = parse_json(&body)?;
     let started = start(state, &request, &fields, version, arrived).await?;
     let tokenizer = &started.served.frontend.tokenizer;
-    let mut progress = Progress::new(state, &started.served.entry.id, arrived);
-    let n = started.streams.len();
-    let mut events = generation::merge(started.streams);
+    let generation = Generation::new(state, &started.served.entry.id, arrived, started.streams);
     if started.settings.stream {
         let include_usage = started.settings.include_usage;
         Ok(Sse::new(stream_chunks(
             started.answer,
             started.served.clone(),
-            events,
-            n,
+            generation,
             include_usage,
-            progress,
         ))
         .keep_alive(KeepAlive::default())
         .into_response())
     } else {
-        let outputs = collect_choices(&mut events, n, &mut progress).await?;
+        let outputs = generation.collect().await?;
         let asked_logprobs = started.settings.generation.sampling.logprobs.is_some();
         Ok(Json(completion(
             &started.answer,
@@ -137,47 +133,6 @@ async fn handle(
         ))
         .into_response())
     }
-}
-
-/// Wait for every choice, timing them and giving up when the shutdown grace is over.
-async fn collect_choices(
-    events: &mut (impl Stream<Item = (usize, Event)> + Unpin),
-    n: usize,
-    progress: &mut Progress,
-) -> Result<Vec<ChoiceOutput>, ApiError> {
-    let mut texts = vec![String::new(); n];
-    let mut logprobs: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
-    let mut done: Vec<Option<(FinishReason, Usage)>> = vec![None; n];
-    loop {
-        let Some(event) = progress.next(events).await else {
-            let mut error = ApiError::unavailable(SHUTTING_DOWN.into());
-            error.param = None;
-            return Err(error.with_code("server_shutting_down"));
-        };
-        let Some((index, event)) = event else { break };
-        match event {
-            Event::Text(t) => texts[index].push_str(&t),
-            Event::Logprob(l) => logprobs[index].push(l),
-            Event::Error(message) => return Err(ApiError::internal(message)),
-            Event::Done { finish, usage } => done[index] = Some((finish, usage)),
-        }
-    }
-    texts
-        .into_iter()
-        .zip(logprobs)
-        .zip(done)
-        .map(|((text, logprobs), done)| {
-            let (finish, usage) = done.ok_or_else(|| {
-                ApiError::internal("the engine ended the request without an answer")
-            })?;
-            Ok(ChoiceOutput {
-                text,
-                logprobs,
-                finish,
-                usage,
-            })
-        })
-        .collect()
 }
 
 /// A chat request submitted to the engine, one stream per choice. The Responses API builds
@@ -340,46 +295,6 @@ fn prepare_prompt(
         .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e}")))?;
     Ok((prepared, prompt))
 }
-
-/// What watches a generation on its way out: its timings for /metrics, and the signal
-/// that the shutdown grace is over.
-pub(super) struct Progress {
-    timer: GenerationTimer,
-    end: tokio_util::sync::CancellationToken,
-}
-
-impl Progress {
-    pub(super) fn new(state: &AppState, model: &str, arrived: Instant) -> Self {
-        Self {
-            timer: GenerationTimer::new(model, arrived),
-            end: state.end_streams.clone(),
-        }
-    }
-
-    /// The next event of any choice, timed: `None` when the server is ending the request,
-    /// `Some(None)` when every choice's stream has ended.
-    async fn next(
-        &mut self,
-        events: &mut (impl Stream<Item = (usize, Event)> + Unpin),
-    ) -> Option<Option<(usize, Event)>> {
-        let event = tokio::select! {
-            biased;
-            event = events.next() => event,
-            _ = self.end.cancelled() => return None,
-        };
-        match &event {
-            Some((_, Event::Text(_))) => self.timer.text(),
-            Some((_, Event::Done { usage, .. })) => self
-                .timer
-                .done(usage.prompt_tokens, usage.completion_tokens),
-            _ => {}
-        }
-        Some(event)
-    }
-}
-
-/// Why a request still running at the end of the shutdown grace stopped.
-const SHUTTING_DOWN: &str = "the server is shutting down";
 
 /// OpenAI's finish reason: an answer that ended on its own after making calls ends with
 /// `tool_calls`.
@@ -644,93 +559,103 @@ fn error_chunk(answer: &Answer, index: usize, message: String) -> SseEvent {
 /// OpenAI's chunk sequence: the role first (for each choice), then thinking deltas
 /// (`reasoning_content`, thinking models only), then content deltas, then each
 /// choice's finish reason, then (when asked) a usage chunk with no choices, then `[DONE]`.
-/// Log-probabilities ride on the chunk of the text their tokens produced. Dropping this
-/// stream (a client that disconnects) drops `events`, which cancels the request in the engine.
+/// Log-probabilities ride on the chunk of the text their tokens produced. A failure (an
+/// engine error, the end of the shutdown grace) is a last chunk with `finish_reason:
+/// "error"`. Dropping this stream (a client that disconnects) drops `generation`, which
+/// cancels the request in the engine.
 fn stream_chunks(
     answer: Answer,
     served: Arc<ServedModel>,
-    mut events: impl Stream<Item = (usize, Event)> + Send + Unpin + 'static,
-    n: usize,
+    mut generation: Generation,
     include_usage: bool,
-    mut progress: Progress,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
         let tokenizer = &served.frontend.tokenizer;
+        let n = generation.choices();
         for index in 0..n {
             yield Ok(chunk_event(&answer, chunk(&answer, index, delta(Some(Role::Assistant), Some(String::new())), None, None)));
         }
-        // Tokens whose text has not come out yet, per choice.
+        // Log-probabilities of text the splitter still holds, per choice.
         let mut pending: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
-        let mut usages = vec![Usage::default(); n];
         // Each choice's text is read for thinking and calls on its own, and its calls
         // numbered from 0.
         let mut splitters: Vec<AnswerSplitter> =
             (0..n).map(|_| AnswerSplitter::new(answer.reasoning, answer.calls)).collect();
         let mut reasoning_tokens = 0;
         let mut calls_sent = vec![0u32; n];
-        let mut finished = 0;
         let mut failed = false;
-        loop {
-            let Some(event) = progress.next(&mut events).await else {
-                yield Ok(error_chunk(&answer, 0, SHUTTING_DOWN.into()));
-                failed = true;
-                break;
-            };
-            let Some((index, event)) = event else { break };
-            let outs = match &event {
-                Event::Text(text) => splitters[index].push(text),
-                Event::Done { .. } => splitters[index].finish(),
-                _ => Vec::new(),
-            };
-            for out in outs {
-                match out {
-                    Out::Reasoning(text) => {
-                        let logprobs = take_logprobs(tokenizer, &mut pending[index]);
-                        yield Ok(reasoning_event(&answer, index, text, logprobs));
-                    }
-                    Out::Text(text) => {
-                        let logprobs = take_logprobs(tokenizer, &mut pending[index]);
-                        yield Ok(chunk_event(&answer, chunk(&answer, index, delta(None, Some(text)), None, logprobs)));
-                    }
-                    Out::Call(call) => {
-                        for d in call_deltas(calls_sent[index], call) {
-                            yield Ok(chunk_event(&answer, chunk(&answer, index, d, None, None)));
-                        }
-                        calls_sent[index] += 1;
+        while let Some(step) = generation.next().await {
+            match step {
+                Step::Text { index, text, logprobs } => {
+                    pending[index].extend(logprobs);
+                    let outs = splitters[index].push(&text);
+                    for event in out_events(&answer, tokenizer, index, outs, &mut pending[index], &mut calls_sent[index]) {
+                        yield Ok(event);
                     }
                 }
-            }
-            match event {
-                Event::Logprob(l) => pending[index].push(l),
-                Event::Text(_) => {}
-                Event::Done { finish, usage: u } => {
+                Step::Finished { index, finish, usage, logprobs } => {
+                    pending[index].extend(logprobs);
+                    let outs = splitters[index].finish();
+                    for event in out_events(&answer, tokenizer, index, outs, &mut pending[index], &mut calls_sent[index]) {
+                        yield Ok(event);
+                    }
                     let logprobs = take_logprobs(tokenizer, &mut pending[index]);
                     let reason = finish_reason(finish, calls_sent[index] > 0);
                     yield Ok(chunk_event(&answer, chunk(&answer, index, delta(None, None), Some(reason), logprobs)));
                     if let Some(split) = splitters[index].split() {
-                        reasoning_tokens += split.tokens(tokenizer, u.completion_tokens);
+                        reasoning_tokens += split.tokens(tokenizer, usage.completion_tokens);
                     }
-                    usages[index] = u;
-                    finished += 1;
                 }
-                Event::Error(message) => {
-                    yield Ok(error_chunk(&answer, index, message));
+                Step::Failed { index, failure } => {
+                    yield Ok(error_chunk(&answer, index, failure.message().to_string()));
                     failed = true;
-                    break;
                 }
             }
         }
-        if !failed && finished < n {
-            yield Ok(error_chunk(&answer, 0, "the engine ended the request without an answer".into()));
-        } else if !failed && include_usage {
+        if !failed && include_usage {
             let mut last = chunk(&answer, 0, delta(None, None), None, None);
             last.choices.clear();
             let thought = answer.reasoning.map(|_| reasoning_tokens);
-            last.usage = Some(usage(generation::total_usage(usages, n), thought));
+            last.usage = Some(usage(generation.total_usage(n), thought));
             yield Ok(chunk_event(&answer, last));
         }
         yield Ok(SseEvent::default().data("[DONE]"));
     }
+}
+
+/// The chunks of what one choice's splitter let out: thinking and text with the
+/// log-probabilities held for them, calls as OpenAI streams them (numbered per choice).
+fn out_events(
+    answer: &Answer,
+    tokenizer: &Tokenizer,
+    index: usize,
+    outs: Vec<Out>,
+    pending: &mut Vec<TokenLogprob>,
+    calls_sent: &mut u32,
+) -> Vec<SseEvent> {
+    let mut events = Vec::with_capacity(outs.len());
+    for out in outs {
+        match out {
+            Out::Reasoning(text) => {
+                let logprobs = take_logprobs(tokenizer, pending);
+                events.push(reasoning_event(answer, index, text, logprobs));
+            }
+            Out::Text(text) => {
+                let logprobs = take_logprobs(tokenizer, pending);
+                events.push(chunk_event(
+                    answer,
+                    chunk(answer, index, delta(None, Some(text)), None, logprobs),
+                ));
+            }
+            Out::Call(call) => {
+                for d in call_deltas(*calls_sent, call) {
+                    events.push(chunk_event(answer, chunk(answer, index, d, None, None)));
+                }
+                *calls_sent += 1;
+            }
+        }
+    }
+    events
 }
 
 /// The buffered log-probabilities of one choice in chat's shape (None when there are none).

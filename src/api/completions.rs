@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_openai::types::chat::{
     Choice, CompletionFinishReason, CompletionUsage, Logprobs, Prompt,
@@ -16,7 +17,7 @@ use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use serde::Deserialize;
 
 use super::chat::sse_json;
@@ -24,8 +25,9 @@ use super::error::ApiError;
 use super::fields::GenerationFields;
 use super::generation::{self, fit_context, submit_choices, token_text};
 use super::request::{parse_json, StreamOptions};
+use super::stream::{Generation, Step};
 use super::AppState;
-use crate::engine::{Event, FinishReason, ServedModel, TokenLogprob, Usage};
+use crate::engine::{FinishReason, ServedModel, TokenLogprob, Usage};
 use crate::tokenizer::Tokenizer;
 
 /// OpenAI's default budget for this endpoint (chat's default is "what the context leaves").
@@ -62,7 +64,9 @@ pub async fn completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle(&state, body)
+    // The request's time counts from here (`--request-timeout`, the metrics).
+    let arrived = Instant::now();
+    handle(&state, body, arrived)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -70,6 +74,7 @@ pub async fn completions(
 async fn handle(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
+    arrived: Instant,
 ) -> Result<Response, ApiError> {
     let body = generation::checked_body(state, body)?;
     let request: CompletionRequest = parse_json(&body)?;
@@ -104,9 +109,7 @@ async fn handle(
             max_tokens,
             request.ignore_eos,
             None,
-            state
-                .request_timeout
-                .map(|limit| std::time::Instant::now() + limit),
+            state.request_timeout.map(|limit| arrived + limit),
         )?);
     }
     // What each choice's text starts with: its prompt when echoing.
@@ -122,23 +125,23 @@ async fn handle(
         per_prompt: settings.n,
         logprobs: logprobs.is_some(),
     };
+    let generation = Generation::new(state, &served.entry.id, arrived, streams);
     if request.stream {
         let include_usage = request
             .stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage);
-        let events = generation::merge(streams);
         return Ok(Sse::new(stream_chunks(
             meta,
             served.clone(),
-            events,
+            generation,
             echoes,
             include_usage,
         ))
         .keep_alive(KeepAlive::default())
         .into_response());
     }
-    let outputs = generation::collect_all(streams).await?;
+    let outputs = generation.collect().await?;
     let total = generation::total_usage(outputs.iter().map(|o| o.usage), meta.per_prompt);
     let choices = outputs
         .into_iter()
@@ -278,6 +281,22 @@ impl Meta {
     }
 }
 
+impl Meta {
+    /// The chunk sent when generation fails after the stream has started: the status line
+    /// is gone, so the failure travels as a last chunk with `finish_reason: "error"`.
+    fn error_chunk(&self, index: usize, message: &str) -> SseEvent {
+        let error = ApiError::internal(message);
+        sse_json(&serde_json::json!({
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{ "text": "", "index": index, "logprobs": null, "finish_reason": "error" }],
+            "error": error.body(),
+        }))
+    }
+}
+
 fn finish_reason(f: FinishReason) -> CompletionFinishReason {
     match f {
         FinishReason::Stop => CompletionFinishReason::Stop,
@@ -314,17 +333,17 @@ fn legacy_logprobs(tokenizer: &Tokenizer, logprobs: &[TokenLogprob], offset: usi
 
 /// `text_completion` chunks: the echoed prompt first (when asked), then text deltas with the
 /// log-probabilities of the tokens that made them, each choice's finish reason, the usage
-/// chunk when asked, then `[DONE]`.
+/// chunk when asked, then `[DONE]`. A failure (an engine error, the end of the shutdown
+/// grace) is a last chunk with `finish_reason: "error"` and the error, as in chat.
 fn stream_chunks(
     meta: Meta,
     served: Arc<ServedModel>,
-    mut events: impl Stream<Item = (usize, Event)> + Send + Unpin + 'static,
+    mut generation: Generation,
     echoes: Vec<String>,
     include_usage: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
         let tokenizer = &served.frontend.tokenizer;
-        let n = echoes.len();
         // Bytes of text sent so far per choice, for text_offset.
         let mut sent: Vec<usize> = echoes.iter().map(String::len).collect();
         for (index, echo) in echoes.into_iter().enumerate() {
@@ -332,37 +351,26 @@ fn stream_chunks(
                 yield Ok(meta.chunk(index, echo, None, None));
             }
         }
-        let mut pending: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
-        let mut usages = vec![Usage::default(); n];
-        let mut finished = 0;
-        let take = |index: usize, pending: &mut Vec<Vec<TokenLogprob>>, sent: &[usize]| {
-            let l = meta.logprobs.then(|| legacy_logprobs(tokenizer, &pending[index], sent[index]));
-            pending[index].clear();
-            l
-        };
-        while let Some((index, event)) = events.next().await {
-            match event {
-                Event::Logprob(l) => pending[index].push(l),
-                Event::Text(text) => {
-                    let logprobs = take(index, &mut pending, &sent);
+        let mut failed = false;
+        while let Some(step) = generation.next().await {
+            match step {
+                Step::Text { index, text, logprobs } => {
+                    let logprobs = meta.logprobs.then(|| legacy_logprobs(tokenizer, &logprobs, sent[index]));
                     sent[index] += text.len();
                     yield Ok(meta.chunk(index, text, logprobs, None));
                 }
-                Event::Done { finish, usage } => {
-                    let logprobs = take(index, &mut pending, &sent);
+                Step::Finished { index, finish, logprobs, .. } => {
+                    let logprobs = meta.logprobs.then(|| legacy_logprobs(tokenizer, &logprobs, sent[index]));
                     yield Ok(meta.chunk(index, String::new(), logprobs, Some(finish)));
-                    usages[index] = usage;
-                    finished += 1;
                 }
-                Event::Error(message) => {
-                    let error = ApiError::internal(message);
-                    yield Ok(sse_json(&serde_json::json!({ "error": error.body() })));
-                    break;
+                Step::Failed { index, failure } => {
+                    yield Ok(meta.error_chunk(index, failure.message()));
+                    failed = true;
                 }
             }
         }
-        if finished == n && include_usage {
-            let total = generation::total_usage(usages, meta.per_prompt);
+        if !failed && include_usage {
+            let total = generation.total_usage(meta.per_prompt);
             yield Ok(sse_json(&meta.response(Vec::new(), Some(total))));
         }
         yield Ok(SseEvent::default().data("[DONE]"));

@@ -1,23 +1,17 @@
-//! What every endpoint does once it has a prompt: fit the budget to the context, submit one
-//! engine request per choice, and gather each choice's text, log-probabilities and usage
-//! (whole, or as one stream of events tagged with the choice's index).
+//! What every endpoint does once it has a prompt: fit the budget to the context and submit
+//! one engine request per choice. What comes back goes out through [`super::stream`].
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use futures::{Stream, StreamExt};
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::error::ApiError;
 use super::fields::GenerationSettings;
 use super::AppState;
 use crate::engine::constraint::Constraint;
-use crate::engine::{
-    Event, EventStream, FinishReason, GenerateRequest, ServedModel, SubmitError, TokenLogprob,
-    Usage,
-};
+use crate::engine::{EventStream, GenerateRequest, ServedModel, SubmitError, Usage};
 use crate::tokenizer::Tokenizer;
 
 /// The request body, or the error for one too large or unreadable.
@@ -113,47 +107,6 @@ pub fn submit_choices(
     })
 }
 
-/// One finished choice.
-#[derive(Debug, Clone)]
-pub struct ChoiceOutput {
-    pub text: String,
-    /// One per generated token, when the request asked for log-probabilities.
-    pub logprobs: Vec<TokenLogprob>,
-    pub finish: FinishReason,
-    pub usage: Usage,
-}
-
-/// Wait for one choice to finish.
-pub async fn collect(mut events: EventStream) -> Result<ChoiceOutput, ApiError> {
-    let (mut text, mut logprobs) = (String::new(), Vec::new());
-    while let Some(event) = events.recv().await {
-        match event {
-            Event::Text(t) => text.push_str(&t),
-            Event::Logprob(l) => logprobs.push(l),
-            Event::Error(message) => return Err(ApiError::internal(message)),
-            Event::Done { finish, usage } => {
-                return Ok(ChoiceOutput {
-                    text,
-                    logprobs,
-                    finish,
-                    usage,
-                })
-            }
-        }
-    }
-    Err(ApiError::internal(
-        "the engine ended the request without an answer",
-    ))
-}
-
-/// Wait for every choice (they run concurrently), in order.
-pub async fn collect_all(streams: Vec<EventStream>) -> Result<Vec<ChoiceOutput>, ApiError> {
-    futures::future::join_all(streams.into_iter().map(collect))
-        .await
-        .into_iter()
-        .collect()
-}
-
 /// The usage of a request whose choices are grouped `per_prompt` to a prompt: each prompt
 /// counts once, every choice's completion counts.
 pub fn total_usage(usages: impl IntoIterator<Item = Usage>, per_prompt: usize) -> Usage {
@@ -165,17 +118,6 @@ pub fn total_usage(usages: impl IntoIterator<Item = Usage>, per_prompt: usize) -
         total.completion_tokens += u.completion_tokens;
     }
     total
-}
-
-/// Every choice's events as one stream, each tagged with its choice's index. Dropping it
-/// drops every choice's stream, which cancels them in the engine.
-pub fn merge(streams: Vec<EventStream>) -> impl Stream<Item = (usize, Event)> + Send + Unpin {
-    futures::stream::select_all(
-        streams
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| UnboundedReceiverStream::new(s).map(move |e| (i, e))),
-    )
 }
 
 /// The text of one token as the log-probability fields show it (special tokens as empty).

@@ -16,6 +16,7 @@ mod models;
 pub mod request;
 pub mod response_store;
 mod responses;
+mod stream;
 
 use std::sync::Arc;
 

@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -15,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -23,11 +24,12 @@ use super::answer::{self, AnswerSplitter, Out, SplitAnswer};
 use super::chat::{self, chat_logprobs, Answer, Started, Version, REASONING_FIELD};
 use super::error::ApiError;
 use super::fields::GenerationFields;
-use super::generation::{self, ChoiceOutput};
+use super::generation;
 use super::request::{parse_json, ChatRequest};
 use super::response_store::{Owner, StoredResponse};
+use super::stream::{ChoiceOutput, Generation, Step};
 use super::AppState;
-use crate::engine::{Event, FinishReason, TokenLogprob, Usage};
+use crate::engine::{FinishReason, ServedModel, TokenLogprob, Usage};
 use crate::tokenizer::Tokenizer;
 use crate::tools::ToolCall;
 
@@ -136,8 +138,10 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // The request's time counts from here (`--request-timeout`, the metrics).
+    let arrived = Instant::now();
     let owner = state.api_keys.owner(&headers);
-    handle(state, owner, body)
+    handle(state, owner, body, arrived)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -179,6 +183,7 @@ async fn handle(
     state: Arc<AppState>,
     owner: Option<Owner>,
     body: Result<Bytes, BytesRejection>,
+    arrived: Instant,
 ) -> Result<Response, ApiError> {
     let body = generation::checked_body(&state, body)?;
     let request: ResponsesRequest = parse_json(&body)?;
@@ -214,14 +219,7 @@ async fn handle(
     } else {
         Version::V1
     };
-    let started = chat::start(
-        &state,
-        &chat_request,
-        &fields,
-        version,
-        std::time::Instant::now(),
-    )
-    .await?;
+    let started = chat::start(&state, &chat_request, &fields, version, arrived).await?;
     let echo = Echo::of(&request, &raw);
     let reply = Reply {
         id: format!("resp_{}", uuid::Uuid::new_v4().simple()),
@@ -232,24 +230,27 @@ async fn handle(
         conversation,
         echo,
     };
+    let Started {
+        answer,
+        served,
+        streams,
+        ..
+    } = started;
+    let generation = Generation::new(&state, &served.entry.id, arrived, streams);
     if request.stream {
-        Ok(Sse::new(stream_events(state, reply, started))
-            .keep_alive(KeepAlive::default())
-            .into_response())
+        Ok(
+            Sse::new(stream_events(state, reply, answer, served, generation))
+                .keep_alive(KeepAlive::default())
+                .into_response(),
+        )
     } else {
-        let served = started.served.clone();
-        let output = generation::collect_all(started.streams)
+        let output = generation
+            .collect()
             .await?
             .into_iter()
             .next()
             .ok_or_else(|| ApiError::internal("the engine returned no choice"))?;
-        let object = reply.finish(
-            &started.answer,
-            &served.frontend.tokenizer,
-            &output,
-            false,
-            &state,
-        );
+        let object = reply.finish(&answer, &served.frontend.tokenizer, &output, false, &state);
         Ok(Json(object).into_response())
     }
 }
@@ -697,19 +698,19 @@ fn responses_logprobs(tokenizer: &Tokenizer, logprobs: &[TokenLogprob]) -> Value
 /// `response.content_part.added`, `response.output_text.delta` per piece of text,
 /// `response.output_text.done`, `response.content_part.done`), `response.output_item.done`;
 /// then `response.completed` (or `response.incomplete` when `max_output_tokens` ran out,
-/// `response.failed` on an engine error). A thinking model's thinking is the first item, a
+/// `response.failed` on an engine error or when the shutdown grace ends). A thinking model's thinking is the first item, a
 /// reasoning item whose text streams as `response.reasoning_text.delta` and `.done`; its
 /// message item is announced when the answer starts (a model that does not think announces
 /// it at once). Calls come last, as `function_call` items.
 fn stream_events(
     state: Arc<AppState>,
     reply: Reply,
-    started: Started,
+    answer: Answer,
+    served: Arc<ServedModel>,
+    mut generation: Generation,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
-        let Started { answer, served, streams, .. } = started;
         let tokenizer = &served.frontend.tokenizer;
-        let mut events = generation::merge(streams);
         let mut seq = 0u64;
         let mut event = |kind: &str, mut body: Value| {
             body["type"] = json!(kind);
@@ -752,15 +753,26 @@ fn stream_events(
         // comes out as function_call items.
         let mut splitter = AnswerSplitter::new(answer.reasoning, answer.calls);
         let mut calls: Vec<ToolCall> = Vec::new();
-        while let Some((_, e)) = events.next().await {
-            let outs = match &e {
-                Event::Text(t) => splitter.push(t),
-                Event::Done { .. } => splitter.finish(),
-                _ => Vec::new(),
+        while let Some(step) = generation.next().await {
+            // The choice's end, once it has come.
+            let mut done = None;
+            let outs = match step {
+                Step::Text { text: t, logprobs: l, .. } => {
+                    text.push_str(&t);
+                    logprobs.extend(l);
+                    splitter.push(&t)
+                }
+                Step::Finished { finish, usage, logprobs: l, .. } => {
+                    logprobs.extend(l);
+                    done = Some((finish, usage));
+                    splitter.finish()
+                }
+                Step::Failed { failure, .. } => {
+                    let failed = reply.object(&answer, "failed", Vec::new(), None, Some(("error", json!({ "code": "server_error", "message": failure.message() }))));
+                    yield Ok(event("response.failed", json!({ "response": failed })));
+                    return;
+                }
             };
-            if let Event::Text(t) = &e {
-                text.push_str(t);
-            }
             for out in outs {
                 if let Out::Reasoning(delta) = out {
                     if !thought {
@@ -804,57 +816,46 @@ fn stream_events(
                     Out::Reasoning(_) => {}
                 }
             }
-            match e {
-                Event::Logprob(l) => logprobs.push(l),
-                Event::Text(_) => {}
-                Event::Done { finish, usage } => {
-                    let output = ChoiceOutput { text, logprobs, finish, usage };
-                    let object = reply.finish(&answer, tokenizer, &output, true, &state);
-                    // Thinking the output ended in closes with the response.
-                    if let Some(t) = thinking.take() {
-                        yield Ok(event("response.reasoning_text.done", at(&reply.reasoning_id, 0, json!({ "text": t }))));
-                        yield Ok(event("response.content_part.done", at(&reply.reasoning_id, 0, json!({ "part": reasoning_part(&t) }))));
-                        yield Ok(event("response.output_item.done", json!({ "output_index": 0, "item": object["output"][0] })));
+            if let Some((finish, usage)) = done {
+                let output = ChoiceOutput { text, logprobs, finish, usage };
+                let object = reply.finish(&answer, tokenizer, &output, true, &state);
+                // Thinking the output ended in closes with the response.
+                if let Some(t) = thinking.take() {
+                    yield Ok(event("response.reasoning_text.done", at(&reply.reasoning_id, 0, json!({ "text": t }))));
+                    yield Ok(event("response.content_part.done", at(&reply.reasoning_id, 0, json!({ "part": reasoning_part(&t) }))));
+                    yield Ok(event("response.output_item.done", json!({ "output_index": 0, "item": object["output"][0] })));
+                }
+                // Every stream ends with a message item, empty if need be.
+                let index = match message_index {
+                    Some(index) => index,
+                    None => {
+                        let index = usize::from(thought);
+                        yield Ok(event("response.output_item.added", json!({
+                            "output_index": index,
+                            "item": reply.message_item("in_progress", Vec::new()),
+                        })));
+                        yield Ok(event("response.content_part.added", at(&reply.message_id, index, json!({ "part": text_part("", json!([])) }))));
+                        index
                     }
-                    // Every stream ends with a message item, empty if need be.
-                    let index = match message_index {
-                        Some(index) => index,
-                        None => {
-                            let index = usize::from(thought);
-                            yield Ok(event("response.output_item.added", json!({
-                                "output_index": index,
-                                "item": reply.message_item("in_progress", Vec::new()),
-                            })));
-                            yield Ok(event("response.content_part.added", at(&reply.message_id, index, json!({ "part": text_part("", json!([])) }))));
-                            index
-                        }
-                    };
-                    let part = text_part(&shown, responses_logprobs(tokenizer, &output.logprobs));
-                    yield Ok(event("response.output_text.done", at(&reply.message_id, index, json!({ "text": shown, "logprobs": part["logprobs"] }))));
-                    yield Ok(event("response.content_part.done", at(&reply.message_id, index, json!({ "part": part }))));
+                };
+                let part = text_part(&shown, responses_logprobs(tokenizer, &output.logprobs));
+                yield Ok(event("response.output_text.done", at(&reply.message_id, index, json!({ "text": shown, "logprobs": part["logprobs"] }))));
+                yield Ok(event("response.content_part.done", at(&reply.message_id, index, json!({ "part": part }))));
+                yield Ok(event("response.output_item.done", json!({ "output_index": index, "item": object["output"][index] })));
+                for (i, call) in calls.iter().enumerate() {
+                    let index = index + 1 + i;
+                    let mut item = function_call_item(call, "in_progress");
+                    item["arguments"] = json!("");
+                    let item_id = item["id"].clone();
+                    yield Ok(event("response.output_item.added", json!({ "output_index": index, "item": item })));
+                    yield Ok(event("response.function_call_arguments.delta", json!({ "item_id": item_id, "output_index": index, "delta": call.arguments })));
+                    yield Ok(event("response.function_call_arguments.done", json!({ "item_id": item_id, "output_index": index, "arguments": call.arguments })));
                     yield Ok(event("response.output_item.done", json!({ "output_index": index, "item": object["output"][index] })));
-                    for (i, call) in calls.iter().enumerate() {
-                        let index = index + 1 + i;
-                        let mut item = function_call_item(call, "in_progress");
-                        item["arguments"] = json!("");
-                        let item_id = item["id"].clone();
-                        yield Ok(event("response.output_item.added", json!({ "output_index": index, "item": item })));
-                        yield Ok(event("response.function_call_arguments.delta", json!({ "item_id": item_id, "output_index": index, "delta": call.arguments })));
-                        yield Ok(event("response.function_call_arguments.done", json!({ "item_id": item_id, "output_index": index, "arguments": call.arguments })));
-                        yield Ok(event("response.output_item.done", json!({ "output_index": index, "item": object["output"][index] })));
-                    }
-                    let last = if object["status"] == "completed" { "response.completed" } else { "response.incomplete" };
-                    yield Ok(event(last, json!({ "response": object })));
-                    return;
                 }
-                Event::Error(message) => {
-                    let failed = reply.object(&answer, "failed", Vec::new(), None, Some(("error", json!({ "code": "server_error", "message": message }))));
-                    yield Ok(event("response.failed", json!({ "response": failed })));
-                    return;
-                }
+                let last = if object["status"] == "completed" { "response.completed" } else { "response.incomplete" };
+                yield Ok(event(last, json!({ "response": object })));
+                return;
             }
         }
-        let failed = reply.object(&answer, "failed", Vec::new(), None, Some(("error", json!({ "code": "server_error", "message": "the engine ended the request without an answer" }))));
-        yield Ok(event("response.failed", json!({ "response": failed })));
     }
 }
