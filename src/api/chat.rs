@@ -107,8 +107,13 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     crate::faults::trip(&state.faults, crate::faults::FaultPoint::Handler);
     let body = generation::checked_body(state, body)?;
-    let request: ChatRequest = parse_json(&body)?;
-    let fields: GenerationFields = parse_json(&body)?;
+    // A body up to the limit takes a while to parse: off the async threads.
+    let (request, fields) = state
+        .cpu_work
+        .run(move || -> Result<(ChatRequest, GenerationFields), ApiError> {
+            Ok((parse_json(&body)?, parse_json(&body)?))
+        })
+        .await??;
     let started = start(state, &request, &fields, version, arrived).await?;
     let tokenizer = &started.served.frontend.tokenizer;
     let generation = Generation::new(state, &started.served.entry.id, arrived, started.streams);

@@ -77,8 +77,14 @@ async fn handle(
     arrived: Instant,
 ) -> Result<Response, ApiError> {
     let body = generation::checked_body(state, body)?;
-    let request: CompletionRequest = parse_json(&body)?;
-    let fields: GenerationFields = parse_json(&body)?;
+    // Parsing a large body and tokenizing its prompts run off the async threads
+    // (src/api/cpu_work.rs).
+    let (request, fields) = state
+        .cpu_work
+        .run(move || -> Result<(CompletionRequest, GenerationFields), ApiError> {
+            Ok((parse_json(&body)?, parse_json(&body)?))
+        })
+        .await??;
     let logprobs = match request.logprobs {
         Some(l) if !(0..=MAX_LOGPROBS).contains(&l) => {
             return Err(ApiError::invalid(
@@ -91,8 +97,13 @@ async fn handle(
     };
     let settings = fields.settings(logprobs)?;
     let served = state.resolve(request.model.as_deref()).await?;
+    let (request, model) = (Arc::new(request), served.clone());
+    let asked = request.clone();
+    let prompts = state
+        .cpu_work
+        .run(move || prompt_inputs(&asked, &model.frontend.tokenizer))
+        .await??;
     let tokenizer = &served.frontend.tokenizer;
-    let prompts = prompt_inputs(&request, tokenizer)?;
 
     let mut streams = Vec::with_capacity(prompts.len() * settings.n);
     for prompt in &prompts {

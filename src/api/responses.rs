@@ -250,7 +250,9 @@ async fn handle(
             .into_iter()
             .next()
             .ok_or_else(|| ApiError::internal("the engine returned no choice"))?;
-        let object = reply.finish(&answer, &served.frontend.tokenizer, &output, false, &state);
+        let object = reply
+            .finish(&answer, &served.frontend.tokenizer, &output, false, &state)
+            .await;
         Ok(Json(object).into_response())
     }
 }
@@ -591,13 +593,13 @@ impl Reply {
     /// The finished response object; stored when asked. A thinking model's thinking comes
     /// first, as a reasoning item. The message item is left out when the answer is only
     /// calls, unless a stream has already announced it (`streamed`).
-    fn finish(
+    async fn finish(
         &self,
         answer: &Answer,
         tokenizer: &Tokenizer,
         output: &ChoiceOutput,
         streamed: bool,
-        state: &AppState,
+        state: &Arc<AppState>,
     ) -> Value {
         let SplitAnswer {
             reasoning,
@@ -642,14 +644,21 @@ impl Reply {
                     .collect();
             }
             conversation.push(message);
-            state.responses.insert(
-                self.id.clone(),
-                StoredResponse {
-                    object: object.clone(),
-                    conversation,
-                    owner: self.owner,
-                },
-            );
+            let stored = StoredResponse {
+                object: object.clone(),
+                conversation,
+                owner: self.owner,
+            };
+            // Sizing it serializes it: off the async threads (src/api/cpu_work.rs). Awaited,
+            // so the response is there once the client has it.
+            let (id, store) = (self.id.clone(), state.clone());
+            if let Err(e) = state
+                .cpu_work
+                .run(move || store.responses.insert(id, stored))
+                .await
+            {
+                tracing::error!(error = e.message, "storing a response failed");
+            }
         }
         object
     }
@@ -818,7 +827,7 @@ fn stream_events(
             }
             if let Some((finish, usage)) = done {
                 let output = ChoiceOutput { text, logprobs, finish, usage };
-                let object = reply.finish(&answer, tokenizer, &output, true, &state);
+                let object = reply.finish(&answer, tokenizer, &output, true, &state).await;
                 // Thinking the output ended in closes with the response.
                 if let Some(t) = thinking.take() {
                     yield Ok(event("response.reasoning_text.done", at(&reply.reasoning_id, 0, json!({ "text": t }))));
