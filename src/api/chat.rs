@@ -23,6 +23,7 @@ use futures::Stream;
 use serde::Serialize;
 
 use super::answer::{self, AnswerSplitter, Out};
+pub(super) use super::caller::Caller;
 use super::error::ApiError;
 use super::fields::GenerationFields;
 use super::generation::{self, fit_context, submit_choices, token_text};
@@ -38,18 +39,20 @@ use crate::tools::{self, CallFormat, PrepareError, ToolCall};
 
 pub async fn completions_v1(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond(handle(&state, body, Version::V1, Instant::now()).await)
+    respond(handle(&state, caller, body, Version::V1, Instant::now()).await)
 }
 
 /// The V2 contract (shared/ROUTING.md): routing by tier or family, tradition layers, and
 /// routing metadata on the response.
 pub async fn completions_v2(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    respond(handle(&state, body, Version::V2, Instant::now()).await)
+    respond(handle(&state, caller, body, Version::V2, Instant::now()).await)
 }
 
 fn respond(result: Result<Response, ApiError>) -> Response {
@@ -101,6 +104,7 @@ struct WithMeta<'a, T> {
 
 async fn handle(
     state: &AppState,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
     version: Version,
     arrived: Instant,
@@ -110,11 +114,13 @@ async fn handle(
     // A body up to the limit takes a while to parse: off the async threads.
     let (request, fields) = state
         .cpu_work
-        .run(move || -> Result<(ChatRequest, GenerationFields), ApiError> {
-            Ok((parse_json(&body)?, parse_json(&body)?))
-        })
+        .run(
+            move || -> Result<(ChatRequest, GenerationFields), ApiError> {
+                Ok((parse_json(&body)?, parse_json(&body)?))
+            },
+        )
         .await??;
-    let started = start(state, &request, &fields, version, arrived).await?;
+    let started = start(state, caller, &request, &fields, version, arrived).await?;
     let tokenizer = &started.served.frontend.tokenizer;
     let generation = Generation::new(state, &started.served.entry.id, arrived, started.streams);
     if started.settings.stream {
@@ -152,6 +158,7 @@ pub(super) struct Started {
 /// Check a chat request, route it, render and tokenize its prompt, and submit its choices.
 pub(super) async fn start(
     state: &AppState,
+    caller: Caller,
     request: &ChatRequest,
     fields: &GenerationFields,
     version: Version,
@@ -250,6 +257,7 @@ pub(super) async fn start(
         settings.ignore_eos,
         prepared.constraint.as_ref(),
         state.request_timeout.map(|limit| arrived + limit),
+        caller.0,
     )?;
     let answer = Answer {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),

@@ -62,17 +62,19 @@ struct PromptInput {
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    caller: super::chat::Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     // The request's time counts from here (`--request-timeout`, the metrics).
     let arrived = Instant::now();
-    handle(&state, body, arrived)
+    handle(&state, caller, body, arrived)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn handle(
     state: &AppState,
+    caller: super::chat::Caller,
     body: Result<Bytes, BytesRejection>,
     arrived: Instant,
 ) -> Result<Response, ApiError> {
@@ -81,9 +83,11 @@ async fn handle(
     // (src/api/cpu_work.rs).
     let (request, fields) = state
         .cpu_work
-        .run(move || -> Result<(CompletionRequest, GenerationFields), ApiError> {
-            Ok((parse_json(&body)?, parse_json(&body)?))
-        })
+        .run(
+            move || -> Result<(CompletionRequest, GenerationFields), ApiError> {
+                Ok((parse_json(&body)?, parse_json(&body)?))
+            },
+        )
         .await??;
     let logprobs = match request.logprobs {
         Some(l) if !(0..=MAX_LOGPROBS).contains(&l) => {
@@ -121,6 +125,7 @@ async fn handle(
             request.ignore_eos,
             None,
             state.request_timeout.map(|limit| arrived + limit),
+            caller.0,
         )?);
     }
     // What each choice's text starts with: its prompt when echoing.

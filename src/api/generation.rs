@@ -68,6 +68,7 @@ pub fn submit_choices(
     ignore_eos: bool,
     constraint: Option<&Constraint>,
     deadline: Option<std::time::Instant>,
+    client: crate::engine::ClientId,
 ) -> Result<Vec<EventStream>, ApiError> {
     settings.check_vocab(served.frontend.tokenizer.vocab_size())?;
     // Every choice waits in the queue as a request of its own; more than one client may
@@ -101,10 +102,13 @@ pub fn submit_choices(
             }
         })
         .collect();
-    served.backend.submit_all(requests).map_err(|e| match e {
-        SubmitError::QueueFull(_) => ApiError::busy(e.to_string()),
-        SubmitError::Stopped => ApiError::internal(e.to_string()),
-    })
+    served
+        .backend
+        .submit_for(client, requests)
+        .map_err(|e| match e {
+            SubmitError::QueueFull(_) => ApiError::busy(e.to_string()),
+            SubmitError::Stopped => ApiError::internal(e.to_string()),
+        })
 }
 
 /// The usage of a request whose choices are grouped `per_prompt` to a prompt: each prompt

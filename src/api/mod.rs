@@ -3,6 +3,7 @@
 
 mod answer;
 pub mod auth;
+mod caller;
 mod chat;
 mod completions;
 pub mod cpu_work;

@@ -135,13 +135,14 @@ const INCLUDE_LOGPROBS: &str = "message.output_text.logprobs";
 
 pub async fn create(
     State(state): State<Arc<AppState>>,
+    caller: chat::Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     // The request's time counts from here (`--request-timeout`, the metrics).
     let arrived = Instant::now();
     let owner = state.api_keys.owner(&headers);
-    handle(state, owner, body, arrived)
+    handle(state, caller, owner, body, arrived)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -181,6 +182,7 @@ fn not_found(id: &str) -> ApiError {
 
 async fn handle(
     state: Arc<AppState>,
+    caller: chat::Caller,
     owner: Option<Owner>,
     body: Result<Bytes, BytesRejection>,
     arrived: Instant,
@@ -219,7 +221,7 @@ async fn handle(
     } else {
         Version::V1
     };
-    let started = chat::start(&state, &chat_request, &fields, version, arrived).await?;
+    let started = chat::start(&state, caller, &chat_request, &fields, version, arrived).await?;
     let echo = Echo::of(&request, &raw);
     let reply = Reply {
         id: format!("resp_{}", uuid::Uuid::new_v4().simple()),
