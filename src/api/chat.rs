@@ -256,8 +256,10 @@ pub(super) async fn start(
         max_tokens,
         settings.ignore_eos,
         prepared.constraint.as_ref(),
-        state.request_timeout.map(|limit| arrived + limit),
-        caller.0,
+        generation::Origin {
+            client: caller.0,
+            deadline: state.request_timeout.map(|limit| arrived + limit),
+        },
     )?;
     let answer = Answer {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),

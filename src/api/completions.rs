@@ -124,8 +124,10 @@ async fn handle(
             max_tokens,
             request.ignore_eos,
             None,
-            state.request_timeout.map(|limit| arrived + limit),
-            caller.0,
+            generation::Origin {
+                client: caller.0,
+                deadline: state.request_timeout.map(|limit| arrived + limit),
+            },
         )?);
     }
     // What each choice's text starts with: its prompt when echoing.

@@ -58,6 +58,14 @@ pub fn fit_context(
     }
 }
 
+/// Who a request's choices count for in the queue, and when they must end
+/// (`--request-timeout`, counted from arrival).
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub client: crate::engine::ClientId,
+    pub deadline: Option<std::time::Instant>,
+}
+
 /// Submit `settings.n` engine requests for one prompt; choice i samples with seed + i, so
 /// the choices differ and stay reproducible. They batch together in the engine.
 pub fn submit_choices(
@@ -67,9 +75,9 @@ pub fn submit_choices(
     max_tokens: usize,
     ignore_eos: bool,
     constraint: Option<&Constraint>,
-    deadline: Option<std::time::Instant>,
-    client: crate::engine::ClientId,
+    origin: Origin,
 ) -> Result<Vec<EventStream>, ApiError> {
+    let Origin { client, deadline } = origin;
     settings.check_vocab(served.frontend.tokenizer.vocab_size())?;
     // Every choice waits in the queue as a request of its own; more than one client may
     // hold there can never be served, so that is the client's error to fix, not a 429 to
