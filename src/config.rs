@@ -163,9 +163,25 @@ pub struct ServiceArgs {
     /// Default: no limit.
     #[arg(long, env = "WICK_REQUEST_TIMEOUT")]
     pub request_timeout: Option<f64>,
-    /// Most client connections open at once; past it new connections get 503 and are closed.
+    /// Most client connections open at once. At the cap a new connection takes the place of
+    /// the one that has waited longest on its client (idle between requests, or still
+    /// sending a request); only when every connection has a request being answered does the
+    /// new one get 503 and close.
     #[arg(long, env = "WICK_MAX_CONNECTIONS", default_value_t = 512)]
     pub max_connections: usize,
+    /// Seconds a client gets to send a complete request head, from when its connection opens
+    /// or from the first byte of its next request; also the longest a request body may pause
+    /// (then 408). Slow or silent clients are closed after it, so they cannot hold
+    /// connections.
+    #[arg(long, env = "WICK_HEADER_TIMEOUT", default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Seconds a keep-alive connection may sit idle between requests before it is closed.
+    /// Longer than client pools keep idle connections (reqwest and Go 90 s, Python's httpx
+    /// 5 s), so a client never reuses a connection the server is closing at that moment;
+    /// nginx uses 75 s. An idle connection costs little: at --max-connections the longest
+    /// idle is closed first anyway.
+    #[arg(long, env = "WICK_IDLE_TIMEOUT", default_value_t = 120.0)]
+    pub idle_timeout: f64,
     /// Seconds running streams get to finish after SIGINT/SIGTERM; the rest end with an error chunk.
     #[arg(long, env = "WICK_SHUTDOWN_GRACE", default_value_t = 30.0)]
     pub shutdown_grace: f64,
@@ -210,6 +226,14 @@ impl ServiceArgs {
         seconds("--shutdown-grace", self.shutdown_grace)
     }
 
+    pub fn header_timeout(&self) -> anyhow::Result<Duration> {
+        positive_seconds("--header-timeout", self.header_timeout)
+    }
+
+    pub fn idle_timeout(&self) -> anyhow::Result<Duration> {
+        positive_seconds("--idle-timeout", self.idle_timeout)
+    }
+
     pub fn keep_alive(&self) -> anyhow::Result<Option<Duration>> {
         self.keep_alive
             .map(|s| seconds("--keep-alive", s))
@@ -220,6 +244,14 @@ impl ServiceArgs {
 fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value)
         .map_err(|_| anyhow::anyhow!("{flag} must be a number of seconds ≥ 0, not {value}"))
+}
+
+/// A timeout of 0 would close every connection before its first request.
+fn positive_seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
+    match seconds(flag, value)? {
+        d if d.is_zero() => anyhow::bail!("{flag} must be a number of seconds > 0, not {value}"),
+        d => Ok(d),
+    }
 }
 
 impl ServeArgs {
@@ -263,6 +295,8 @@ impl ServeArgs {
             traditions: None,
             service: ServiceArgs {
                 max_connections: 512,
+                header_timeout: 10.0,
+                idle_timeout: 120.0,
                 shutdown_grace: 30.0,
                 ..ServiceArgs::default()
             },
@@ -315,6 +349,10 @@ mod tests {
             Some(Duration::from_millis(1500))
         );
         assert!(args.keep_alive().is_err());
+        // The connection timeouts must be more than 0: 0 would close every connection.
+        assert!(args.header_timeout().is_err());
+        args.idle_timeout = 0.5;
+        assert_eq!(args.idle_timeout().unwrap(), Duration::from_millis(500));
         args.keep_alive = None;
         assert_eq!(args.keep_alive().unwrap(), None);
     }

@@ -16,13 +16,13 @@ use crate::api::{self, AppState};
 use crate::catalog::{ModelStore, Progress};
 use crate::config::ServeArgs;
 use crate::engine::{EngineConfig, ModelRegistry, RegistryLimits};
-use crate::service::{self, connections::LimitedListener};
+use crate::service::{self, connections::Limits};
 
 pub struct Server {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
     listener: TcpListener,
-    max_connections: usize,
+    limits: Limits,
     shutdown_grace: Duration,
 }
 
@@ -59,6 +59,11 @@ impl Server {
         let request_timeout = service.request_timeout()?;
         let shutdown_grace = service.shutdown_grace()?;
         let keep_alive = service.keep_alive()?;
+        let limits = Limits {
+            max_connections: service.max_connections,
+            header_timeout: service.header_timeout()?,
+            idle_timeout: service.idle_timeout()?,
+        };
         // Opened before any download, so a device this binary cannot use stops the start at once.
         let (device_choice, device) = crate::device::select(args.device)?;
         let store = ModelStore::new(args.catalog.cache_dir());
@@ -137,7 +142,7 @@ impl Server {
             addr,
             state,
             listener,
-            max_connections: service.max_connections,
+            limits,
             shutdown_grace,
         })
     }
@@ -152,15 +157,14 @@ impl Server {
         let reaper_stop = CancellationToken::new();
         service::spawn_reaper(self.state.models.clone(), reaper_stop.clone());
         let _stop_reaper = reaper_stop.drop_guard();
-        let listener = LimitedListener::new(self.listener, self.max_connections);
         let router = api::router(self.state);
-        axum::serve(listener, router)
-            .with_graceful_shutdown(service::with_grace(
-                shutdown,
-                self.shutdown_grace,
-                end_streams,
-            ))
-            .await?;
+        service::serve::serve(
+            self.listener,
+            router,
+            self.limits,
+            service::with_grace(shutdown, self.shutdown_grace, end_streams),
+        )
+        .await;
         tracing::info!("all connections closed: stopped");
         Ok(())
     }

@@ -19,7 +19,8 @@ async fn a_full_queue_answers_429_with_retry_after() {
         "messages": [{"role": "user", "content": "Write a long story."}],
         "max_tokens": 300, "ignore_eos": true, "stream": true
     });
-    // The first takes the slot (wait for its first bytes), the second waits in the queue.
+    // The first takes the slot, the second waits in the queue. The first's role chunk comes
+    // when it is queued, so wait for generated text: then it has left the queue for the slot.
     let mut first = http
         .post(format!("{base}/v1/chat/completions"))
         .json(&long)
@@ -27,7 +28,11 @@ async fn a_full_queue_answers_429_with_retry_after() {
         .await
         .unwrap();
     assert_eq!(first.status(), 200);
-    first.chunk().await.unwrap().expect("first chunk");
+    let mut seen = String::new();
+    while !seen.contains("\"content\":\"") || seen.matches("data: ").count() < 2 {
+        let piece = first.chunk().await.unwrap().expect("first stream open");
+        seen.push_str(&String::from_utf8_lossy(&piece));
+    }
     let second = tokio::spawn({
         let (http, base, long) = (http.clone(), base.clone(), long.clone());
         async move {

@@ -450,8 +450,9 @@ async fn connections_past_the_cap_get_503() {
     let mut args = small_args();
     args.service.max_connections = 1;
     let addr = common::start_server(args);
-    // This connection takes the only place (accepted, idle).
-    let held = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // A stream takes the only place: a connection answering a request is never given up
+    // for a new one (an idle one would be, tests/slow_clients.rs).
+    let (held, _) = started_stream(&format!("http://{addr}"), 900).await;
     let r = reqwest::get(format!("http://{addr}/health")).await.unwrap();
     assert_eq!(r.status(), 503);
     assert_openai_error(&r.json().await.unwrap(), "too_many_connections");

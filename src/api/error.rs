@@ -63,6 +63,17 @@ impl ApiError {
         }
     }
 
+    /// 408 for a request body that stopped arriving (`--header-timeout` with no bytes).
+    pub fn body_timeout() -> Self {
+        Self {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: "The request body stopped arriving before it was complete.".into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_timeout"),
+        }
+    }
+
     pub fn busy(message: String) -> Self {
         Self {
             status: StatusCode::TOO_MANY_REQUESTS,

@@ -22,10 +22,25 @@ pub fn checked_body(
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::payload_too_large(state.body_limit)
+        } else if stalled(&rejection) {
+            ApiError::body_timeout()
         } else {
             ApiError::invalid(rejection.body_text(), None)
         }
     })
+}
+
+/// The body stopped arriving: the connection's timeout between body frames
+/// (src/service/serve.rs) ended it.
+fn stalled(rejection: &BytesRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// The completion budget: what the caller asked for, or all the context the prompt leaves.

@@ -1,7 +1,8 @@
-//! Running wick as a long-lived service: the connection cap, the shutdown sequence and the
-//! idle-model reaper. The API layers (keys, CORS, request ids, metrics) live in `api`.
+//! Running wick as a long-lived service: serving connections (the cap and the timeouts for
+//! slow clients), the shutdown sequence and the idle-model reaper. The API layers (keys, CORS, request ids, metrics) live in `api`.
 
 pub mod connections;
+pub mod serve;
 
 use std::future::Future;
 use std::sync::Arc;
