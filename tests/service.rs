@@ -452,7 +452,7 @@ async fn connections_past_the_cap_get_503() {
     let addr = common::start_server(args);
     // A stream takes the only place: a connection answering a request is never given up
     // for a new one (an idle one would be, tests/slow_clients.rs).
-    let (held, _) = started_stream(&format!("http://{addr}"), 900).await;
+    let (held, _) = started_stream(&format!("http://{addr}"), Endpoint::Chat, 900).await;
     let r = reqwest::get(format!("http://{addr}/health")).await.unwrap();
     assert_eq!(r.status(), 503);
     assert_openai_error(&r.json().await.unwrap(), "too_many_connections");

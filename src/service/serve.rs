@@ -72,6 +72,7 @@ pub async fn serve(
                     builder.clone(),
                     router.clone(),
                     stream,
+                    addr,
                     limits,
                     shutdown.clone(),
                     open.clone(),
@@ -104,6 +105,7 @@ async fn serve_connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
     router: Router,
     stream: ClientStream,
+    peer: std::net::SocketAddr,
     limits: Limits,
     shutdown: CancellationToken,
     _open: watch::Receiver<()>,
@@ -111,6 +113,7 @@ async fn serve_connection(
     let connection = stream.connection().clone();
     let service = ConnectionService {
         router,
+        peer,
         connection: connection.clone(),
         body_timeout: limits.header_timeout,
     };
@@ -163,6 +166,9 @@ async fn serve_connection(
 /// between frames.
 struct ConnectionService {
     router: Router,
+    /// The client's address, given to handlers as axum's `ConnectInfo` (the queue tells
+    /// clients apart by connection when keys are off: src/api/caller.rs).
+    peer: std::net::SocketAddr,
     connection: Arc<Connection>,
     body_timeout: Duration,
 }
@@ -179,6 +185,10 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnectionService {
         let answering = Answering(self.connection.clone());
         let receiving = has_body.then(|| Receiving(self.connection.clone()));
         let timeout = self.body_timeout;
+        let mut request = request;
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         let request: Request = request.map(|body| {
             Body::new(RequestBody {
                 body: Box::pin(TimeoutBody::new(timeout, body)),
