@@ -163,6 +163,37 @@ async fn prompt_longer_than_the_context() {
 }
 
 #[tokio::test]
+async fn a_prompt_sure_not_to_fit_is_refused_before_tokenizing() {
+    // 240 KB of one-byte words: under the test server's 256 KiB body limit, and far more
+    // tokens than its 2048-token context. Refused from its length alone (the message gives
+    // a lower bound, "at least"), on every endpoint that takes a prompt.
+    let words = "a ".repeat(120_000);
+    let (status, body) = chat(json!({"messages": [{"role": "user", "content": words}]})).await;
+    let e = error_of(status, &body, 400);
+    assert_eq!(e["code"], "context_length_exceeded", "{body}");
+    assert_eq!(e["param"], "messages", "{body}");
+    assert!(
+        e["message"].as_str().unwrap().contains("at least"),
+        "{body}"
+    );
+    let (status, body) = post_raw(
+        "/v1/completions",
+        &json!({"prompt": words, "max_tokens": 4}).to_string(),
+    )
+    .await;
+    let e = error_of(status, &body, 400);
+    assert_eq!(e["code"], "context_length_exceeded", "{body}");
+    assert_eq!(e["param"], "prompt", "{body}");
+    assert!(
+        e["message"].as_str().unwrap().contains("at least"),
+        "{body}"
+    );
+    let (status, body) = post_raw("/v1/responses", &json!({"input": words}).to_string()).await;
+    let e = error_of(status, &body, 400);
+    assert_eq!(e["code"], "context_length_exceeded", "{body}");
+}
+
+#[tokio::test]
 async fn body_over_the_limit_is_413() {
     // The test server's limit is 256 KiB.
     let huge = "x".repeat(300 * 1024);

@@ -57,6 +57,11 @@ fn check_against_reference(file: &str) {
     let mut failures = Vec::new();
     for case in fixture.tokenize {
         let ids = tok.encode(&case.text).unwrap();
+        assert!(
+            tok.fewest_tokens(&case.text) <= ids.len(),
+            "bound for {:?}",
+            case.text
+        );
         if ids != case.ids {
             failures.push(format!(
                 "{:?}\n  ours:      {ids:?}\n  llama.cpp: {:?}",
@@ -97,6 +102,51 @@ fn check_against_reference(file: &str) {
         assert_eq!(streamed, case.output_text);
     }
     assert!(failures.is_empty(), "mismatches:\n{}", failures.join("\n"));
+}
+
+/// The bound used to refuse over-long prompts before tokenizing holds: every vocabulary
+/// entry repeated reaches no further than the bound allows, and real encodings of the texts
+/// where it is tightest (the longest entries, whitespace runs, combining marks) never beat
+/// it. And it is not vacuous.
+fn check_fewest_tokens_bound(file: &str) {
+    let tok = load(file);
+    let mut pieces: Vec<String> = (0..tok.vocab_size() as u32)
+        .filter_map(|id| tok.hf().decode(&[id], false).ok())
+        .collect();
+    for piece in &pieces {
+        let text = piece.repeat(4);
+        assert!(tok.fewest_tokens(&text) <= 4, "{text:?}");
+    }
+    pieces.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    let mut cases: Vec<String> = pieces[..20].iter().map(|p| p.repeat(16)).collect();
+    cases.extend([
+        " ".repeat(10_000),
+        "\n".repeat(10_000),
+        "a ".repeat(50_000),
+        "é\u{301}".repeat(5_000),
+    ]);
+    for text in cases {
+        let ids = tok.encode(&text).unwrap();
+        let fewest = tok.fewest_tokens(&text);
+        assert!(
+            fewest <= ids.len(),
+            "{fewest} > {} for {text:.80?}",
+            ids.len()
+        );
+    }
+    // 100,000 bytes of one-byte words: the bound must be big enough to refuse it at a small
+    // context before tokenizing.
+    assert!(tok.fewest_tokens(&"a ".repeat(50_000)) >= 1000, "{file}");
+}
+
+#[test]
+fn smollm2_fewest_tokens_is_a_lower_bound() {
+    check_fewest_tokens_bound(SMOLLM2);
+}
+
+#[test]
+fn qwen_coder_fewest_tokens_is_a_lower_bound() {
+    check_fewest_tokens_bound(QWEN_CODER);
 }
 
 #[test]

@@ -303,6 +303,7 @@ fn prepare_prompt(
         PrepareError::Template(TemplateError::Invalid(message)) => ApiError::internal(message),
         PrepareError::Fields(e) => ApiError::invalid(e.message, Some(&e.param)),
     })?;
+    generation::fits_before_tokenizing(served, &prepared.prompt, "messages")?;
     let prompt = served
         .frontend
         .tokenizer

@@ -105,7 +105,7 @@ async fn handle(
     let asked = request.clone();
     let prompts = state
         .cpu_work
-        .run(move || prompt_inputs(&asked, &model.frontend.tokenizer))
+        .run(move || prompt_inputs(&asked, &model))
         .await??;
     let tokenizer = &served.frontend.tokenizer;
 
@@ -183,9 +183,11 @@ async fn handle(
 /// The prompts of a request, tokenized, with the FIM wrapping when a suffix is given.
 fn prompt_inputs(
     request: &CompletionRequest,
-    tokenizer: &Tokenizer,
+    served: &ServedModel,
 ) -> Result<Vec<PromptInput>, ApiError> {
+    let tokenizer = &served.frontend.tokenizer;
     let encode = |text: &str| {
+        generation::fits_before_tokenizing(served, text, "prompt")?;
         tokenizer
             .encode(text)
             .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e}")))

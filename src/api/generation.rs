@@ -73,6 +73,31 @@ pub fn fit_context(
     }
 }
 
+/// Refuse a prompt text that is sure to exceed the context before it is tokenized: a
+/// body-limit prompt of one-byte words costs the tokenizer hundreds of MiB, which the
+/// allocator keeps after the request is refused (issue 18's soak).
+pub fn fits_before_tokenizing(
+    served: &ServedModel,
+    text: &str,
+    param: &str,
+) -> Result<(), ApiError> {
+    let context = served.frontend.context_length;
+    let fewest = served.frontend.tokenizer.fewest_tokens(text);
+    if fewest >= context {
+        return Err(ApiError::invalid(
+            format!(
+                "This model's maximum context length is {context} tokens. However, your \
+                 {param} ({} bytes) would result in at least {fewest} tokens. Please reduce \
+                 the length of the {param}.",
+                text.len()
+            ),
+            Some(param),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    Ok(())
+}
+
 /// Who a request's choices count for in the queue, and when they must end
 /// (`--request-timeout`, counted from arrival).
 #[derive(Debug, Clone, Copy)]

@@ -22,6 +22,7 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::AddedToken;
 
 mod guard;
+mod length_bound;
 mod pretokenize;
 pub use pretokenize::PreTokenization;
 
@@ -43,6 +44,8 @@ pub struct Tokenizer {
     stop_ids: Vec<u32>,
     /// Control-token texts kept out of user content (`guard`).
     controls: guard::ControlTexts,
+    /// How far one token reaches into a text (`length_bound`).
+    length_bound: length_bound::LengthBound,
 }
 
 impl Tokenizer {
@@ -150,6 +153,7 @@ impl Tokenizer {
             }
         }
         let controls = guard::ControlTexts::new(&inner);
+        let length_bound = length_bound::LengthBound::new(&inner);
         Self {
             inner,
             bos,
@@ -157,6 +161,7 @@ impl Tokenizer {
             add_bos,
             stop_ids,
             controls,
+            length_bound,
         }
     }
 
@@ -206,6 +211,13 @@ impl Tokenizer {
     /// vocabulary (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `<|endoftext|>`).
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids
+    }
+
+    /// A lower bound on the tokens `text` encodes to, known without encoding it, so a prompt
+    /// that can never fit the context is refused before the tokenizer spends memory and time
+    /// on it (`length_bound.rs`).
+    pub fn fewest_tokens(&self, text: &str) -> usize {
+        self.length_bound.fewest_tokens(text)
     }
 
     pub fn vocab_size(&self) -> usize {
