@@ -44,6 +44,8 @@ pub struct AppState {
     pub started: u64,
     /// The `provider` of /v2 responses.
     pub provider: String,
+    /// Auto routing considers only the models run here (`--auto-routing-local-only`).
+    pub auto_routing_local_only: bool,
     pub traditions: TraditionLayers,
     /// Responses kept for `GET /v1/responses/{id}` and `previous_response_id`.
     pub responses: response_store::ResponseStore,
