@@ -60,6 +60,19 @@ fn spawn_wick() -> (Child, u16) {
         .stderr(Stdio::null())
         .spawn()
         .expect("wick serve starts");
+    // The test harness never drops statics, so a watchdog ends the process once this test
+    // binary has gone, however it ends.
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "while kill -0 {} 2>/dev/null; do sleep 1; done; kill -9 {} 2>/dev/null",
+            std::process::id(),
+            child.id()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the watchdog starts");
     let started = Instant::now();
     let url = format!("http://127.0.0.1:{port}/health");
     loop {
@@ -148,7 +161,7 @@ fn setup() -> &'static Setup {
     SETUP.get_or_init(|| {
         let (a, a_port) = spawn_wick();
         let (b, b_port) = spawn_wick();
-        // A stays up for the whole run; the process ends with the test binary's.
+        // A stays up for the whole run; its watchdog ends it with the test binary.
         std::mem::forget(a);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let fake_port = spawn_fake_upstream(seen.clone());
@@ -258,7 +271,8 @@ async fn post(path: &str, body: Value) -> (u16, Value) {
     )
 }
 
-/// The `data:` events of a stream, checking it ends with `[DONE]`.
+/// The `data:` events of a stream; chat and completions streams must end with `[DONE]`
+/// (Responses streams have none).
 async fn post_stream(path: &str, body: Value) -> Vec<Value> {
     let response = reqwest::Client::new()
         .post(url(path))
@@ -273,9 +287,14 @@ async fn post_stream(path: &str, body: Value) -> Vec<Value> {
         .filter(|e| !e.trim().is_empty())
         .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
         .collect();
-    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
-    events[..events.len() - 1]
-        .iter()
+    let json = match path {
+        "/v1/responses" => &events[..],
+        _ => {
+            assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+            &events[..events.len() - 1]
+        }
+    };
+    json.iter()
         .map(|e| serde_json::from_str(e).expect("a JSON event"))
         .collect()
 }
