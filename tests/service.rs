@@ -11,6 +11,7 @@ use async_openai::types::chat::{
     ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs,
 };
 use async_openai::Client;
+use common::assert_openai_error;
 use serde_json::{json, Value};
 use wick::config::ServeArgs;
 
@@ -36,14 +37,6 @@ fn long_stream(max_tokens: u32) -> Value {
         "max_tokens": max_tokens, "ignore_eos": true, "stream": true,
         "stream_options": {"include_usage": true},
     })
-}
-
-fn assert_openai_error(body: &Value, code: &str) {
-    let error = &body["error"];
-    assert!(error["message"].is_string(), "{body}");
-    assert!(error["type"].is_string(), "{body}");
-    assert!(error.get("param").is_some(), "{body}");
-    assert_eq!(error["code"], code, "{body}");
 }
 
 /// The `data:` payloads of an SSE body, `[DONE]` included.

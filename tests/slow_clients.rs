@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use async_openai::types::chat::{
     ChatCompletionRequestUserMessage, CreateChatCompletionRequestArgs,
 };
+use common::assert_openai_error;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -73,14 +74,6 @@ async fn read_response(stream: &mut TcpStream) -> (u16, String) {
         );
         raw.extend_from_slice(&buf[..n]);
     }
-}
-
-fn assert_openai_error(body: &Value, code: &str) {
-    let error = &body["error"];
-    assert!(error["message"].is_string(), "{body}");
-    assert!(error["type"].is_string(), "{body}");
-    assert!(error.get("param").is_some(), "{body}");
-    assert_eq!(error["code"], code, "{body}");
 }
 
 #[tokio::test]

@@ -183,3 +183,12 @@ pub fn load_smollm2(context: usize) -> wick::model::LoadedModel {
     entry.context_length = context;
     wick::model::load(&path, &entry, &candle_core::Device::Cpu).expect("model loads")
 }
+
+/// Asserts OpenAI's error shape (message, type, param present) with the given `code`.
+pub fn assert_openai_error(body: &serde_json::Value, code: &str) {
+    let error = &body["error"];
+    assert!(error["message"].is_string(), "{body}");
+    assert!(error["type"].is_string(), "{body}");
+    assert!(error.get("param").is_some(), "{body}");
+    assert_eq!(error["code"], code, "{body}");
+}
