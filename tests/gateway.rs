@@ -312,8 +312,16 @@ fn assert_upstream_error(status: u16, body: &Value) {
     assert!([502, 503, 504].contains(&status), "{status}: {body}");
     let e = &body["error"];
     assert_eq!(e["type"], "server_error", "{body}");
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
-    assert!(e["code"].as_str().is_some_and(|c| c.starts_with("upstream_")), "{body}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(
+        e["code"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("upstream_")),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -340,7 +348,9 @@ async fn v2_family_openai_streams_from_the_upstream_with_metadata_on_every_chunk
         }
     }
     assert!(!text.trim().is_empty(), "{chunks:?}");
-    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"].is_string()));
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"].is_string()));
     let usage = &chunks.last().unwrap()["usage"];
     assert!(usage["prompt_tokens"].as_u64().unwrap() > 0, "{usage}");
     assert!(usage["completion_tokens"].as_u64().unwrap() > 0, "{usage}");
@@ -360,7 +370,10 @@ async fn v2_json_answers_carry_metadata_usage_and_the_catalog_id() {
     assert_eq!(r["tradition"], "catholic");
     assert!(r["id"].as_str().unwrap().starts_with("chatcmpl-"));
     assert!(r["usage"]["total_tokens"].as_u64().unwrap() > 0, "{r}");
-    assert!(!r["choices"][0]["message"]["content"].as_str().unwrap().is_empty());
+    assert!(!r["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -369,10 +382,18 @@ async fn the_openai_sdk_reaches_an_upstream_by_its_catalog_id() {
     let request: CreateChatCompletionRequest = common::sdk_request(json!({
         "model": "gpt-test", "messages": ask("Hi"), "max_completion_tokens": 6,
     }));
-    let r = client.chat().create(request.clone()).await.expect("an answer");
+    let r = client
+        .chat()
+        .create(request.clone())
+        .await
+        .expect("an answer");
     assert_eq!(r.model, "gpt-test");
     assert!(r.usage.unwrap().completion_tokens > 0);
-    let mut stream = client.chat().create_stream(request).await.expect("a stream");
+    let mut stream = client
+        .chat()
+        .create_stream(request)
+        .await
+        .expect("a stream");
     let mut chunks = 0;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.expect("a chunk");
@@ -402,7 +423,10 @@ async fn completions_and_responses_are_forwarded() {
     )
     .await;
     assert!(events.iter().all(|e| e["model"] == "gpt-test"));
-    let text: String = events.iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect();
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
     assert!(!text.is_empty(), "{events:?}");
 
     let (status, r) = post(
@@ -495,7 +519,14 @@ async fn a_dead_replica_fails_over_with_no_client_error_and_is_taken_out() {
         .unwrap()
         .clone();
     let dead = &setup().dead;
-    let replica = |u: &str| up["replicas"].as_array().unwrap().iter().find(|r| r["url"] == u).cloned();
+    let replica = |u: &str| {
+        up["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["url"] == u)
+            .cloned()
+    };
     assert_eq!(replica(dead).unwrap()["healthy"], false, "{up}");
     assert_eq!(up["state"], "degraded", "{up}");
     let (_, metrics) = get_text("/metrics").await;
@@ -547,7 +578,12 @@ async fn a_replica_dropping_mid_stream_ends_with_an_error_chunk_then_the_model_i
     assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
     let last: Value = serde_json::from_str(events[events.len() - 2]).unwrap();
     assert_eq!(last["choices"][0]["finish_reason"], "error", "{last}");
-    assert!(last["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{last}");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{last}"
+    );
     assert_eq!(last["model"], "dies");
     assert_eq!(last["model_family"], "Anthropic");
 
@@ -565,10 +601,22 @@ async fn a_replica_dropping_mid_stream_ends_with_an_error_chunk_then_the_model_i
 #[tokio::test]
 async fn an_upstream_with_no_live_replica_is_an_openai_shaped_error() {
     for (path, body) in [
-        ("/v1/chat/completions", json!({ "model": "nowhere", "messages": ask("Hi") })),
-        ("/v1/chat/completions", json!({ "model": "nowhere", "messages": ask("Hi"), "stream": true })),
-        ("/v1/completions", json!({ "model": "nowhere", "prompt": "Hi" })),
-        ("/v1/responses", json!({ "model": "nowhere", "input": "Hi" })),
+        (
+            "/v1/chat/completions",
+            json!({ "model": "nowhere", "messages": ask("Hi") }),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({ "model": "nowhere", "messages": ask("Hi"), "stream": true }),
+        ),
+        (
+            "/v1/completions",
+            json!({ "model": "nowhere", "prompt": "Hi" }),
+        ),
+        (
+            "/v1/responses",
+            json!({ "model": "nowhere", "input": "Hi" }),
+        ),
     ] {
         let (status, r) = post(path, body).await;
         assert_upstream_error(status, &r);
@@ -630,7 +678,10 @@ async fn keys_stay_home_and_the_request_arrives_layered_with_tools_passed_on() {
     // The tradition layer is the system message, before the caller's own messages.
     let messages = body["messages"].as_array().unwrap();
     assert_eq!(messages[0]["role"], "system");
-    assert!(messages[0]["content"].as_str().unwrap().len() > 20, "{body}");
+    assert!(
+        messages[0]["content"].as_str().unwrap().len() > 20,
+        "{body}"
+    );
     assert_eq!(messages[1]["content"], "What is grace?");
 
     // Refusals and failures that quote the key: OpenAI-shaped 502s that do not.

@@ -114,9 +114,11 @@ async fn handle(
     // A body up to the limit takes a while to parse: off the async threads.
     let (request, fields, raw) = state
         .cpu_work
-        .run(move || -> Result<(ChatRequest, GenerationFields, RawBody), ApiError> {
-            Ok((parse_json(&body)?, parse_json(&body)?, parse_json(&body)?))
-        })
+        .run(
+            move || -> Result<(ChatRequest, GenerationFields, RawBody), ApiError> {
+                Ok((parse_json(&body)?, parse_json(&body)?, parse_json(&body)?))
+            },
+        )
         .await??;
     let started = start(state, caller, &request, &raw, &fields, version, arrived).await?;
     let tokenizer = started.served.frontend.as_ref().map(|f| &f.tokenizer);
@@ -250,8 +252,7 @@ pub(super) async fn start(
     if served.backend.takes_whole_requests() {
         // The upstream renders the prompt and reads its own calls and thinking.
         let n = settings.generation.n;
-        let streams =
-            generation::forward(&served, Endpoint::Chat, raw, layer, n, origin).await?;
+        let streams = generation::forward(&served, Endpoint::Chat, raw, layer, n, origin).await?;
         return Ok(Started {
             answer: answer(&served, meta, None, None),
             settings,

@@ -83,9 +83,11 @@ async fn handle(
     // (src/api/cpu_work.rs).
     let (request, fields, raw) = state
         .cpu_work
-        .run(move || -> Result<(CompletionRequest, GenerationFields, RawBody), ApiError> {
-            Ok((parse_json(&body)?, parse_json(&body)?, parse_json(&body)?))
-        })
+        .run(
+            move || -> Result<(CompletionRequest, GenerationFields, RawBody), ApiError> {
+                Ok((parse_json(&body)?, parse_json(&body)?, parse_json(&body)?))
+            },
+        )
         .await??;
     let logprobs = match request.logprobs {
         Some(l) if !(0..=MAX_LOGPROBS).contains(&l) => {
@@ -106,17 +108,14 @@ async fn handle(
     if served.backend.takes_whole_requests() {
         // The upstream tokenizes the prompts, echoes and fills in the middle itself.
         let choices = prompt_count(&request.prompt) * settings.n;
-        let streams = generation::forward(
-            &served,
-            Endpoint::Completions,
-            &raw,
-            None,
-            choices,
-            origin,
-        )
-        .await?;
+        let streams =
+            generation::forward(&served, Endpoint::Completions, &raw, None, choices, origin)
+                .await?;
         let echoes = vec![String::new(); choices];
-        return respond(state, &request, &served, settings.n, logprobs, streams, echoes, arrived).await;
+        return respond(
+            state, &request, &served, settings.n, logprobs, streams, echoes, arrived,
+        )
+        .await;
     }
     let (request, model) = (Arc::new(request), served.clone());
     let asked = request.clone();
@@ -149,7 +148,10 @@ async fn handle(
         .flat_map(|p| std::iter::repeat_n(p.text.clone(), settings.n))
         .map(|t| if request.echo { t } else { String::new() })
         .collect();
-    respond(state, &request, &served, settings.n, logprobs, streams, echoes, arrived).await
+    respond(
+        state, &request, &served, settings.n, logprobs, streams, echoes, arrived,
+    )
+    .await
 }
 
 /// How many prompts a request holds (its choices are this times `n`).

@@ -628,7 +628,9 @@ impl Reply {
         let (status, extra) = status_of(output.finish);
         let mut items = Vec::new();
         let reasoning_tokens = match (&split, tokenizer) {
-            (Some(split), Some(tokenizer)) => split.tokens(tokenizer, output.usage.completion_tokens),
+            (Some(split), Some(tokenizer)) => {
+                split.tokens(tokenizer, output.usage.completion_tokens)
+            }
             _ => 0,
         };
         if let (Some(thinking), Some(split)) = (&reasoning, &split) {

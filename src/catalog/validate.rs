@@ -135,7 +135,11 @@ fn check_upstream(upstream: &super::UpstreamEntry, entry: &ModelEntry) -> Result
             bail!("[model.upstream]: field `api_key_env` is empty");
         }
     }
-    if upstream.model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+    if upstream
+        .model
+        .as_deref()
+        .is_some_and(|m| m.trim().is_empty())
+    {
         bail!("[model.upstream]: field `model` is empty");
     }
     Ok(())

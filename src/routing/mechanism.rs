@@ -143,13 +143,17 @@ pub fn mechanism(fields: &RoutingFields) -> Result<Mechanism, RoutingError> {
     }
     let family = family.unwrap_or_default();
     // Whether this server holds the family is the catalog's to say (`super::route`).
-    parse_family(family).map(Mechanism::Family).ok_or_else(|| RoutingError {
-        message: format!(
-            "Unknown model_family '{family}': the families are {}.",
-            Family::ALL.map(|f| format!("'{}'", f.request_name())).join(", ")
-        ),
-        param: "model_family".into(),
-    })
+    parse_family(family)
+        .map(Mechanism::Family)
+        .ok_or_else(|| RoutingError {
+            message: format!(
+                "Unknown model_family '{family}': the families are {}.",
+                Family::ALL
+                    .map(|f| format!("'{}'", f.request_name()))
+                    .join(", ")
+            ),
+            param: "model_family".into(),
+        })
 }
 
 #[cfg(test)]

@@ -159,7 +159,10 @@ url = "http://127.0.0.1:9/v1"
     fn families_reach_upstream_models_and_absent_ones_say_what_is_served() {
         let c = catalog();
         let r = route(&c, &fields(None, Some("openai")), &hard(), false, true).unwrap();
-        assert_eq!(r.model, "hosted", "a family reaches its upstream even when auto is local");
+        assert_eq!(
+            r.model, "hosted",
+            "a family reaches its upstream even when auto is local"
+        );
         let e = route(&c, &fields(None, Some("google")), &hard(), false, false).unwrap_err();
         assert_eq!(e.param, "model_family");
         assert!(e.message.contains("google") && e.message.contains("'open source'"));

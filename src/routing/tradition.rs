@@ -209,7 +209,10 @@ mod tests {
         assert_eq!(with_system[0]["content"], "LAYER\n\nBe brief.");
         let mut without = vec![serde_json::json!({ "role": "user", "content": "Hi" })];
         apply_layer_json(&mut without, Some("LAYER"));
-        assert_eq!(without[0], serde_json::json!({ "role": "system", "content": "LAYER" }));
+        assert_eq!(
+            without[0],
+            serde_json::json!({ "role": "system", "content": "LAYER" })
+        );
         apply_layer_json(&mut without, None);
         assert_eq!(without.len(), 2);
     }

@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::ModelEntry;
 use crate::engine::{
-    Backend, ClientId, Endpoint, EventStream, FinishReason, GenerateRequest, Health,
-    SubmitError, WholeRequest, WholeSubmission,
+    Backend, ClientId, Endpoint, EventStream, FinishReason, GenerateRequest, Health, SubmitError,
+    WholeRequest, WholeSubmission,
 };
 use crate::metrics::{
     UPSTREAM_ERRORS, UPSTREAM_FIRST_EVENT, UPSTREAM_HEALTHY, UPSTREAM_REQUESTS,
@@ -157,7 +157,13 @@ impl Backend for Upstream {
     }
 
     fn health(&self) -> Health {
-        let replicas: Vec<_> = self.inner.replicas.list.iter().map(|r| r.health()).collect();
+        let replicas: Vec<_> = self
+            .inner
+            .replicas
+            .list
+            .iter()
+            .map(|r| r.health())
+            .collect();
         Health {
             // A replica that is down never makes this server unhealthy: it answers the
             // requests for that model with 502/503 and everything else as usual.
@@ -193,7 +199,10 @@ struct Failed {
 }
 
 impl Inner {
-    async fn submit(self: Arc<Self>, request: WholeRequest) -> Result<Vec<EventStream>, SubmitError> {
+    async fn submit(
+        self: Arc<Self>,
+        request: WholeRequest,
+    ) -> Result<Vec<EventStream>, SubmitError> {
         let WholeRequest {
             endpoint,
             mut body,
@@ -203,7 +212,10 @@ impl Inner {
         body.insert("model".into(), self.model.clone().into());
         body.insert("stream".into(), true.into());
         // Usage comes only when asked for, in a last chunk.
-        body.insert("stream_options".into(), serde_json::json!({ "include_usage": true }));
+        body.insert(
+            "stream_options".into(),
+            serde_json::json!({ "include_usage": true }),
+        );
         let body = serde_json::Value::Object(body);
         let path = match endpoint {
             Endpoint::Chat => "chat/completions",
@@ -222,11 +234,20 @@ impl Inner {
             let started = Instant::now();
             match self.attempt(&replica, path, &body).await {
                 Ok((reader, first)) => {
-                    histogram!(UPSTREAM_FIRST_EVENT, &labels).record(started.elapsed().as_secs_f64());
+                    histogram!(UPSTREAM_FIRST_EVENT, &labels)
+                        .record(started.elapsed().as_secs_f64());
                     let (senders, streams): (Vec<_>, Vec<_>) =
                         (0..choices.max(1)).map(|_| unbounded_channel()).unzip();
                     let demux = Demux::new(endpoint, senders);
-                    tokio::spawn(self.clone().relay(reader, first, demux, deadline, outstanding, replica, started));
+                    tokio::spawn(self.clone().relay(
+                        reader,
+                        first,
+                        demux,
+                        deadline,
+                        outstanding,
+                        replica,
+                        started,
+                    ));
                     return Ok(streams);
                 }
                 Err(failed) => {
@@ -275,7 +296,10 @@ impl Inner {
         if let Some(key) = &self.key {
             request = request.bearer_auth(&key.0);
         }
-        let response = request.send().await.map_err(|e| self.transport(replica, &e))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.transport(replica, &e))?;
         let status = response.status();
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();
@@ -287,7 +311,10 @@ impl Inner {
                 // An error as the first event: nothing has gone to the client yet.
                 if let Fed::Failed(message) = Demux::new(Endpoint::Chat, Vec::new()).feed(&first) {
                     return Err(Failed {
-                        error: self.bad_gateway(replica, &format!("it answered with an error: {}", self.scrub(&message))),
+                        error: self.bad_gateway(
+                            replica,
+                            &format!("it answered with an error: {}", self.scrub(&message)),
+                        ),
                         retry: true,
                         take_out: false,
                         kind: "error_event",
@@ -376,7 +403,10 @@ impl Inner {
                 Fed::Failed(message) => {
                     counter!(UPSTREAM_ERRORS, "model" => self.id.clone(), "replica" => replica.label.clone(), "kind" => "error_event")
                         .increment(1);
-                    demux.fail(&format!("the upstream failed mid-stream: {}", self.scrub(&message)));
+                    demux.fail(&format!(
+                        "the upstream failed mid-stream: {}",
+                        self.scrub(&message)
+                    ));
                     break;
                 }
             }
@@ -429,7 +459,10 @@ impl Inner {
             // The upstream rejects wick's credentials: the operator's to fix, and its body may
             // quote the key.
             401 | 403 => Failed {
-                error: self.bad_gateway(replica, &format!("it refused this server's credentials (status {status})")),
+                error: self.bad_gateway(
+                    replica,
+                    &format!("it refused this server's credentials (status {status})"),
+                ),
                 retry: false,
                 take_out: false,
                 kind: "auth",
@@ -451,14 +484,18 @@ impl Inner {
                 error: SubmitError::Upstream {
                     status,
                     code: "upstream_rejected",
-                    message: format!("model '{}': the upstream rejected the request: {message}", self.id),
+                    message: format!(
+                        "model '{}': the upstream rejected the request: {message}",
+                        self.id
+                    ),
                 },
                 retry: false,
                 take_out: false,
                 kind: "rejected",
             },
             _ => Failed {
-                error: self.bad_gateway(replica, &format!("it answered status {status}: {message}")),
+                error: self
+                    .bad_gateway(replica, &format!("it answered status {status}: {message}")),
                 retry: true,
                 take_out: true,
                 kind: "status_5xx",
@@ -470,7 +507,10 @@ impl Inner {
         SubmitError::Upstream {
             status: 502,
             code: "upstream_error",
-            message: format!("model '{}': the upstream replica {} failed: {why}", self.id, replica.label),
+            message: format!(
+                "model '{}': the upstream replica {} failed: {why}",
+                self.id, replica.label
+            ),
         }
     }
 

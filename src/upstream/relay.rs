@@ -156,7 +156,12 @@ impl Demux {
             self.send(index, Event::Text(text.to_string()));
         }
         let calls = &mut self.choices[index].calls;
-        for (position, call) in delta["tool_calls"].as_array().into_iter().flatten().enumerate() {
+        for (position, call) in delta["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let at = call["index"].as_u64().unwrap_or(position as u64);
             let entry = calls.entry(at).or_default();
             if let Some(id) = call["id"].as_str().filter(|i| !i.is_empty()) {
@@ -181,7 +186,14 @@ impl Demux {
             } else {
                 arguments
             };
-            self.send(index, Event::Call(ToolCall { id, name, arguments }));
+            self.send(
+                index,
+                Event::Call(ToolCall {
+                    id,
+                    name,
+                    arguments,
+                }),
+            );
         }
     }
 
@@ -223,7 +235,10 @@ mod tests {
     use super::*;
     use tokio::sync::mpsc::unbounded_channel;
 
-    fn demux(endpoint: Endpoint, n: usize) -> (Demux, Vec<tokio::sync::mpsc::UnboundedReceiver<Event>>) {
+    fn demux(
+        endpoint: Endpoint,
+        n: usize,
+    ) -> (Demux, Vec<tokio::sync::mpsc::UnboundedReceiver<Event>>) {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| unbounded_channel()).unzip();
         (Demux::new(endpoint, senders), receivers)
     }
@@ -248,21 +263,34 @@ mod tests {
         assert!(d.all_finished());
         assert_eq!(d.feed("[DONE]"), Fed::End);
         d.end(FinishReason::Stop);
-        let usage = Usage { prompt_tokens: 7, completion_tokens: 5 };
+        let usage = Usage {
+            prompt_tokens: 7,
+            completion_tokens: 5,
+        };
         assert_eq!(
             drain(&mut rx[0]),
             vec![
                 Event::Reasoning("hm".into()),
                 Event::Text("A".into()),
-                Event::Call(ToolCall { id: "call_1".into(), name: "f".into(), arguments: "{\"a\":1}".into() }),
-                Event::Done { finish: FinishReason::Stop, usage },
+                Event::Call(ToolCall {
+                    id: "call_1".into(),
+                    name: "f".into(),
+                    arguments: "{\"a\":1}".into()
+                }),
+                Event::Done {
+                    finish: FinishReason::Stop,
+                    usage
+                },
             ]
         );
         assert_eq!(
             drain(&mut rx[1]),
             vec![
                 Event::Text("B".into()),
-                Event::Done { finish: FinishReason::Length, usage: Usage::default() },
+                Event::Done {
+                    finish: FinishReason::Length,
+                    usage: Usage::default()
+                },
             ]
         );
     }
@@ -270,7 +298,10 @@ mod tests {
     #[test]
     fn completions_text_errors_and_breaks() {
         let (mut d, mut rx) = demux(Endpoint::Completions, 1);
-        assert_eq!(d.feed(r#"{"choices":[{"index":0,"text":"Once"}]}"#), Fed::More);
+        assert_eq!(
+            d.feed(r#"{"choices":[{"index":0,"text":"Once"}]}"#),
+            Fed::More
+        );
         assert_eq!(
             d.feed(r#"{"choices":[],"error":{"message":"boom","type":"server_error"}}"#),
             Fed::Failed("boom".into())
@@ -292,7 +323,10 @@ mod tests {
         d.end(FinishReason::Length);
         assert_eq!(
             drain(&mut rx[0]).last(),
-            Some(&Event::Done { finish: FinishReason::Length, usage: Usage::default() })
+            Some(&Event::Done {
+                finish: FinishReason::Length,
+                usage: Usage::default()
+            })
         );
     }
 }

@@ -95,7 +95,10 @@ pub struct Replicas {
 impl Replicas {
     pub fn new(urls: Vec<String>) -> Self {
         Self {
-            list: urls.into_iter().map(|u| Arc::new(Replica::new(u))).collect(),
+            list: urls
+                .into_iter()
+                .map(|u| Arc::new(Replica::new(u)))
+                .collect(),
             turn: AtomicUsize::new(0),
         }
     }
@@ -125,7 +128,11 @@ mod tests {
     use super::*;
 
     fn replicas(n: usize) -> Replicas {
-        Replicas::new((0..n).map(|i| format!("http://10.0.0.{i}:8000/v1")).collect())
+        Replicas::new(
+            (0..n)
+                .map(|i| format!("http://10.0.0.{i}:8000/v1"))
+                .collect(),
+        )
     }
 
     #[test]
