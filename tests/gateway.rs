@@ -48,6 +48,9 @@ fn free_port() -> u16 {
 }
 
 /// A `wick serve` process with the default model on a free port, ready (its /health 200).
+// Neither process is waited for here: the caller holds the server (one test kills and waits
+// for it), and the watchdog outlives this binary on purpose, to end the server after it.
+#[allow(clippy::zombie_processes)]
 fn spawn_wick() -> (Child, u16) {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_wick"))
