@@ -58,6 +58,7 @@ impl Server {
             .load_for(args.model.as_deref(), args.ctx_size, progress)
             .await?;
         let traditions = args.load_traditions()?;
+        let router = Arc::new(args.load_router()?);
         let service = &args.service;
         let api_keys = service.load_api_keys()?;
         let request_timeout = service.request_timeout()?;
@@ -129,6 +130,7 @@ impl Server {
             provider: args.provider_name.clone(),
             auto_routing_local_only: args.upstream.auto_routing_local_only,
             traditions,
+            router,
             responses: crate::api::response_store::ResponseStore::new(
                 crate::api::response_store::CAPACITY,
                 crate::api::response_store::MAX_BYTES,

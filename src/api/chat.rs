@@ -209,11 +209,16 @@ pub(super) async fn start(
                 model: request.model.as_deref(),
                 model_family: request.model_family.as_deref(),
             };
+            let extras = routing::Extras {
+                has_tools: request.has_tools(),
+                has_schema: request.has_schema(),
+            };
             let route = routing::route(
                 &state.models.catalog,
+                &state.router,
                 &fields,
                 &messages,
-                request.has_tools(),
+                extras,
                 state.auto_routing_local_only,
             )
             .map_err(|e| ApiError::invalid(e.message, Some(&e.param)))?;

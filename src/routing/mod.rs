@@ -3,6 +3,8 @@
 //! added to its system prompt. Plain functions: no HTTP, no model.
 
 pub mod analyser;
+pub mod features;
+pub mod learned;
 pub mod mechanism;
 pub mod select;
 pub mod tradition;
@@ -26,14 +28,31 @@ pub struct Route {
     pub confidence: Option<f32>,
 }
 
+/// How the tier of an analysed request (auto routing, family) is estimated.
+pub enum Router {
+    /// Hand-tuned keyword cues (src/routing/analyser.rs).
+    Analyser,
+    /// A model learned from measured answers (src/routing/learned.rs).
+    Learned(learned::LearnedRouter),
+}
+
+/// What a request offers besides its messages.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras {
+    pub has_tools: bool,
+    /// `response_format` asks for structured output.
+    pub has_schema: bool,
+}
+
 /// Choose the model for a /v2 request. `auto_local_only` (`--auto-routing-local-only`) keeps
 /// auto routing to the models this server runs itself; a family or a direct model still
 /// reaches an upstream.
 pub fn route(
     catalog: &Catalog,
+    router: &Router,
     fields: &RoutingFields,
     messages: &[ChatMessage],
-    has_tools: bool,
+    extras: Extras,
     auto_local_only: bool,
 ) -> Result<Route, RoutingError> {
     let mechanism = mechanism::mechanism(fields)?;
@@ -66,10 +85,25 @@ pub fn route(
         });
     }
     let started = Instant::now();
-    let decision = analyser::analyse(&analyser::Query {
+    let query = analyser::Query {
         messages,
-        has_tools,
-    });
+        has_tools: extras.has_tools,
+    };
+    let decision = match router {
+        Router::Analyser => analyser::analyse(&query),
+        Router::Learned(learned) => {
+            let tiers: Vec<u8> = candidates
+                .iter()
+                .map(|m| select::tier_number(&m.tier))
+                .collect();
+            let verdict = learned.decide(&query, extras.has_schema, &tiers);
+            analyser::Decision {
+                tier: verdict.tier,
+                confidence: verdict.confidence,
+                reasons: verdict.reasons,
+            }
+        }
+    };
     let chosen = select::select(&candidates, decision.tier).ok_or_else(|| RoutingError {
         message: "This server's catalog holds no model auto routing may use".into(),
         param: "model_family".into(),
@@ -158,12 +192,28 @@ url = "http://127.0.0.1:9/v1"
     #[test]
     fn families_reach_upstream_models_and_absent_ones_say_what_is_served() {
         let c = catalog();
-        let r = route(&c, &fields(None, Some("openai")), &hard(), false, true).unwrap();
+        let r = route(
+            &c,
+            &Router::Analyser,
+            &fields(None, Some("openai")),
+            &hard(),
+            Extras::default(),
+            true,
+        )
+        .unwrap();
         assert_eq!(
             r.model, "hosted",
             "a family reaches its upstream even when auto is local"
         );
-        let e = route(&c, &fields(None, Some("google")), &hard(), false, false).unwrap_err();
+        let e = route(
+            &c,
+            &Router::Analyser,
+            &fields(None, Some("google")),
+            &hard(),
+            Extras::default(),
+            false,
+        )
+        .unwrap_err();
         assert_eq!(e.param, "model_family");
         assert!(e.message.contains("google") && e.message.contains("'open source'"));
         assert!(e.message.contains("'openai'"), "{}", e.message);
@@ -172,9 +222,25 @@ url = "http://127.0.0.1:9/v1"
     #[test]
     fn auto_routing_considers_upstreams_unless_kept_local() {
         let c = catalog();
-        let everywhere = route(&c, &fields(Some(true), None), &hard(), false, false).unwrap();
+        let everywhere = route(
+            &c,
+            &Router::Analyser,
+            &fields(Some(true), None),
+            &hard(),
+            Extras::default(),
+            false,
+        )
+        .unwrap();
         assert_eq!(everywhere.model, "hosted");
-        let local = route(&c, &fields(Some(true), None), &hard(), false, true).unwrap();
+        let local = route(
+            &c,
+            &Router::Analyser,
+            &fields(Some(true), None),
+            &hard(),
+            Extras::default(),
+            true,
+        )
+        .unwrap();
         assert_eq!(local.model, "local");
     }
 }
