@@ -153,6 +153,17 @@ pub(super) struct Started {
     pub settings: ChatSettings,
     pub served: Arc<ServedModel>,
     pub streams: Vec<EventStream>,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+}
+
+/// A chat request checked, routed, rendered and tokenized, not yet submitted.
+pub(super) struct Prompted {
+    pub settings: ChatSettings,
+    pub served: Arc<ServedModel>,
+    pub meta: Option<RoutingMeta>,
+    pub prepared: tools::Prepared,
+    pub prompt: Vec<u32>,
 }
 
 /// Check a chat request, route it, render and tokenize its prompt, and submit its choices.
@@ -164,6 +175,56 @@ pub(super) async fn start(
     version: Version,
     arrived: Instant,
 ) -> Result<Started, ApiError> {
+    let Prompted {
+        settings,
+        served,
+        meta,
+        prepared,
+        prompt,
+    } = prompt(state, request, fields, version).await?;
+    let max_tokens = fit_context(
+        &served,
+        prompt.len(),
+        settings.generation.max_tokens,
+        "messages",
+    )?;
+    let streams = submit_choices(
+        &served,
+        &prompt,
+        &settings.generation,
+        max_tokens,
+        settings.ignore_eos,
+        prepared.constraint.as_ref(),
+        generation::Origin {
+            client: caller.0,
+            deadline: state.request_timeout.map(|limit| arrived + limit),
+        },
+    )?;
+    let answer = Answer {
+        id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        created: generation::unix_now(),
+        model: served.entry.id.clone(),
+        meta,
+        calls: prepared.calls,
+        reasoning: prepared.reasoning,
+    };
+    Ok(Started {
+        answer,
+        settings,
+        served,
+        streams,
+        prompt_tokens: prompt.len(),
+    })
+}
+
+/// Check a chat request, route it, and render and tokenize its prompt (what
+/// [`start`] submits, and what counting a prompt's tokens needs).
+pub(super) async fn prompt(
+    state: &AppState,
+    request: &ChatRequest,
+    fields: &GenerationFields,
+    version: Version,
+) -> Result<Prompted, ApiError> {
     let settings = request.settings(fields)?;
     // Checking tool schemas can be heavy (src/api/cpu_work.rs).
     let tools = (
@@ -243,37 +304,12 @@ pub(super) async fn start(
             prepare_prompt(&model, &tool_spec, messages, &vars, thinks)
         })
         .await??;
-    let max_tokens = fit_context(
-        &served,
-        prompt.len(),
-        settings.generation.max_tokens,
-        "messages",
-    )?;
-    let streams = submit_choices(
-        &served,
-        &prompt,
-        &settings.generation,
-        max_tokens,
-        settings.ignore_eos,
-        prepared.constraint.as_ref(),
-        generation::Origin {
-            client: caller.0,
-            deadline: state.request_timeout.map(|limit| arrived + limit),
-        },
-    )?;
-    let answer = Answer {
-        id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-        created: generation::unix_now(),
-        model: served.entry.id.clone(),
-        meta,
-        calls: prepared.calls,
-        reasoning: prepared.reasoning,
-    };
-    Ok(Started {
-        answer,
+    Ok(Prompted {
         settings,
         served,
-        streams,
+        meta,
+        prepared,
+        prompt,
     })
 }
 
@@ -316,8 +352,8 @@ fn prepare_prompt(
 /// `tool_calls`.
 fn finish_reason(f: FinishReason, made_calls: bool) -> OpenAiFinish {
     match f {
-        FinishReason::Stop if made_calls => OpenAiFinish::ToolCalls,
-        FinishReason::Stop => OpenAiFinish::Stop,
+        FinishReason::Stop | FinishReason::StopSequence(_) if made_calls => OpenAiFinish::ToolCalls,
+        FinishReason::Stop | FinishReason::StopSequence(_) => OpenAiFinish::Stop,
         FinishReason::Length => OpenAiFinish::Length,
     }
 }

@@ -18,6 +18,7 @@ pub mod request;
 pub mod response_store;
 mod responses;
 mod stream;
+mod tokenize;
 
 use std::sync::Arc;
 
@@ -95,6 +96,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         // The prefixes of the Gloo AI API, so its clients move by changing the host alone.
         .route("/ai/v1/chat/completions", post(chat::completions_v1))
         .route("/ai/v2/chat/completions", post(chat::completions_v2))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::one))
         .route_layer(state.api_keys.clone().layer());
