@@ -131,6 +131,15 @@ pub struct ServeArgs {
     /// Tradition layers file (TOML). Default: ./traditions.toml if present, else the built-in one.
     #[arg(long, env = "WICK_TRADITIONS")]
     pub traditions: Option<PathBuf>,
+    /// A learned router's model file (scripts/routing/train.py) for /v2 auto routing and
+    /// family routing. Default: the keyword analyser (src/routing/analyser.rs).
+    #[arg(long, env = "WICK_ROUTER_MODEL")]
+    pub router_model: Option<PathBuf>,
+    /// The learned router's operating point, 0..=1: higher sends more queries to the more
+    /// capable tiers. Default: the model file's (chosen where quality is within 2 points of
+    /// always taking the top tier).
+    #[arg(long, env = "WICK_ROUTING_QUALITY", value_parser = quality_in_range)]
+    pub routing_quality: Option<f32>,
     #[command(flatten)]
     pub service: ServiceArgs,
     /// Faults tests inject (src/faults.rs): no flag sets it.
@@ -266,6 +275,22 @@ impl ServeArgs {
         }
     }
 
+    /// The router for /v2's analysed mechanisms: `--router-model FILE` (at
+    /// `--routing-quality`), else the keyword analyser.
+    pub fn load_router(&self) -> anyhow::Result<crate::routing::Router> {
+        use crate::routing::{learned::LearnedRouter, Router};
+        Ok(match &self.router_model {
+            Some(path) => {
+                let router = LearnedRouter::load(path)?;
+                Router::Learned(match self.routing_quality {
+                    Some(q) => router.with_quality(q),
+                    None => router,
+                })
+            }
+            None => Router::Analyser,
+        })
+    }
+
     /// Settings for a server on a free loopback port, otherwise the defaults (for tests and
     /// embedding).
     pub fn local_ephemeral() -> Self {
@@ -293,6 +318,8 @@ impl ServeArgs {
             memory_budget: None,
             provider_name: "wick".into(),
             traditions: None,
+            router_model: None,
+            routing_quality: None,
             service: ServiceArgs {
                 max_connections: 512,
                 header_timeout: 10.0,
@@ -316,6 +343,14 @@ pub fn init_threads(threads: Option<usize>) {
     });
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
+/// `--routing-quality`: a number in 0..=1.
+fn quality_in_range(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(q) if (0.0..=1.0).contains(&q) => Ok(q),
+        _ => Err(format!("{text:?} is not a number between 0 and 1")),
     }
 }
 

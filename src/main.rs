@@ -50,6 +50,16 @@ enum Command {
     /// Write a GGUF of random weights in a real model's exact shape, to measure speed
     /// without its weights (any figure from it is for "random weights").
     SynthGguf(wick::synth::SynthArgs),
+    /// Print the learned router's feature vector of each query in a JSON-lines set (its
+    /// `message` field), for scripts/routing/train.py.
+    RoutingFeatures {
+        /// The query set, e.g. data/routing/queries.jsonl.
+        #[arg(required_unless_present = "names")]
+        queries: Option<std::path::PathBuf>,
+        /// Print the feature layout instead (dense names and hashed buckets, as JSON).
+        #[arg(long)]
+        names: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,6 +103,13 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(args) => wick::bench::run(args).await,
             Command::Chat(args) => wick::chat::run(args).await,
             Command::SynthGguf(args) => wick::synth::run(&args),
+            Command::RoutingFeatures { queries, names } => {
+                let out = std::io::BufWriter::new(std::io::stdout().lock());
+                match queries {
+                    Some(queries) if !names => wick::routing::features::dump(&queries, out),
+                    _ => wick::routing::features::dump_layout(out),
+                }
+            }
         }
     })
 }

@@ -54,6 +54,7 @@ impl Server {
             .load_for(args.model.as_deref(), args.ctx_size, progress)
             .await?;
         let traditions = args.load_traditions()?;
+        let router = Arc::new(args.load_router()?);
         let service = &args.service;
         let api_keys = service.load_api_keys()?;
         let request_timeout = service.request_timeout()?;
@@ -119,6 +120,7 @@ impl Server {
                 .unwrap_or(0),
             provider: args.provider_name.clone(),
             traditions,
+            router,
             responses: crate::api::response_store::ResponseStore::new(
                 crate::api::response_store::CAPACITY,
                 crate::api::response_store::MAX_BYTES,

@@ -415,3 +415,55 @@ async fn v1_features_work_with_every_mechanism() {
         );
     }
 }
+
+/// `--router-model` replaces the analyser for auto routing. The model file is written here
+/// with hand-set weights (not trained): tier 1 answers short turns (its probability falls
+/// with the turn's log length), tier 2 answers at a flat 0.88; nothing was measured above
+/// tier 2, so tier 3 reads as tier 2 and is never worth its cost.
+#[tokio::test]
+async fn a_learned_router_model_decides_auto_routing() {
+    use wick::routing::features::{BUCKETS, DENSE, LEN};
+    let mut small = vec![0.0f32; LEN];
+    small[0] = -1.0; // log_chars
+    let model = json!({
+        "format": "wick-router-1",
+        "dense": DENSE,
+        "buckets": BUCKETS,
+        "default_quality": 0.9,
+        "tiers": [
+            {"tier": 1, "weights": small, "bias": 6.0, "platt": [1.0, 0.0]},
+            {"tier": 2, "weights": vec![0.0f32; LEN], "bias": 2.0, "platt": [1.0, 0.0]},
+        ],
+    });
+    let path = std::env::temp_dir().join(format!("wick-router-{}.json", std::process::id()));
+    std::fs::write(&path, model.to_string()).unwrap();
+    let mut args = wick::config::ServeArgs::local_ephemeral();
+    args.router_model = Some(path.clone());
+    let addr = common::start_server(args);
+    let route = |text: String| {
+        let body = json!({"auto_routing": true, "messages": ask(&text), "max_tokens": 1});
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("http://{addr}/v2/chat/completions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let r: Value = r.json().await.unwrap();
+            (
+                r["model"].as_str().unwrap().to_string(),
+                r["routing_confidence"].as_f64().unwrap(),
+            )
+        }
+    };
+    // "Hi": p1 = σ(6 - ln 3) ≈ 0.993.
+    let (model, confidence) = route("Hi".into()).await;
+    assert_eq!(model, TIER_1);
+    assert!((confidence - 0.993).abs() < 0.002, "{confidence}");
+    // 1,500 characters: p1 = σ(6 - 7.3) ≈ 0.21 < 0.88 - 0.1.
+    let (model, confidence) = route("word ".repeat(300)).await;
+    assert_eq!(model, TIER_2);
+    assert!((confidence - 0.881).abs() < 0.002, "{confidence}");
+    let _ = std::fs::remove_file(path);
+}

@@ -264,11 +264,16 @@ pub(super) async fn prompt(
                 model: request.model.as_deref(),
                 model_family: request.model_family.as_deref(),
             };
+            let extras = routing::Extras {
+                has_tools: request.has_tools(),
+                has_schema: request.has_schema(),
+            };
             let route = routing::route(
                 &state.models.catalog,
+                &state.router,
                 &fields,
                 &messages,
-                request.has_tools(),
+                extras,
             )
             .map_err(|e| ApiError::invalid(e.message, Some(&e.param)))?;
             let served = state.resolve(Some(&route.model)).await?;

@@ -47,6 +47,8 @@ pub struct AppState {
     /// The `provider` of /v2 responses.
     pub provider: String,
     pub traditions: TraditionLayers,
+    /// Estimates the tier of /v2's analysed requests (`--router-model`).
+    pub router: Arc<crate::routing::Router>,
     /// Responses kept for `GET /v1/responses/{id}` and `previous_response_id`.
     pub responses: response_store::ResponseStore,
     /// Keys for /v1, /v2 and /ai (`--api-key`); empty: open.

@@ -145,6 +145,15 @@ impl ChatRequest {
             .is_some_and(|t| !t.is_empty())
     }
 
+    /// Whether `response_format` asks for structured output (a JSON schema or JSON mode).
+    pub fn has_schema(&self) -> bool {
+        self.response_format
+            .as_ref()
+            .and_then(|f| f.get("type"))
+            .and_then(|t| t.as_str())
+            .is_some_and(|t| t != "text")
+    }
+
     /// The variables this request adds to the chat template, checked:
     /// `chat_template_kwargs` as given, and `reasoning_effort`. Templates that do not read
     /// them are unaffected.

@@ -3,6 +3,8 @@
 //! added to its system prompt. Plain functions: no HTTP, no model.
 
 pub mod analyser;
+pub mod features;
+pub mod learned;
 pub mod mechanism;
 pub mod select;
 pub mod tradition;
@@ -26,12 +28,29 @@ pub struct Route {
     pub confidence: Option<f32>,
 }
 
+/// How the tier of an analysed request (auto routing, family) is estimated.
+pub enum Router {
+    /// Hand-tuned keyword cues (src/routing/analyser.rs).
+    Analyser,
+    /// A model learned from measured answers (src/routing/learned.rs).
+    Learned(learned::LearnedRouter),
+}
+
+/// What a request offers besides its messages.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras {
+    pub has_tools: bool,
+    /// `response_format` asks for structured output.
+    pub has_schema: bool,
+}
+
 /// Choose the model for a /v2 request.
 pub fn route(
     catalog: &Catalog,
+    router: &Router,
     fields: &RoutingFields,
     messages: &[ChatMessage],
-    has_tools: bool,
+    extras: Extras,
 ) -> Result<Route, RoutingError> {
     let mechanism = mechanism::mechanism(fields)?;
     let family = match &mechanism {
@@ -52,10 +71,25 @@ pub fn route(
         .filter(|m| family.is_none_or(|f| f.matches(&m.family)))
         .collect();
     let started = Instant::now();
-    let decision = analyser::analyse(&analyser::Query {
+    let query = analyser::Query {
         messages,
-        has_tools,
-    });
+        has_tools: extras.has_tools,
+    };
+    let decision = match router {
+        Router::Analyser => analyser::analyse(&query),
+        Router::Learned(learned) => {
+            let tiers: Vec<u8> = candidates
+                .iter()
+                .map(|m| select::tier_number(&m.tier))
+                .collect();
+            let verdict = learned.decide(&query, extras.has_schema, &tiers);
+            analyser::Decision {
+                tier: verdict.tier,
+                confidence: verdict.confidence,
+                reasons: verdict.reasons,
+            }
+        }
+    };
     let chosen = select::select(&candidates, decision.tier).ok_or_else(|| RoutingError {
         message: "This server's catalog holds no model of the requested family".into(),
         param: "model_family".into(),

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Build the routing ground-truth query set (data/routing/queries.jsonl) from public
+datasets' training or dev splits, never their test splits:
+
+- math:      GSM8K `train.jsonl` (openai/grade-school-math), numeric final answers
+- knowledge: MMLU `data/val/*.csv` (hendrycks/test, the validation split), four options
+- code:      MBPP tasks 601-974 (the training split of google-research's `mbpp.jsonl`),
+             graded by running its asserts
+- everyday:  the Self-Instruct seed tasks (tatsu-lab/stanford_alpaca `seed_tasks.jsonl`),
+             human-written everyday instructions, plus greetings and thanks written here,
+             graded by rule checks (see grade.py)
+
+Each source is read from a local copy (the files above, downloaded from their public
+repositories). Sampling is seeded, so the same inputs give the same set; every row gets a
+split (`train` or `heldout`, ~25 %) from a hash of its id, so the held-out split never
+changes when rows are added.
+
+    python3 scripts/routing/build_queries.py --gsm8k train.jsonl --mmlu-val DIR \
+        --mbpp mbpp.jsonl --seed-tasks seed_tasks.jsonl --out data/routing/queries.jsonl
+"""
+import argparse
+import csv
+import hashlib
+import json
+import random
+from pathlib import Path
+
+GREETINGS = [
+    "hi", "hello!", "hey there", "good morning", "good evening!", "hi, how are you?",
+    "hello, who are you?", "hey, what's up?", "yo", "good afternoon :)", "howdy",
+    "hi there, nice to meet you", "hello again", "hey! how's your day going?",
+    "greetings", "morning!", "hiya", "hello, can you hear me?", "hey, are you there?",
+    "good night!",
+]
+THANKS = [
+    "thanks!", "thank you so much", "thanks, that helped", "ok thanks", "great, thank you!",
+    "cheers", "thx", "perfect, thanks a lot", "awesome, thanks", "thank you, bye!",
+    "that's all, thanks", "nice, thanks for the help", "thanks, have a good day",
+    "much appreciated", "ok cool thanks", "thank you very much!", "got it, thanks",
+    "brilliant, thank you", "thanks again", "ty",
+]
+
+
+# What each kind's message adds to the question, so answers can be graded; the message
+# (question + suffix) is what the models are asked and what the router sees.
+SUFFIX = {
+    "math": "\n\nSolve the problem step by step, then give the final answer on a last line "
+            "of the form 'Answer: <number>'.",
+    "knowledge": "\n\nAnswer with the letter (A, B, C or D) of the correct option.",
+    "code": "\n\nWrite the Python function in a ```python code block.",
+    "everyday": "",
+}
+
+
+def split_of(row_id: str) -> str:
+    h = int(hashlib.sha256(row_id.encode()).hexdigest()[:8], 16)
+    return "heldout" if h % 4 == 0 else "train"
+
+
+def math_rows(path, n, rng):
+    rows = [json.loads(l) for l in open(path) if l.strip()]
+    picked = rng.sample(range(len(rows)), n)
+    for i in sorted(picked):
+        r = rows[i]
+        answer = r["answer"].split("####")[-1].strip().replace(",", "")
+        yield {
+            "id": f"gsm8k-train-{i}",
+            "kind": "math",
+            "prompt": r["question"],
+            "grader": {"type": "number", "answer": answer},
+        }
+
+
+def mmlu_rows(folder, n, rng):
+    rows = []
+    for f in sorted(Path(folder).glob("*_val.csv")):
+        subject = f.name[: -len("_val.csv")]
+        for i, rec in enumerate(csv.reader(open(f, newline=""))):
+            if len(rec) == 6:
+                rows.append((subject, i, rec))
+    for subject, i, (q, a, b, c, d, answer) in sorted(
+        rng.sample(rows, n), key=lambda r: (r[0], r[1])
+    ):
+        text = f"{q}\n\nA. {a}\nB. {b}\nC. {c}\nD. {d}"
+        yield {
+            "id": f"mmlu-val-{subject}-{i}",
+            "kind": "knowledge",
+            "prompt": text,
+            "grader": {"type": "choice", "answer": answer.strip()},
+        }
+
+
+def mbpp_rows(path, n, rng):
+    rows = []
+    for line in open(path):
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if isinstance(r.get("task_id"), int) and 601 <= r["task_id"] <= 974:
+            rows.append(r)
+    for r in sorted(rng.sample(rows, n), key=lambda r: r["task_id"]):
+        yield {
+            "id": f"mbpp-train-{r['task_id']}",
+            "kind": "code",
+            "prompt": f"{r['text']} Your code should pass this test:\n{r['test_list'][0]}",
+            "grader": {
+                "type": "python_tests",
+                "setup": r.get("test_setup_code", ""),
+                "tests": r["test_list"],
+            },
+        }
+
+
+def everyday_rows(seed_tasks, n_seed, rng):
+    tasks = [json.loads(l) for l in open(seed_tasks) if l.strip()]
+    for t in sorted(rng.sample(tasks, n_seed), key=lambda t: t["id"]):
+        inst = t["instances"][0]
+        prompt = t["instruction"] + (f"\n\n{inst['input']}" if inst["input"].strip() else "")
+        reference = inst["output"].strip()
+        grader = {"type": "everyday", "max_words": 400}
+        # A short reference (a label, a word, a number) is checked for; a long one only
+        # bounds the rule checks.
+        if len(reference.split()) <= 3 and t.get("is_classification"):
+            grader["contains"] = reference
+        yield {"id": f"selfinstruct-seed-{t['id']}", "kind": "everyday", "prompt": prompt,
+               "grader": grader}
+    for i, g in enumerate(GREETINGS):
+        yield {"id": f"greeting-{i}", "kind": "everyday", "prompt": g,
+               "grader": {"type": "everyday", "max_words": 120}}
+    for i, g in enumerate(THANKS):
+        yield {"id": f"thanks-{i}", "kind": "everyday", "prompt": g,
+               "grader": {"type": "everyday", "max_words": 120}}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gsm8k", required=True)
+    p.add_argument("--mmlu-val", required=True, help="folder of MMLU's *_val.csv")
+    p.add_argument("--mbpp", required=True)
+    p.add_argument("--seed-tasks", required=True)
+    p.add_argument("--math", type=int, default=120)
+    p.add_argument("--knowledge", type=int, default=200)
+    p.add_argument("--code", type=int, default=40)
+    p.add_argument("--everyday", type=int, default=100)
+    p.add_argument("--seed", type=int, default=20261204)
+    p.add_argument("--out", default="data/routing/queries.jsonl")
+    a = p.parse_args()
+    rng = random.Random(a.seed)
+    rows = [
+        *math_rows(a.gsm8k, a.math, rng),
+        *mmlu_rows(a.mmlu_val, a.knowledge, rng),
+        *mbpp_rows(a.mbpp, a.code, rng),
+        *everyday_rows(a.seed_tasks, a.everyday, rng),
+    ]
+    with open(a.out, "w") as f:
+        for r in rows:
+            r["split"] = split_of(r["id"])
+            r["message"] = r["prompt"] + SUFFIX[r["kind"]]
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    kinds = {}
+    for r in rows:
+        kinds.setdefault((r["kind"], r["split"]), 0)
+        kinds[(r["kind"], r["split"])] += 1
+    print(f"{len(rows)} rows -> {a.out}")
+    for k in sorted(kinds):
+        print(f"  {k[0]:<10} {k[1]:<8} {kinds[k]}")
+
+
+if __name__ == "__main__":
+    main()

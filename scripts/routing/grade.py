@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Run every query of data/routing/queries.jsonl on one model served by wick, grade each
+answer automatically, and append the results to data/routing/labels.jsonl (one row per
+query and model: whether the answer was acceptable, its latency and token counts).
+
+    cargo build --release
+    python3 scripts/routing/grade.py --model smollm2-135m-instruct
+    python3 scripts/routing/grade.py --model qwen2.5-coder-0.5b-instruct
+    python3 scripts/routing/grade.py --model qwen2.5-coder-1.5b-instruct
+
+The script starts `target/release/wick serve --model M` on a free port (or uses --url),
+sends the queries greedily (temperature 0) with --concurrency requests at once, as a
+server would see them, and grades:
+- math: the number after the last "Answer:" (else the last number) equals GSM8K's;
+- knowledge: the first option letter given equals MMLU's;
+- code: the fenced Python code passes every MBPP assert (a subprocess, 10 s limit);
+- everyday: rule checks: an answer that ended on its own, within the word limit, not
+  looping, with no control-token text, and containing the reference label when the task
+  has one.
+Rows already graded for the model are skipped, so an interrupted run resumes.
+"""
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+MAX_TOKENS = {"math": 320, "knowledge": 48, "code": 384, "everyday": 256}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url, body, timeout=900):
+    req = urllib.request.Request(url, json.dumps(body).encode(),
+                                 {"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def numbers(text):
+    return [n.replace(",", "") for n in re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)]
+
+
+def same_number(a, b):
+    try:
+        return abs(float(a) - float(b)) < 1e-6
+    except ValueError:
+        return False
+
+
+def grade_math(text, answer):
+    # The last stated answer ("Answer: 12", "the answer is $12", "final answer is: 12"),
+    # else the last number written.
+    stated = re.findall(r"answer(?:\s+is)?\s*[:=]?\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", text,
+                        re.I)
+    found = [n.replace(",", "") for n in stated] or numbers(text)
+    return bool(found) and same_number(found[-1], answer)
+
+
+def grade_choice(text, answer):
+    m = re.search(r"(?:answer is|Answer:)\s*\(?([ABCD])\b", text) or re.search(
+        r"\b([ABCD])\b", text)
+    return bool(m) and m.group(1) == answer
+
+
+def grade_code(text, grader):
+    blocks = re.findall(r"```(?:python|py)?\s*\n(.*?)```", text, re.S)
+    if not blocks:
+        return False
+    program = "\n".join([grader.get("setup", ""), blocks[0], *grader["tests"]])
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "t.py"
+        path.write_text(program)
+        try:
+            r = subprocess.run([sys.executable, str(path)], cwd=d, capture_output=True,
+                               timeout=10)
+            return r.returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+
+def loops(text):
+    words = text.lower().split()
+    grams = [tuple(words[i:i + 4]) for i in range(len(words) - 3)]
+    return len(grams) >= 20 and len(set(grams)) / len(grams) < 0.5
+
+
+def grade_everyday(text, finish, grader):
+    t = text.strip()
+    return (
+        bool(t)
+        and finish == "stop"
+        and len(t.split()) <= grader["max_words"]
+        and not loops(t)
+        and "<|" not in t
+        and ("contains" not in grader or grader["contains"].lower() in t.lower())
+    )
+
+
+def grade(row, text, finish):
+    g = row["grader"]
+    kind = g["type"]
+    if kind == "number":
+        return grade_math(text, g["answer"])
+    if kind == "choice":
+        return grade_choice(text, g["answer"])
+    if kind == "python_tests":
+        return grade_code(text, g)
+    return grade_everyday(text, finish, g)
+
+
+def ask(url, model, row):
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": row["message"]}],
+        "max_tokens": MAX_TOKENS[row["kind"]],
+        "temperature": 0,
+    }
+    start = time.monotonic()
+    reply = post(f"{url}/v1/chat/completions", body)
+    seconds = time.monotonic() - start
+    choice = reply["choices"][0]
+    text = choice["message"].get("content") or ""
+    return {
+        "id": row["id"],
+        "model": model,
+        "ok": grade(row, text, choice.get("finish_reason")),
+        "seconds": round(seconds, 3),
+        "prompt_tokens": reply["usage"]["prompt_tokens"],
+        "completion_tokens": reply["usage"]["completion_tokens"],
+        "finish": choice.get("finish_reason"),
+    }, text
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--url", help="a running wick; default: start one")
+    p.add_argument("--queries", default="data/routing/queries.jsonl")
+    p.add_argument("--labels", default="data/routing/labels.jsonl")
+    p.add_argument("--outputs", help="also write each answer's text here (jsonl)")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--limit", type=int, help="only the first N queries not yet graded")
+    a = p.parse_args()
+    rows = [json.loads(l) for l in open(a.queries)]
+    done = set()
+    if os.path.exists(a.labels):
+        for l in open(a.labels):
+            r = json.loads(l)
+            if r["model"] == a.model:
+                done.add(r["id"])
+    todo = [r for r in rows if r["id"] not in done][: a.limit]
+    print(f"{a.model}: {len(todo)} to grade ({len(done)} done)", flush=True)
+    server = None
+    url = a.url
+    if not url:
+        port = free_port()
+        server = subprocess.Popen(
+            ["target/release/wick", "serve", "--model", a.model, "--port", str(port),
+             "--parallel", str(a.concurrency), "--ctx-size", "2048"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+    outputs = open(a.outputs, "a") if a.outputs else None
+    passed = 0
+    try:
+        with open(a.labels, "a") as labels, cf.ThreadPoolExecutor(a.concurrency) as pool:
+            futures = [pool.submit(ask, url, a.model, r) for r in todo]
+            for i, f in enumerate(cf.as_completed(futures), 1):
+                label, text = f.result()
+                passed += label["ok"]
+                labels.write(json.dumps(label) + "\n")
+                labels.flush()
+                if outputs:
+                    outputs.write(json.dumps({"id": label["id"], "model": a.model,
+                                              "text": text}) + "\n")
+                if i % 25 == 0:
+                    print(f"  {i}/{len(todo)} graded, {passed} acceptable", flush=True)
+    finally:
+        if server:
+            server.terminate()
+            server.wait()
+    print(f"{a.model}: {passed}/{len(todo)} acceptable")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+//! The learned router: per measured tier, a logistic model of "this tier's model answers
+//! the query acceptably", trained by scripts/routing/train.py on the ground truth that
+//! scripts/routing/grade.py measured with the catalog's own models (data/routing/), and
+//! calibrated there (Platt scaling on out-of-fold scores). The model file is JSON, loaded
+//! with `--router-model` (data/routing/router.json is the one trained here).
+//!
+//! Decision: among the tiers the candidate models have, the smallest whose probability of
+//! an acceptable answer is within `margin` of the most capable tier's, where
+//! `margin = 1 - quality` (`--routing-quality`: 1 routes down only when the smaller model
+//! is predicted as good, 0 always takes the smallest). The confidence reported is the
+//! calibrated probability that the chosen tier answers acceptably.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use super::analyser::Query;
+use super::features;
+
+const FORMAT: &str = "wick-router-1";
+
+#[derive(Deserialize)]
+struct ModelFile {
+    format: String,
+    dense: Vec<String>,
+    buckets: usize,
+    default_quality: f32,
+    tiers: Vec<TierModel>,
+}
+
+#[derive(Deserialize)]
+struct TierModel {
+    /// 1 = tier_1.
+    tier: u8,
+    weights: Vec<f32>,
+    bias: f32,
+    /// `p = sigmoid(a · score + b)`.
+    platt: [f32; 2],
+}
+
+/// A loaded router and its operating point.
+pub struct LearnedRouter {
+    tiers: Vec<TierModel>,
+    quality: f32,
+}
+
+/// The router's verdict for the candidates it was given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// One of the candidate tiers (1 = tier_1).
+    pub tier: u8,
+    /// Calibrated probability that `tier` answers acceptably, in [0, 1].
+    pub confidence: f32,
+    /// For the debug log: each candidate tier's probability.
+    pub reasons: Vec<String>,
+}
+
+impl LearnedRouter {
+    /// A router from a model file written by scripts/routing/train.py.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading router model {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("router model {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let file: ModelFile = serde_json::from_str(text)?;
+        if file.format != FORMAT {
+            bail!("format {:?}, expected {FORMAT:?}", file.format);
+        }
+        // A model trained on another feature layout would read the wrong slots.
+        if file.dense != features::DENSE || file.buckets != features::BUCKETS {
+            bail!("trained on other features than this build computes; retrain it");
+        }
+        if file.tiers.is_empty() {
+            bail!("no tier models");
+        }
+        for t in &file.tiers {
+            if t.weights.len() != features::LEN {
+                bail!(
+                    "tier {} has {} weights, expected {}",
+                    t.tier,
+                    t.weights.len(),
+                    features::LEN
+                );
+            }
+        }
+        let mut tiers = file.tiers;
+        tiers.sort_by_key(|t| t.tier);
+        Ok(Self {
+            tiers,
+            quality: file.default_quality.clamp(0.0, 1.0),
+        })
+    }
+
+    /// Set the operating point (`--routing-quality`, 0..=1).
+    pub fn with_quality(mut self, quality: f32) -> Self {
+        self.quality = quality.clamp(0.0, 1.0);
+        self
+    }
+
+    pub fn quality(&self) -> f32 {
+        self.quality
+    }
+
+    /// Calibrated probability that a model of `tier` answers acceptably. A tier above the
+    /// measured ones is taken as the most capable measured one; below, as the least.
+    pub fn probability(&self, x: &[f32], tier: u8) -> f32 {
+        let model = self
+            .tiers
+            .iter()
+            .rev()
+            .find(|t| t.tier <= tier)
+            .unwrap_or(&self.tiers[0]);
+        let score = model
+            .weights
+            .iter()
+            .zip(x)
+            .fold(model.bias, |acc, (w, v)| w.mul_add(*v, acc));
+        sigmoid(model.platt[0].mul_add(score, model.platt[1]))
+    }
+
+    /// Choose among `candidate_tiers` (any order, at least one).
+    pub fn decide(&self, query: &Query, has_schema: bool, candidate_tiers: &[u8]) -> Verdict {
+        let mut tiers = candidate_tiers.to_vec();
+        tiers.sort_unstable();
+        tiers.dedup();
+        let Some(&top) = tiers.last() else {
+            return Verdict {
+                tier: 1,
+                confidence: 1.0,
+                reasons: vec!["no candidates".into()],
+            };
+        };
+        if tiers.len() == 1 {
+            return Verdict {
+                tier: top,
+                confidence: 1.0,
+                reasons: vec!["one tier".into()],
+            };
+        }
+        let x = features::features(query, has_schema);
+        let p: Vec<f32> = tiers.iter().map(|&t| self.probability(&x, t)).collect();
+        let best = p[p.len() - 1];
+        let margin = 1.0 - self.quality;
+        let at = p
+            .iter()
+            .position(|&pt| pt >= best - margin)
+            .unwrap_or(p.len() - 1);
+        Verdict {
+            tier: tiers[at],
+            confidence: (p[at] * 1000.0).round() / 1000.0,
+            reasons: tiers
+                .iter()
+                .zip(&p)
+                .map(|(t, p)| format!("p(tier_{t}) {p:.3}"))
+                .collect(),
+        }
+    }
+}
+
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::ChatMessage;
+
+    /// A model file made here (not trained): tier 1 grows less likely to answer as the
+    /// last turn grows (`log_chars`, the first dense feature); tier 2 answers at 0.88.
+    fn model(dense: &[&str]) -> String {
+        let mut small = vec![0.0f32; features::LEN];
+        small[0] = -1.0;
+        let big = vec![0.0f32; features::LEN];
+        serde_json::json!({
+            "format": FORMAT,
+            "dense": dense,
+            "buckets": features::BUCKETS,
+            "default_quality": 0.9,
+            "tiers": [
+                {"tier": 2, "weights": big, "bias": 2.0, "platt": [1.0, 0.0]},
+                {"tier": 1, "weights": small, "bias": 6.0, "platt": [1.0, 0.0]},
+            ],
+        })
+        .to_string()
+    }
+
+    fn decide(router: &LearnedRouter, text: &str, tiers: &[u8]) -> Verdict {
+        let messages = [ChatMessage::new("user", text)];
+        let query = Query {
+            messages: &messages,
+            has_tools: false,
+        };
+        router.decide(&query, false, tiers)
+    }
+
+    #[test]
+    fn short_queries_go_small_long_ones_up_and_quality_moves_the_point() {
+        let router = LearnedRouter::parse(&model(&features::DENSE)).unwrap();
+        assert_eq!(router.quality(), 0.9);
+        // ln(1 + 2) ≈ 1.1: p1 = σ(4.9) ≈ 0.99 ≥ p2 - 0.1.
+        let short = decide(&router, "hi", &[1, 2]);
+        assert_eq!(short.tier, 1, "{short:?}");
+        assert!(short.confidence > 0.95, "{short:?}");
+        // 3,000 characters: p1 = σ(6 - 8.0) ≈ 0.12, far below p2 ≈ 0.88.
+        let long = "word ".repeat(600);
+        let verdict = decide(&router, &long, &[2, 1]);
+        assert_eq!(verdict.tier, 2, "{verdict:?}");
+        assert!((verdict.confidence - 0.881).abs() < 0.002, "{verdict:?}");
+        // Quality 0 always takes the smallest tier.
+        let cheap = LearnedRouter::parse(&model(&features::DENSE))
+            .unwrap()
+            .with_quality(0.0);
+        assert_eq!(decide(&cheap, &long, &[1, 2]).tier, 1);
+    }
+
+    #[test]
+    fn tiers_beyond_the_measured_ones_and_a_single_tier() {
+        let router = LearnedRouter::parse(&model(&features::DENSE)).unwrap();
+        let long = "word ".repeat(600);
+        // tier_3 and tier_4 were not measured: they read as tier 2, the most capable one.
+        let verdict = decide(&router, &long, &[1, 3, 4]);
+        assert_eq!(verdict.tier, 3, "{verdict:?}");
+        // One candidate tier: it is certain.
+        let one = decide(&router, &long, &[2]);
+        assert_eq!((one.tier, one.confidence), (2, 1.0));
+    }
+
+    #[test]
+    fn a_model_of_another_feature_layout_is_refused() {
+        let mut names = features::DENSE.to_vec();
+        names.swap(0, 1);
+        let err = LearnedRouter::parse(&model(&names)).err().expect("refused");
+        assert!(err.to_string().contains("retrain"), "{err}");
+        assert!(LearnedRouter::parse("{\"format\": \"other\"}").is_err());
+    }
+}
