@@ -68,7 +68,12 @@ async fn stream(body: Value) -> Vec<(String, Value)> {
 fn assert_anthropic_error(body: &Value, kind: &str) {
     assert_eq!(body["type"], "error", "{body}");
     assert_eq!(body["error"]["type"], kind, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }
 
 fn hello(max_tokens: u32) -> Value {
@@ -125,13 +130,22 @@ async fn a_streamed_message_follows_the_event_sequence() {
         ["content_block_stop", "message_delta", "message_stop"],
         "{names:?}"
     );
-    assert!(names[3..n - 3].iter().all(|n| *n == "content_block_delta"), "{names:?}");
+    assert!(
+        names[3..n - 3].iter().all(|n| *n == "content_block_delta"),
+        "{names:?}"
+    );
 
     let start = &events[0].1["message"];
     assert_eq!(start["content"], json!([]));
     assert_eq!(start["stop_reason"], Value::Null);
-    assert_eq!(start["usage"]["input_tokens"], plain["usage"]["input_tokens"]);
-    assert_eq!(events[2].1["content_block"], json!({ "type": "text", "text": "" }));
+    assert_eq!(
+        start["usage"]["input_tokens"],
+        plain["usage"]["input_tokens"]
+    );
+    assert_eq!(
+        events[2].1["content_block"],
+        json!({ "type": "text", "text": "" })
+    );
     let text: String = events[3..n - 3]
         .iter()
         .map(|(_, d)| {
@@ -144,7 +158,10 @@ async fn a_streamed_message_follows_the_event_sequence() {
     assert_eq!(text, plain["content"][0]["text"].as_str().unwrap());
     let delta = &events[n - 2].1;
     assert_eq!(delta["delta"]["stop_reason"], plain["stop_reason"]);
-    assert_eq!(delta["usage"]["output_tokens"], plain["usage"]["output_tokens"]);
+    assert_eq!(
+        delta["usage"]["output_tokens"],
+        plain["usage"]["output_tokens"]
+    );
 }
 
 #[tokio::test]
@@ -163,7 +180,10 @@ async fn a_stop_sequence_ends_the_message_and_is_named() {
     assert_eq!(reply["stop_reason"], "stop_sequence", "{reply}");
     assert_eq!(reply["stop_sequence"], word.as_str(), "{reply}");
     let before = reply["content"][0]["text"].as_str().unwrap();
-    assert!(text.starts_with(before) && !before.contains(&word), "{before:?} / {text:?}");
+    assert!(
+        text.starts_with(before) && !before.contains(&word),
+        "{before:?} / {text:?}"
+    );
 
     let events = stream(body).await;
     let delta = &events[events.len() - 2].1;
@@ -196,7 +216,10 @@ fn weather_question(choice: Value) -> Value {
 
 #[tokio::test]
 async fn a_forced_tool_call_is_a_tool_use_block() {
-    for choice in [json!({ "type": "tool", "name": "get_weather" }), json!({ "type": "any" })] {
+    for choice in [
+        json!({ "type": "tool", "name": "get_weather" }),
+        json!({ "type": "any" }),
+    ] {
         let reply = message(weather_question(choice.clone())).await;
         assert_eq!(reply["stop_reason"], "tool_use", "{choice}: {reply}");
         let call = reply["content"]
@@ -212,12 +235,19 @@ async fn a_forced_tool_call_is_a_tool_use_block() {
     // `none` offers the tools and makes no call.
     let reply = message(weather_question(json!({ "type": "none" }))).await;
     assert_ne!(reply["stop_reason"], "tool_use", "{reply}");
-    assert!(reply["content"].as_array().unwrap().iter().all(|b| b["type"] == "text"));
+    assert!(reply["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|b| b["type"] == "text"));
 }
 
 #[tokio::test]
 async fn a_streamed_tool_call_sends_its_input_as_json_deltas() {
-    let events = stream(weather_question(json!({ "type": "tool", "name": "get_weather" }))).await;
+    let events = stream(weather_question(
+        json!({ "type": "tool", "name": "get_weather" }),
+    ))
+    .await;
     let start = events
         .iter()
         .find(|(n, d)| n == "content_block_start" && d["content_block"]["type"] == "tool_use")
@@ -244,7 +274,10 @@ async fn a_streamed_tool_call_sends_its_input_as_json_deltas() {
 
 #[tokio::test]
 async fn a_tool_result_goes_back_to_the_model() {
-    let first = message(weather_question(json!({ "type": "tool", "name": "get_weather" }))).await;
+    let first = message(weather_question(
+        json!({ "type": "tool", "name": "get_weather" }),
+    ))
+    .await;
     let call = first["content"]
         .as_array()
         .unwrap()
@@ -271,7 +304,14 @@ async fn a_tool_result_goes_back_to_the_model() {
     let reply = message(conversation("Sunny, 31 degrees Celsius")).await;
     assert_ne!(reply["stop_reason"], "tool_use", "{reply}");
     assert_eq!(reply["content"][0]["type"], "text", "{reply}");
-    assert!(!reply["content"][0]["text"].as_str().unwrap().trim().is_empty(), "{reply}");
+    assert!(
+        !reply["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .trim()
+            .is_empty(),
+        "{reply}"
+    );
     // The call and its result reached the prompt (what greedy Qwen2.5-Coder-0.5B makes of
     // them is its own affair: it sometimes repeats the call): a longer result is a longer
     // prompt, by about as many tokens.
@@ -281,7 +321,10 @@ async fn a_tool_result_goes_back_to_the_model() {
         counted["input_tokens"].as_u64().unwrap()
     };
     let short = count(conversation("Sunny")).await;
-    let long = count(conversation("Sunny with a light breeze from the west all afternoon")).await;
+    let long = count(conversation(
+        "Sunny with a light breeze from the west all afternoon",
+    ))
+    .await;
     assert!(long >= short + 8, "{short} → {long}");
     assert_eq!(short, {
         let r = message(conversation("Sunny")).await;
@@ -295,7 +338,10 @@ async fn count_tokens_counts_the_prompt_the_message_would_have() {
     let (status, counted) = post(&base_url(), "/v1/messages/count_tokens", &[], &body).await;
     assert_eq!(status, 200, "{counted}");
     let reply = message(body).await;
-    assert_eq!(counted["input_tokens"], reply["usage"]["input_tokens"], "{counted}");
+    assert_eq!(
+        counted["input_tokens"], reply["usage"]["input_tokens"],
+        "{counted}"
+    );
     // No max_tokens needed to count.
     let (status, counted) = post(
         &base_url(),
@@ -312,27 +358,67 @@ async fn count_tokens_counts_the_prompt_the_message_would_have() {
 async fn bad_requests_get_anthropic_errors() {
     let base = base_url();
     let cases = [
-        (json!({ "messages": [{ "role": "user", "content": "Hi" }] }), 400, "max_tokens"),
-        (json!({ "max_tokens": 0, "messages": [{ "role": "user", "content": "Hi" }] }), 400, "max_tokens"),
+        (
+            json!({ "messages": [{ "role": "user", "content": "Hi" }] }),
+            400,
+            "max_tokens",
+        ),
+        (
+            json!({ "max_tokens": 0, "messages": [{ "role": "user", "content": "Hi" }] }),
+            400,
+            "max_tokens",
+        ),
         (json!({ "max_tokens": 5, "messages": [] }), 400, "messages"),
-        (json!({ "max_tokens": 5, "messages": [{ "role": "system", "content": "Hi" }] }), 400, "system"),
-        (json!({ "max_tokens": 5, "messages": [{ "role": "user", "content": [
+        (
+            json!({ "max_tokens": 5, "messages": [{ "role": "system", "content": "Hi" }] }),
+            400,
+            "system",
+        ),
+        (
+            json!({ "max_tokens": 5, "messages": [{ "role": "user", "content": [
             { "type": "image", "source": { "type": "base64", "media_type": "image/png", "data": "" } }
-        ] }] }), 400, "image"),
-        (json!({ "max_tokens": 5, "messages": [{ "role": "user", "content": [
+        ] }] }),
+            400,
+            "image",
+        ),
+        (
+            json!({ "max_tokens": 5, "messages": [{ "role": "user", "content": [
             { "type": "tool_use", "id": "x", "name": "f", "input": {} }
-        ] }] }), 400, "tool_use"),
-        (json!({ "max_tokens": 5, "tools": [{ "type": "bash_20250124", "name": "bash" }],
-            "messages": [{ "role": "user", "content": "Hi" }] }), 400, "bash_20250124"),
-        (json!({ "max_tokens": 5, "tools": [weather_tool()], "tool_choice": { "type": "tool", "name": "nope" },
-            "messages": [{ "role": "user", "content": "Hi" }] }), 400, "nope"),
-        (json!({ "max_tokens": 5, "temperature": "hot", "messages": [{ "role": "user", "content": "Hi" }] }), 400, "temperature"),
-        (json!({ "model": "claude-no-such", "max_tokens": 5, "messages": [{ "role": "user", "content": "Hi" }] }), 404, "claude-no-such"),
+        ] }] }),
+            400,
+            "tool_use",
+        ),
+        (
+            json!({ "max_tokens": 5, "tools": [{ "type": "bash_20250124", "name": "bash" }],
+            "messages": [{ "role": "user", "content": "Hi" }] }),
+            400,
+            "bash_20250124",
+        ),
+        (
+            json!({ "max_tokens": 5, "tools": [weather_tool()], "tool_choice": { "type": "tool", "name": "nope" },
+            "messages": [{ "role": "user", "content": "Hi" }] }),
+            400,
+            "nope",
+        ),
+        (
+            json!({ "max_tokens": 5, "temperature": "hot", "messages": [{ "role": "user", "content": "Hi" }] }),
+            400,
+            "temperature",
+        ),
+        (
+            json!({ "model": "claude-no-such", "max_tokens": 5, "messages": [{ "role": "user", "content": "Hi" }] }),
+            404,
+            "claude-no-such",
+        ),
     ];
     for (body, status, mentions) in cases {
         let (got, reply) = post(&base, "/v1/messages", &[], &body).await;
         assert_eq!(got, status, "{body}: {reply}");
-        let kind = if status == 404 { "not_found_error" } else { "invalid_request_error" };
+        let kind = if status == 404 {
+            "not_found_error"
+        } else {
+            "invalid_request_error"
+        };
         assert_anthropic_error(&reply, kind);
         let message = reply["error"]["message"].as_str().unwrap();
         assert!(message.contains(mentions), "{body}: {message}");
@@ -355,7 +441,11 @@ async fn keys_are_taken_as_x_api_key_or_bearer() {
     args.ctx_size = Some(1024);
     args.service.api_keys = vec!["key-one".into()];
     let base = format!("http://{}", common::start_server(args));
-    for headers in [vec![], vec![("x-api-key", "wrong")], vec![("authorization", "Bearer wrong")]] {
+    for headers in [
+        vec![],
+        vec![("x-api-key", "wrong")],
+        vec![("authorization", "Bearer wrong")],
+    ] {
         let (status, reply) = post(&base, "/v1/messages", &headers, &hello(2)).await;
         assert_eq!(status, 401, "{headers:?}: {reply}");
         assert_anthropic_error(&reply, "authentication_error");
@@ -363,7 +453,10 @@ async fn keys_are_taken_as_x_api_key_or_bearer() {
         assert_eq!(status, 401, "{headers:?}: {reply}");
         assert_anthropic_error(&reply, "authentication_error");
     }
-    for headers in [[("x-api-key", "key-one")], [("authorization", "Bearer key-one")]] {
+    for headers in [
+        [("x-api-key", "key-one")],
+        [("authorization", "Bearer key-one")],
+    ] {
         let (status, reply) = post(&base, "/v1/messages", &headers, &hello(2)).await;
         assert_eq!(status, 200, "{headers:?}: {reply}");
     }

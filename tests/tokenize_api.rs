@@ -84,7 +84,13 @@ async fn add_special_adds_only_what_the_model_adds() {
 async fn bad_requests_get_clear_errors() {
     let (status, body) = post_raw("/tokenize", r#"{"text": "hi"}"#).await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("content"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("content"),
+        "{body}"
+    );
 
     let (status, body) = post_raw("/detokenize", r#"{"tokens": [1, -3]}"#).await;
     assert_eq!(status, 400, "{body}");

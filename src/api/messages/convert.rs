@@ -251,9 +251,7 @@ fn convert_message(index: usize, m: &InputMessage, out: &mut Vec<Value>) -> Resu
     for (j, block) in blocks.iter().enumerate() {
         let misplaced = |kind: &str, owner: &str| {
             invalid(
-                format!(
-                    "messages[{index}].content[{j}]: {kind} blocks belong in {owner} messages"
-                ),
+                format!("messages[{index}].content[{j}]: {kind} blocks belong in {owner} messages"),
                 &param(&format!(".content[{j}]")),
             )
         };

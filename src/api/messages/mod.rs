@@ -106,14 +106,11 @@ async fn handle(
     };
     let generation = Generation::new(&state, &served.entry.id, arrived, streams);
     if request.stream {
-        Ok(Sse::new(events::stream(
-            reply,
-            answer,
-            prompt_tokens,
-            generation,
-        ))
-        .keep_alive(KeepAlive::default())
-        .into_response())
+        Ok(
+            Sse::new(events::stream(reply, answer, prompt_tokens, generation))
+                .keep_alive(KeepAlive::default())
+                .into_response(),
+        )
     } else {
         let output = generation
             .collect()
@@ -127,7 +124,10 @@ async fn handle(
 
 /// The prompt's tokens as /v1/messages would count them: the same translation, template
 /// and tools, tokenized, nothing generated.
-async fn count(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn count(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let (_, chat_request, fields) = read(state, body).await?;
     let prompted = chat::prompt(state, &chat_request, &fields, Version::V1).await?;
     Ok(Json(json!({ "input_tokens": prompted.prompt.len() })).into_response())
@@ -145,9 +145,7 @@ impl Reply {
     fn stop(&self, finish: FinishReason, made_calls: bool) -> (&'static str, Value) {
         match finish {
             FinishReason::Length => ("max_tokens", Value::Null),
-            FinishReason::StopSequence(i) => {
-                ("stop_sequence", json!(self.stops.get(i).cloned()))
-            }
+            FinishReason::StopSequence(i) => ("stop_sequence", json!(self.stops.get(i).cloned())),
             FinishReason::Stop if made_calls => ("tool_use", Value::Null),
             FinishReason::Stop => ("end_turn", Value::Null),
         }
