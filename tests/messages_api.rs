@@ -469,3 +469,54 @@ async fn keys_are_taken_as_x_api_key_or_bearer() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A thinking model's thinking is a `thinking` block (streamed as `thinking_delta`), and
+/// `thinking: {"type": "disabled"}` switches it off; an earlier turn's thinking block is
+/// taken back. The model is tests/common/thinking.rs's: SmolLM2 under Qwen3.5's template,
+/// which opens the thinking in the prompt, so a short answer is all thinking.
+#[tokio::test]
+async fn a_thinking_models_thinking_is_a_thinking_block() {
+    let base = format!("http://{}", common::thinking::server());
+    let body = json!({
+        "model": common::thinking::OPENS,
+        "max_tokens": 6,
+        "temperature": 0,
+        "messages": [
+            { "role": "user", "content": "Hi" },
+            { "role": "assistant", "content": [
+                { "type": "thinking", "thinking": "They greet me.", "signature": "" },
+                { "type": "text", "text": "Hello!" },
+            ]},
+            { "role": "user", "content": "Say hello again." },
+        ],
+    });
+    let (status, reply) = post(&base, "/v1/messages", &[], &body).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["content"][0]["type"], "thinking", "{reply}");
+    assert!(
+        !reply["content"][0]["thinking"].as_str().unwrap().is_empty(),
+        "{reply}"
+    );
+    assert_eq!(reply["content"][0]["signature"], "");
+    assert_eq!(reply["stop_reason"], "max_tokens");
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let text = reqwest::Client::new()
+        .post(format!("{base}/v1/messages"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(r#""type":"thinking""#), "{text}");
+    assert!(text.contains(r#""type":"thinking_delta""#), "{text}");
+
+    let mut off = body;
+    off["thinking"] = json!({ "type": "disabled" });
+    let (status, reply) = post(&base, "/v1/messages", &[], &off).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["content"][0]["type"], "text", "{reply}");
+}
