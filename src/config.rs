@@ -142,6 +142,8 @@ pub struct ServeArgs {
     pub routing_quality: Option<f32>,
     #[command(flatten)]
     pub service: ServiceArgs,
+    #[command(flatten)]
+    pub upstream: UpstreamArgs,
     /// Faults tests inject (src/faults.rs): no flag sets it.
     #[arg(skip)]
     pub faults: Option<std::sync::Arc<crate::faults::Faults>>,
@@ -198,6 +200,54 @@ pub struct ServiceArgs {
     /// Default: models stay loaded.
     #[arg(long, env = "WICK_KEEP_ALIVE")]
     pub keep_alive: Option<f64>,
+}
+
+/// Settings for the models other servers run (`[model.upstream]` in the catalog).
+#[derive(Debug, Clone, Args)]
+pub struct UpstreamArgs {
+    /// Seconds to wait for an upstream replica to accept a connection; then the next
+    /// replica is tried (or the client gets 502).
+    #[arg(long, env = "WICK_UPSTREAM_CONNECT_TIMEOUT", default_value_t = 5.0)]
+    pub upstream_connect_timeout: f64,
+    /// Seconds an upstream replica may stay silent while answering, before its first event
+    /// too (504 before anything was streamed; an error chunk after).
+    #[arg(long, env = "WICK_UPSTREAM_READ_TIMEOUT", default_value_t = 120.0)]
+    pub upstream_read_timeout: f64,
+    /// Seconds between health checks (`GET /models`) of each upstream replica; a failing
+    /// replica is out of rotation until one passes.
+    #[arg(long, env = "WICK_UPSTREAM_HEALTH_INTERVAL", default_value_t = 5.0)]
+    pub upstream_health_interval: f64,
+    /// Keep auto routing (/v2 `auto_routing: true`) to the models this server runs itself;
+    /// `model_family` and `model` still reach upstream models.
+    #[arg(long, env = "WICK_AUTO_ROUTING_LOCAL_ONLY", default_value_t = false)]
+    pub auto_routing_local_only: bool,
+}
+
+impl Default for UpstreamArgs {
+    fn default() -> Self {
+        Self {
+            upstream_connect_timeout: 5.0,
+            upstream_read_timeout: 120.0,
+            upstream_health_interval: 5.0,
+            auto_routing_local_only: false,
+        }
+    }
+}
+
+impl UpstreamArgs {
+    pub fn settings(&self) -> anyhow::Result<crate::upstream::UpstreamSettings> {
+        Ok(crate::upstream::UpstreamSettings {
+            connect_timeout: positive_seconds(
+                "--upstream-connect-timeout",
+                self.upstream_connect_timeout,
+            )?,
+            read_timeout: positive_seconds("--upstream-read-timeout", self.upstream_read_timeout)?,
+            health_interval: positive_seconds(
+                "--upstream-health-interval",
+                self.upstream_health_interval,
+            )?,
+        })
+    }
 }
 
 impl ServiceArgs {
@@ -327,6 +377,7 @@ impl ServeArgs {
                 shutdown_grace: 30.0,
                 ..ServiceArgs::default()
             },
+            upstream: UpstreamArgs::default(),
             faults: None,
         }
     }

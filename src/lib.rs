@@ -21,3 +21,4 @@ pub mod synth;
 pub mod template;
 pub mod tokenizer;
 pub mod tools;
+pub mod upstream;

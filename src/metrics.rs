@@ -39,6 +39,20 @@ pub const MODEL_WEIGHT_BYTES: &str = "wick_model_weight_bytes";
 /// Bytes a loaded model's KV cache takes with every slot in use.
 pub const KV_CACHE_BYTES: &str = "wick_kv_cache_bytes";
 
+/// Requests sent to an upstream replica (each attempt counts), by model and replica.
+pub const UPSTREAM_REQUESTS: &str = "wick_upstream_requests_total";
+/// Upstream failures by model, replica and kind (connect, timeout, status_5xx, busy, auth,
+/// rejected, closed, stream, error_event).
+pub const UPSTREAM_ERRORS: &str = "wick_upstream_errors_total";
+/// From sending a request upstream to its first event, seconds.
+pub const UPSTREAM_FIRST_EVENT: &str = "wick_upstream_first_event_seconds";
+/// From sending a request upstream to the end of its stream, seconds.
+pub const UPSTREAM_REQUEST_DURATION: &str = "wick_upstream_request_duration_seconds";
+/// 1 while a replica takes requests, 0 while a failure has taken it out.
+pub const UPSTREAM_HEALTHY: &str = "wick_upstream_replica_healthy";
+/// Requests this server has running on a replica now.
+pub const UPSTREAM_OUTSTANDING: &str = "wick_upstream_outstanding_requests";
+
 /// Gauge: how long the loaded model took to load, seconds.
 pub const MODEL_LOAD_TIME: &str = "wick_model_load_duration_seconds";
 
@@ -70,7 +84,7 @@ pub fn render(models: &ModelRegistry) -> String {
     let handle = handle();
     let loaded = models.loaded();
     gauge!(MODELS_LOADED).set(loaded.len() as f64);
-    for entry in &models.catalog.models {
+    for entry in models.catalog.models.iter().filter(|m| !m.is_upstream()) {
         let model = entry.id.clone();
         let served = loaded.iter().find(|m| m.entry.id == entry.id);
         let h = served.map(|m| m.backend.health()).unwrap_or_default();
@@ -93,6 +107,16 @@ pub fn render(models: &ModelRegistry) -> String {
                 .absolute(h.prefix_cache_hits as u64);
             counter!(KV_PREEMPTIONS, "model" => model.clone()).absolute(h.preempted as u64);
             counter!(ENGINE_FAULTS, "model" => model).absolute(h.faults as u64);
+        }
+    }
+    for upstream in models.upstreams() {
+        for replica in upstream.backend.health().replicas {
+            let labels = [
+                ("model", upstream.entry.id.clone()),
+                ("replica", replica.url.clone()),
+            ];
+            gauge!(UPSTREAM_HEALTHY, &labels).set(if replica.healthy { 1.0 } else { 0.0 });
+            gauge!(UPSTREAM_OUTSTANDING, &labels).set(replica.outstanding as f64);
         }
     }
     if let Some(bytes) = resident_bytes() {

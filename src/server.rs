@@ -17,6 +17,7 @@ use crate::catalog::{ModelStore, Progress};
 use crate::config::ServeArgs;
 use crate::engine::{EngineConfig, ModelRegistry, RegistryLimits};
 use crate::service::{self, connections::Limits};
+use crate::upstream::{Upstream, UpstreamSettings};
 
 pub struct Server {
     pub addr: SocketAddr,
@@ -24,6 +25,9 @@ pub struct Server {
     listener: TcpListener,
     limits: Limits,
     shutdown_grace: Duration,
+    /// The catalog's upstream models, whose replicas `run` health-checks.
+    upstreams: Vec<Arc<Upstream>>,
+    upstream_settings: UpstreamSettings,
 }
 
 impl Server {
@@ -73,9 +77,12 @@ impl Server {
         let entry = catalog
             .get(&default_model)
             .expect("load_for returns a catalog id");
-        store.fetch(&catalog, entry, progress).await?;
+        if !entry.is_upstream() {
+            store.fetch(&catalog, entry, progress).await?;
+        }
+        let upstream_settings = args.upstream.settings()?;
 
-        let registry = Arc::new(ModelRegistry::new(
+        let mut registry = ModelRegistry::new(
             catalog,
             store,
             EngineConfig {
@@ -96,7 +103,9 @@ impl Server {
                 keep_alive,
             },
             device,
-        ));
+        );
+        let upstreams = add_upstreams(&mut registry, &upstream_settings)?;
+        let registry = Arc::new(registry);
 
         let listener = TcpListener::bind((args.host.as_str(), args.port))
             .await
@@ -119,6 +128,7 @@ impl Server {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             provider: args.provider_name.clone(),
+            auto_routing_local_only: args.upstream.auto_routing_local_only,
             traditions,
             router,
             responses: crate::api::response_store::ResponseStore::new(
@@ -146,6 +156,8 @@ impl Server {
             listener,
             limits,
             shutdown_grace,
+            upstreams,
+            upstream_settings,
         })
     }
 
@@ -158,6 +170,9 @@ impl Server {
         let end_streams = self.state.end_streams.clone();
         let reaper_stop = CancellationToken::new();
         service::spawn_reaper(self.state.models.clone(), reaper_stop.clone());
+        for upstream in self.upstreams {
+            tokio::spawn(upstream.watch(self.upstream_settings, reaper_stop.clone()));
+        }
         let _stop_reaper = reaper_stop.drop_guard();
         let router = api::router(self.state);
         service::serve::serve(
@@ -170,4 +185,37 @@ impl Server {
         tracing::info!("all connections closed: stopped");
         Ok(())
     }
+}
+
+/// Serve every catalog model that has `[model.upstream]` through an upstream backend.
+fn add_upstreams(
+    registry: &mut ModelRegistry,
+    settings: &UpstreamSettings,
+) -> anyhow::Result<Vec<Arc<Upstream>>> {
+    let entries: Vec<_> = registry
+        .catalog
+        .models
+        .iter()
+        .filter(|m| m.is_upstream())
+        .cloned()
+        .collect();
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let client = crate::upstream::client(settings)?;
+    let mut upstreams = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let upstream = Arc::new(Upstream::new(&entry, client.clone())?);
+        tracing::info!(model = %entry.id, replicas = entry.upstream.as_ref().map_or(0, |u| u.replica_urls().len()), "forwarding to an upstream");
+        registry.add_upstream(Arc::new(crate::engine::ServedModel {
+            entry,
+            frontend: None,
+            backend: upstream.clone(),
+            grammar: Default::default(),
+            bytes: 0,
+            load_time: Duration::ZERO,
+        }));
+        upstreams.push(upstream);
+    }
+    Ok(upstreams)
 }

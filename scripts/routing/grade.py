@@ -17,9 +17,11 @@ server would see them, and grades:
 - everyday: rule checks: an answer that ended on its own, within the word limit, not
   looping, with no control-token text, and containing the reference label when the task
   has one.
-Rows already graded for the model are skipped, so an interrupted run resumes.
+Queries go in a fixed shuffled order, so a partial run covers every kind alike; rows
+already graded for the model are skipped, so an interrupted run resumes.
 """
 import argparse
+import hashlib
 import concurrent.futures as cf
 import json
 import os
@@ -32,7 +34,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-MAX_TOKENS = {"math": 320, "knowledge": 48, "code": 384, "everyday": 256}
+MAX_TOKENS = {"math": 320, "knowledge": 256, "code": 384, "everyday": 256}
 
 
 def free_port():
@@ -69,8 +71,14 @@ def grade_math(text, answer):
 
 
 def grade_choice(text, answer):
-    m = re.search(r"(?:answer is|Answer:)\s*\(?([ABCD])\b", text) or re.search(
-        r"\b([ABCD])\b", text)
+    # The last stated choice ("the answer is B", "Answer: (C)", "**Answer: D**"), else a
+    # reply that starts with the letter; a letter met in passing ("A. Mosses are ...") is
+    # not taken for an answer.
+    stated = re.findall(r"answer(?:\s+is)?(?:\s*option)?\s*[:\-]?\s*\**\(?([ABCD])\b", text,
+                        re.I)
+    if stated:
+        return stated[-1].upper() == answer
+    m = re.match(r"\s*\**\(?([ABCD])(?:[.):*]|\s*$)", text)
     return bool(m) and m.group(1) == answer
 
 
@@ -161,7 +169,10 @@ def main():
             r = json.loads(l)
             if r["model"] == a.model:
                 done.add(r["id"])
-    todo = [r for r in rows if r["id"] not in done][: a.limit]
+    # A fixed shuffled order, so a partial run covers every kind alike.
+    todo = sorted((r for r in rows if r["id"] not in done),
+                  key=lambda r: hashlib.sha256(("order:" + r["id"]).encode()).hexdigest())
+    todo = todo[: a.limit]
     print(f"{a.model}: {len(todo)} to grade ({len(done)} done)", flush=True)
     server = None
     url = a.url

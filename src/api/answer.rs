@@ -119,6 +119,25 @@ pub fn split_answer(
     }
 }
 
+/// [`split_answer`] of a finished choice, with the thinking and calls a remote engine
+/// returned apart from its text.
+pub fn read_output(
+    reasoning: Option<Start>,
+    calls: Option<CallFormat>,
+    output: &super::stream::ChoiceOutput,
+) -> SplitAnswer {
+    let mut read = split_answer(reasoning, calls, &output.text);
+    if !output.reasoning.is_empty() {
+        read.reasoning = Some(output.reasoning.clone());
+    }
+    if !output.calls.is_empty() {
+        read.calls.extend(output.calls.iter().cloned());
+        // OpenAI's message of only calls has no content.
+        read.content = read.content.filter(|c| !c.is_empty());
+    }
+    read
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

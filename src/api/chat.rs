@@ -30,7 +30,7 @@ use super::generation::{self, fit_context, submit_choices, token_text};
 use super::request::{parse_json, ChatRequest, ChatSettings};
 use super::stream::{ChoiceOutput, Generation, Step};
 use super::AppState;
-use crate::engine::{EventStream, FinishReason, ServedModel, TokenLogprob, Usage};
+use crate::engine::{Endpoint, EventStream, FinishReason, ServedModel, TokenLogprob, Usage};
 use crate::reasoning::{self, Start};
 use crate::routing::{self, tradition, Family, Mechanism, RoutingFields, Tradition};
 use crate::template::TemplateError;
@@ -82,7 +82,7 @@ pub(super) struct Answer {
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct RoutingMeta {
     provider: String,
-    model_family: &'static str,
+    model_family: String,
     auto_routing: bool,
     routing_mechanism: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,16 +112,16 @@ async fn handle(
     crate::faults::trip(&state.faults, crate::faults::FaultPoint::Handler);
     let body = generation::checked_body(state, body)?;
     // A body up to the limit takes a while to parse: off the async threads.
-    let (request, fields) = state
+    let (request, fields, raw) = state
         .cpu_work
         .run(
-            move || -> Result<(ChatRequest, GenerationFields), ApiError> {
-                Ok((parse_json(&body)?, parse_json(&body)?))
+            move || -> Result<(ChatRequest, GenerationFields, RawBody), ApiError> {
+                Ok((parse_json(&body)?, parse_json(&body)?, parse_json(&body)?))
             },
         )
         .await??;
-    let started = start(state, caller, &request, &fields, version, arrived).await?;
-    let tokenizer = &started.served.frontend.tokenizer;
+    let started = start(state, caller, &request, &raw, &fields, version, arrived).await?;
+    let tokenizer = started.served.frontend.as_ref().map(|f| &f.tokenizer);
     let generation = Generation::new(state, &started.served.entry.id, arrived, started.streams);
     if started.settings.stream {
         let include_usage = started.settings.include_usage;
@@ -146,6 +146,9 @@ async fn handle(
     }
 }
 
+/// A request body as JSON, for what goes upstream as the caller sent it.
+pub(super) type RawBody = serde_json::Map<String, serde_json::Value>;
+
 /// A chat request submitted to the engine, one stream per choice. The Responses API builds
 /// on this too (it translates its requests into chat requests).
 pub(super) struct Started {
@@ -153,78 +156,78 @@ pub(super) struct Started {
     pub settings: ChatSettings,
     pub served: Arc<ServedModel>,
     pub streams: Vec<EventStream>,
-    /// Tokens in the prompt.
-    pub prompt_tokens: usize,
+    /// Tokens in the prompt; None for a model an upstream runs (it tokenizes its own).
+    pub prompt_tokens: Option<usize>,
 }
 
-/// A chat request checked, routed, rendered and tokenized, not yet submitted.
-pub(super) struct Prompted {
-    pub settings: ChatSettings,
-    pub served: Arc<ServedModel>,
-    pub meta: Option<RoutingMeta>,
-    pub prepared: tools::Prepared,
-    pub prompt: Vec<u32>,
+/// How far [`begin`] takes a chat request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Goal {
+    /// Submit it.
+    Generate,
+    /// Stop once its prompt is tokenized (no streams).
+    Count,
 }
 
-/// Check a chat request, route it, render and tokenize its prompt, and submit its choices.
+/// Check a chat request, route it, render and tokenize its prompt, and submit its choices;
+/// or, for a model an upstream runs, hand it over whole (`raw`, the body as sent, with the
+/// tradition layer added).
 pub(super) async fn start(
     state: &AppState,
     caller: Caller,
     request: &ChatRequest,
+    raw: &RawBody,
     fields: &GenerationFields,
     version: Version,
     arrived: Instant,
 ) -> Result<Started, ApiError> {
-    let Prompted {
-        settings,
-        served,
-        meta,
-        prepared,
-        prompt,
-    } = prompt(state, request, fields, version).await?;
-    let max_tokens = fit_context(
-        &served,
-        prompt.len(),
-        settings.generation.max_tokens,
-        "messages",
-    )?;
-    let streams = submit_choices(
-        &served,
-        &prompt,
-        &settings.generation,
-        max_tokens,
-        settings.ignore_eos,
-        prepared.constraint.as_ref(),
-        generation::Origin {
-            client: caller.0,
-            deadline: state.request_timeout.map(|limit| arrived + limit),
-        },
-    )?;
-    let answer = Answer {
-        id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-        created: generation::unix_now(),
-        model: served.entry.id.clone(),
-        meta,
-        calls: prepared.calls,
-        reasoning: prepared.reasoning,
-    };
-    Ok(Started {
-        answer,
-        settings,
-        served,
-        streams,
-        prompt_tokens: prompt.len(),
+    let goal = Goal::Generate;
+    begin(state, caller, request, raw, fields, version, arrived, goal).await
+}
+
+/// The tokens of the prompt [`start`] would submit for this request (same routing,
+/// template and tools), submitting nothing: what Anthropic's count_tokens answers.
+pub(super) async fn count_prompt(
+    state: &AppState,
+    caller: Caller,
+    request: &ChatRequest,
+    raw: &RawBody,
+    fields: &GenerationFields,
+) -> Result<usize, ApiError> {
+    let (version, now) = (Version::V1, Instant::now());
+    let started = begin(
+        state,
+        caller,
+        request,
+        raw,
+        fields,
+        version,
+        now,
+        Goal::Count,
+    )
+    .await?;
+    started.prompt_tokens.ok_or_else(|| {
+        ApiError::invalid(
+            format!(
+                "model '{}' is served upstream: its prompt tokens cannot be counted here",
+                started.served.entry.id
+            ),
+            Some("model"),
+        )
     })
 }
 
-/// Check a chat request, route it, and render and tokenize its prompt (what
-/// [`start`] submits, and what counting a prompt's tokens needs).
-pub(super) async fn prompt(
+#[allow(clippy::too_many_arguments)] // start's arguments and how far to go
+async fn begin(
     state: &AppState,
+    caller: Caller,
     request: &ChatRequest,
+    raw: &RawBody,
     fields: &GenerationFields,
     version: Version,
-) -> Result<Prompted, ApiError> {
+    arrived: Instant,
+    goal: Goal,
+) -> Result<Started, ApiError> {
     let settings = request.settings(fields)?;
     // Checking tool schemas can be heavy (src/api/cpu_work.rs).
     let tools = (
@@ -274,12 +277,13 @@ pub(super) async fn prompt(
                 &fields,
                 &messages,
                 extras,
+                state.auto_routing_local_only,
             )
             .map_err(|e| ApiError::invalid(e.message, Some(&e.param)))?;
             let served = state.resolve(Some(&route.model)).await?;
             let meta = RoutingMeta {
                 provider: state.provider.clone(),
-                model_family: Family::OpenSource.display_name(),
+                model_family: family_name(&served.entry.family),
                 auto_routing: route.mechanism == Mechanism::Auto,
                 routing_mechanism: route.mechanism.name(),
                 routing_tier: route.tier,
@@ -293,9 +297,46 @@ pub(super) async fn prompt(
     };
     // /v2 speaks from the general perspective unless told otherwise; /v1 only when asked.
     let layer = state.traditions.layer(tradition, version == Version::V2);
+    let origin = generation::Origin {
+        client: caller.0,
+        deadline: state.request_timeout.map(|limit| arrived + limit),
+    };
+    let answer = |served: &ServedModel,
+                  meta: Option<RoutingMeta>,
+                  calls: Option<CallFormat>,
+                  reasoning: Option<Start>| Answer {
+        id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        created: generation::unix_now(),
+        model: served.entry.id.clone(),
+        meta,
+        calls,
+        reasoning,
+    };
+    if served.backend.takes_whole_requests() {
+        if goal == Goal::Count {
+            return Ok(Started {
+                answer: answer(&served, meta, None, None),
+                settings,
+                served,
+                streams: Vec::new(),
+                prompt_tokens: None,
+            });
+        }
+        // The upstream renders the prompt and reads its own calls and thinking.
+        let n = settings.generation.n;
+        let streams = generation::forward(&served, Endpoint::Chat, raw, layer, n, origin).await?;
+        return Ok(Started {
+            answer: answer(&served, meta, None, None),
+            settings,
+            served,
+            streams,
+            prompt_tokens: None,
+        });
+    }
+    let frontend = generation::local(&served)?;
     tradition::apply_layer(&mut messages, layer);
 
-    let thinks = reasoning::thinks(&served.frontend.template, &served.frontend.tokenizer);
+    let thinks = reasoning::thinks(&frontend.template, &frontend.tokenizer);
     if thinks {
         request.set_thinking(&mut vars);
     }
@@ -309,12 +350,36 @@ pub(super) async fn prompt(
             prepare_prompt(&model, &tool_spec, messages, &vars, thinks)
         })
         .await??;
-    Ok(Prompted {
+    if goal == Goal::Count {
+        return Ok(Started {
+            answer: answer(&served, meta, prepared.calls, prepared.reasoning),
+            settings,
+            served,
+            streams: Vec::new(),
+            prompt_tokens: Some(prompt.len()),
+        });
+    }
+    let max_tokens = fit_context(
+        &served,
+        prompt.len(),
+        settings.generation.max_tokens,
+        "messages",
+    )?;
+    let streams = submit_choices(
+        &served,
+        &prompt,
+        &settings.generation,
+        max_tokens,
+        settings.ignore_eos,
+        prepared.constraint.as_ref(),
+        origin,
+    )?;
+    Ok(Started {
+        answer: answer(&served, meta, prepared.calls, prepared.reasoning),
         settings,
         served,
-        meta,
-        prepared,
-        prompt,
+        streams,
+        prompt_tokens: Some(prompt.len()),
     })
 }
 
@@ -327,13 +392,14 @@ fn prepare_prompt(
     vars: &crate::template::TemplateVars,
     thinks: bool,
 ) -> Result<(tools::Prepared, Vec<u32>), ApiError> {
+    let frontend = generation::local(served)?;
     let prepared = tools::prepare(
         tool_spec,
         messages,
-        &served.frontend.template,
+        &frontend.template,
         vars,
         thinks,
-        &served.frontend.tokenizer,
+        &frontend.tokenizer,
         &served.grammar,
     )
     .map_err(|e| match e {
@@ -345,12 +411,20 @@ fn prepare_prompt(
         PrepareError::Fields(e) => ApiError::invalid(e.message, Some(&e.param)),
     })?;
     generation::fits_before_tokenizing(served, &prepared.prompt, "messages")?;
-    let prompt = served
-        .frontend
+    let prompt = frontend
         .tokenizer
         .encode_prompt(&prepared.prompt)
         .map_err(|e| ApiError::internal(format!("tokenizing the prompt failed: {e}")))?;
     Ok((prepared, prompt))
+}
+
+/// The `model_family` of /v2 metadata for a catalog family, as the contract spells it
+/// ("OpenAI", "Open Source"); a family outside the contract as the catalog writes it.
+fn family_name(catalog_family: &str) -> String {
+    Family::of(catalog_family).map_or_else(
+        || catalog_family.to_string(),
+        |f| f.display_name().to_string(),
+    )
 }
 
 /// OpenAI's finish reason: an answer that ended on its own after making calls ends with
@@ -436,7 +510,7 @@ fn message_call(call: ToolCall) -> ChatCompletionMessageToolCalls {
 #[allow(deprecated)] // function_call and system_fingerprint are deprecated but part of the types
 fn completion(
     answer: &Answer,
-    tokenizer: &Tokenizer,
+    tokenizer: Option<&Tokenizer>,
     asked_logprobs: bool,
     outputs: Vec<ChoiceOutput>,
 ) -> serde_json::Value {
@@ -447,15 +521,17 @@ fn completion(
         .into_iter()
         .enumerate()
         .map(|(index, output)| {
-            let read = answer::split_answer(answer.reasoning, answer.calls, &output.text);
-            if let Some(split) = &read.split {
+            let read = answer::read_output(answer.reasoning, answer.calls, &output);
+            if let (Some(split), Some(tokenizer)) = (&read.split, tokenizer) {
                 reasoning_tokens += split.tokens(tokenizer, output.usage.completion_tokens);
             }
             thoughts.push(read.reasoning);
             let made_calls = !read.calls.is_empty();
             ChatChoice {
                 index: index as u32,
-                logprobs: asked_logprobs.then(|| chat_logprobs(tokenizer, &output.logprobs)),
+                logprobs: tokenizer
+                    .filter(|_| asked_logprobs)
+                    .map(|t| chat_logprobs(t, &output.logprobs)),
                 message: ChatCompletionResponseMessage {
                     content: read.content,
                     refusal: None,
@@ -627,7 +703,7 @@ fn stream_chunks(
     include_usage: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
-        let tokenizer = &served.frontend.tokenizer;
+        let tokenizer = served.frontend.as_ref().map(|f| &f.tokenizer);
         let n = generation.choices();
         for index in 0..n {
             yield Ok(chunk_event(&answer, chunk(&answer, index, delta(Some(Role::Assistant), Some(String::new())), None, None)));
@@ -659,8 +735,19 @@ fn stream_chunks(
                     let logprobs = take_logprobs(tokenizer, &mut pending[index]);
                     let reason = finish_reason(finish, calls_sent[index] > 0);
                     yield Ok(chunk_event(&answer, chunk(&answer, index, delta(None, None), Some(reason), logprobs)));
-                    if let Some(split) = splitters[index].split() {
+                    if let (Some(split), Some(tokenizer)) = (splitters[index].split(), tokenizer) {
                         reasoning_tokens += split.tokens(tokenizer, usage.completion_tokens);
+                    }
+                }
+                // A remote engine's thinking and calls come apart from its text.
+                Step::Reasoning { index, text } => {
+                    for event in out_events(&answer, tokenizer, index, vec![Out::Reasoning(text)], &mut pending[index], &mut calls_sent[index]) {
+                        yield Ok(event);
+                    }
+                }
+                Step::Call { index, call } => {
+                    for event in out_events(&answer, tokenizer, index, vec![Out::Call(call)], &mut pending[index], &mut calls_sent[index]) {
+                        yield Ok(event);
                     }
                 }
                 Step::Failed { index, failure } => {
@@ -684,7 +771,7 @@ fn stream_chunks(
 /// log-probabilities held for them, calls as OpenAI streams them (numbered per choice).
 fn out_events(
     answer: &Answer,
-    tokenizer: &Tokenizer,
+    tokenizer: Option<&Tokenizer>,
     index: usize,
     outs: Vec<Out>,
     pending: &mut Vec<TokenLogprob>,
@@ -717,12 +804,10 @@ fn out_events(
 
 /// The buffered log-probabilities of one choice in chat's shape (None when there are none).
 fn take_logprobs(
-    tokenizer: &Tokenizer,
+    tokenizer: Option<&Tokenizer>,
     pending: &mut Vec<TokenLogprob>,
 ) -> Option<ChatChoiceLogprobs> {
-    if pending.is_empty() {
-        return None;
-    }
+    let tokenizer = tokenizer.filter(|_| !pending.is_empty())?;
     let logprobs = chat_logprobs(tokenizer, pending);
     pending.clear();
     Some(logprobs)

@@ -20,14 +20,14 @@ use axum::Json;
 use futures::Stream;
 use serde::Deserialize;
 
-use super::chat::sse_json;
+use super::chat::{sse_json, RawBody};
 use super::error::ApiError;
 use super::fields::GenerationFields;
 use super::generation::{self, fit_context, submit_choices, token_text};
 use super::request::{parse_json, StreamOptions};
 use super::stream::{Generation, Step};
 use super::AppState;
-use crate::engine::{FinishReason, ServedModel, TokenLogprob, Usage};
+use crate::engine::{Endpoint, EventStream, FinishReason, ServedModel, TokenLogprob, Usage};
 use crate::tokenizer::Tokenizer;
 
 /// OpenAI's default budget for this endpoint (chat's default is "what the context leaves").
@@ -81,11 +81,11 @@ async fn handle(
     let body = generation::checked_body(state, body)?;
     // Parsing a large body and tokenizing its prompts run off the async threads
     // (src/api/cpu_work.rs).
-    let (request, fields) = state
+    let (request, fields, raw) = state
         .cpu_work
         .run(
-            move || -> Result<(CompletionRequest, GenerationFields), ApiError> {
-                Ok((parse_json(&body)?, parse_json(&body)?))
+            move || -> Result<(CompletionRequest, GenerationFields, RawBody), ApiError> {
+                Ok((parse_json(&body)?, parse_json(&body)?, parse_json(&body)?))
             },
         )
         .await??;
@@ -101,13 +101,28 @@ async fn handle(
     };
     let settings = fields.settings(logprobs)?;
     let served = state.resolve(request.model.as_deref()).await?;
+    let origin = generation::Origin {
+        client: caller.0,
+        deadline: state.request_timeout.map(|limit| arrived + limit),
+    };
+    if served.backend.takes_whole_requests() {
+        // The upstream tokenizes the prompts, echoes and fills in the middle itself.
+        let choices = prompt_count(&request.prompt) * settings.n;
+        let streams =
+            generation::forward(&served, Endpoint::Completions, &raw, None, choices, origin)
+                .await?;
+        let echoes = vec![String::new(); choices];
+        return respond(
+            state, &request, &served, settings.n, logprobs, streams, echoes, arrived,
+        )
+        .await;
+    }
     let (request, model) = (Arc::new(request), served.clone());
     let asked = request.clone();
     let prompts = state
         .cpu_work
         .run(move || prompt_inputs(&asked, &model))
         .await??;
-    let tokenizer = &served.frontend.tokenizer;
 
     let mut streams = Vec::with_capacity(prompts.len() * settings.n);
     for prompt in &prompts {
@@ -124,10 +139,7 @@ async fn handle(
             max_tokens,
             request.ignore_eos,
             None,
-            generation::Origin {
-                client: caller.0,
-                deadline: state.request_timeout.map(|limit| arrived + limit),
-            },
+            origin,
         )?);
     }
     // What each choice's text starts with: its prompt when echoing.
@@ -136,11 +148,39 @@ async fn handle(
         .flat_map(|p| std::iter::repeat_n(p.text.clone(), settings.n))
         .map(|t| if request.echo { t } else { String::new() })
         .collect();
+    respond(
+        state, &request, &served, settings.n, logprobs, streams, echoes, arrived,
+    )
+    .await
+}
+
+/// How many prompts a request holds (its choices are this times `n`).
+fn prompt_count(prompt: &Prompt) -> usize {
+    match prompt {
+        Prompt::String(_) | Prompt::IntegerArray(_) => 1,
+        Prompt::StringArray(list) => list.len(),
+        Prompt::ArrayOfIntegerArray(lists) => lists.len(),
+    }
+}
+
+/// The response of submitted choices (`echoes`: what each choice's text starts with), whole
+/// or as a stream.
+#[allow(clippy::too_many_arguments)]
+async fn respond(
+    state: &AppState,
+    request: &CompletionRequest,
+    served: &Arc<ServedModel>,
+    n: usize,
+    logprobs: Option<usize>,
+    streams: Vec<EventStream>,
+    echoes: Vec<String>,
+    arrived: Instant,
+) -> Result<Response, ApiError> {
     let meta = Meta {
         id: format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
         created: generation::unix_now(),
         model: served.entry.id.clone(),
-        per_prompt: settings.n,
+        per_prompt: n,
         logprobs: logprobs.is_some(),
     };
     let generation = Generation::new(state, &served.entry.id, arrived, streams);
@@ -160,15 +200,16 @@ async fn handle(
         .into_response());
     }
     let outputs = generation.collect().await?;
+    let tokenizer = served.frontend.as_ref().map(|f| &f.tokenizer);
     let total = generation::total_usage(outputs.iter().map(|o| o.usage), meta.per_prompt);
     let choices = outputs
         .into_iter()
         .zip(echoes)
         .enumerate()
         .map(|(index, (output, echo))| {
-            let logprobs = meta
-                .logprobs
-                .then(|| legacy_logprobs(tokenizer, &output.logprobs, echo.len()));
+            let logprobs = tokenizer
+                .filter(|_| meta.logprobs)
+                .map(|t| legacy_logprobs(t, &output.logprobs, echo.len()));
             Choice {
                 text: echo + &output.text,
                 index: index as u32,
@@ -185,7 +226,7 @@ fn prompt_inputs(
     request: &CompletionRequest,
     served: &ServedModel,
 ) -> Result<Vec<PromptInput>, ApiError> {
-    let tokenizer = &served.frontend.tokenizer;
+    let tokenizer = &generation::local(served)?.tokenizer;
     let encode = |text: &str| {
         generation::fits_before_tokenizing(served, text, "prompt")?;
         tokenizer
@@ -363,7 +404,7 @@ fn stream_chunks(
     include_usage: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
-        let tokenizer = &served.frontend.tokenizer;
+        let tokenizer = served.frontend.as_ref().map(|f| &f.tokenizer);
         // Bytes of text sent so far per choice, for text_offset.
         let mut sent: Vec<usize> = echoes.iter().map(String::len).collect();
         for (index, echo) in echoes.into_iter().enumerate() {
@@ -375,14 +416,16 @@ fn stream_chunks(
         while let Some(step) = generation.next().await {
             match step {
                 Step::Text { index, text, logprobs } => {
-                    let logprobs = meta.logprobs.then(|| legacy_logprobs(tokenizer, &logprobs, sent[index]));
+                    let logprobs = tokenizer.filter(|_| meta.logprobs).map(|t| legacy_logprobs(t, &logprobs, sent[index]));
                     sent[index] += text.len();
                     yield Ok(meta.chunk(index, text, logprobs, None));
                 }
                 Step::Finished { index, finish, logprobs, .. } => {
-                    let logprobs = meta.logprobs.then(|| legacy_logprobs(tokenizer, &logprobs, sent[index]));
+                    let logprobs = tokenizer.filter(|_| meta.logprobs).map(|t| legacy_logprobs(t, &logprobs, sent[index]));
                     yield Ok(meta.chunk(index, String::new(), logprobs, Some(finish)));
                 }
+                // Completions have neither thinking nor calls.
+                Step::Reasoning { .. } | Step::Call { .. } => {}
                 Step::Failed { index, failure } => {
                     yield Ok(meta.error_chunk(index, failure.message()));
                     failed = true;

@@ -108,6 +108,24 @@ impl ApiError {
         }
     }
 
+    /// An upstream engine's refusal or failure before anything was streamed: 502, 503 or
+    /// 504 when the upstream failed (`server_error`), its own 4xx when it rejected the
+    /// request itself.
+    pub fn upstream(status: u16, code: &'static str, message: String) -> Self {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        Self {
+            status,
+            message,
+            kind: if status.is_server_error() {
+                "server_error"
+            } else {
+                "invalid_request_error"
+            },
+            param: None,
+            code: Some(code),
+        }
+    }
+
     pub fn not_found_route(path: &str) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,

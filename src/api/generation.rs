@@ -11,7 +11,10 @@ use super::error::ApiError;
 use super::fields::GenerationSettings;
 use super::AppState;
 use crate::engine::constraint::Constraint;
-use crate::engine::{EventStream, GenerateRequest, ServedModel, SubmitError, Usage};
+use crate::engine::{
+    Endpoint, EventStream, GenerateRequest, ServedModel, SubmitError, Usage, WholeRequest,
+};
+use crate::model::ModelFrontend;
 use crate::tokenizer::Tokenizer;
 
 /// The request body, or the error for one too large or unreadable.
@@ -51,7 +54,7 @@ pub fn fit_context(
     requested: Option<usize>,
     param: &str,
 ) -> Result<usize, ApiError> {
-    let context = served.frontend.context_length;
+    let context = local(served)?.context_length;
     let exceeded = |message: String| {
         ApiError::invalid(message, Some(param)).with_code("context_length_exceeded")
     };
@@ -81,8 +84,9 @@ pub fn fits_before_tokenizing(
     text: &str,
     param: &str,
 ) -> Result<(), ApiError> {
-    let context = served.frontend.context_length;
-    let fewest = served.frontend.tokenizer.fewest_tokens(text);
+    let frontend = local(served)?;
+    let context = frontend.context_length;
+    let fewest = frontend.tokenizer.fewest_tokens(text);
     if fewest >= context {
         return Err(ApiError::invalid(
             format!(
@@ -118,7 +122,7 @@ pub fn submit_choices(
     origin: Origin,
 ) -> Result<Vec<EventStream>, ApiError> {
     let Origin { client, deadline } = origin;
-    settings.check_vocab(served.frontend.tokenizer.vocab_size())?;
+    settings.check_vocab(local(served)?.tokenizer.vocab_size())?;
     // Every choice waits in the queue as a request of its own; more than one client may
     // hold there can never be served, so that is the client's error to fix, not a 429 to
     // retry forever.
@@ -153,10 +157,71 @@ pub fn submit_choices(
     served
         .backend
         .submit_for(client, requests)
-        .map_err(|e| match e {
-            SubmitError::QueueFull(_) => ApiError::busy(e.to_string()),
-            SubmitError::Stopped => ApiError::internal(e.to_string()),
-        })
+        .map_err(submit_error)
+}
+
+/// The tokenizer, template and context of a model run here. Only the local path asks, after
+/// `backend.takes_whole_requests()` sent upstream models elsewhere.
+pub fn local(served: &ServedModel) -> Result<&ModelFrontend, ApiError> {
+    served.frontend.as_deref().ok_or_else(|| {
+        ApiError::internal(format!(
+            "model '{}' is served upstream and has no local tokenizer",
+            served.entry.id
+        ))
+    })
+}
+
+/// The error response of a request a backend did not take.
+fn submit_error(e: SubmitError) -> ApiError {
+    match e {
+        SubmitError::QueueFull(_) => ApiError::busy(e.to_string()),
+        SubmitError::Stopped | SubmitError::WrongLevel => ApiError::internal(e.to_string()),
+        SubmitError::Upstream {
+            status,
+            code,
+            message,
+        } => ApiError::upstream(status, code, message),
+    }
+}
+
+/// Fields only wick reads: an upstream gets the request without them.
+const WICK_ONLY: [&str; 3] = ["auto_routing", "model_family", "tradition"];
+
+/// Hand a checked and routed request whole to a backend that renders its own prompts (an
+/// upstream, src/upstream/): the caller's body as sent, less wick's own fields, with the
+/// tradition `layer` in its system message (chat). One stream per choice comes back, as
+/// from [`submit_choices`], once the backend has accepted the request.
+pub async fn forward(
+    served: &ServedModel,
+    endpoint: Endpoint,
+    raw: &serde_json::Map<String, serde_json::Value>,
+    layer: Option<&str>,
+    choices: usize,
+    origin: Origin,
+) -> Result<Vec<EventStream>, ApiError> {
+    let mut body = raw.clone();
+    for field in WICK_ONLY {
+        body.remove(field);
+    }
+    // llama.cpp's and vLLM's extension; a strict upstream (OpenAI) refuses fields it does
+    // not know, so it goes only when it asks for something.
+    if body.get("ignore_eos") != Some(&serde_json::Value::Bool(true)) {
+        body.remove("ignore_eos");
+    }
+    if let Some(serde_json::Value::Array(messages)) = body.get_mut("messages") {
+        crate::routing::tradition::apply_layer_json(messages, layer);
+    }
+    let request = WholeRequest {
+        endpoint,
+        body,
+        choices,
+        deadline: origin.deadline,
+    };
+    served
+        .backend
+        .submit_whole(origin.client, request)
+        .await
+        .map_err(submit_error)
 }
 
 /// The usage of a request whose choices are grouped `per_prompt` to a prompt: each prompt

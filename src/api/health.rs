@@ -1,7 +1,8 @@
 //! GET /health: `ok` when every loaded model's engine is alive, `loading` while the first
 //! model is still loading, `error` when an engine has stopped, `degraded` (still 200: it
 //! serves) when an engine caught a fault in the last few minutes; each model with its
-//! state, and the device they run on.
+//! state, and the device they run on; each upstream model with its replicas' state, which
+//! never changes the status.
 
 use std::sync::Arc;
 
@@ -45,8 +46,30 @@ pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
         ("ok", StatusCode::OK)
     };
     let device = state.device.to_string();
+    // Upstreams are reported, never counted against the status: a replica that is down
+    // fails only the requests for its model (502/503), not this server.
+    let upstreams: Vec<Value> = state
+        .models
+        .upstreams()
+        .iter()
+        .map(|m| {
+            let replicas = m.backend.health().replicas;
+            let healthy = replicas.iter().filter(|r| r.healthy).count();
+            let state = match healthy {
+                0 => "down",
+                n if n < replicas.len() => "degraded",
+                _ => "ok",
+            };
+            json!({ "id": m.entry.id, "state": state, "replicas": replicas })
+        })
+        .collect();
     (
         code,
-        Json(json!({ "status": status, "device": device, "models": models })),
+        Json(json!({
+            "status": status,
+            "device": device,
+            "models": models,
+            "upstreams": upstreams,
+        })),
     )
 }

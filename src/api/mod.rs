@@ -46,6 +46,8 @@ pub struct AppState {
     pub started: u64,
     /// The `provider` of /v2 responses.
     pub provider: String,
+    /// Auto routing considers only the models run here (`--auto-routing-local-only`).
+    pub auto_routing_local_only: bool,
     pub traditions: TraditionLayers,
     /// Estimates the tier of /v2's analysed requests (`--router-model`).
     pub router: Arc<crate::routing::Router>,

@@ -18,8 +18,12 @@ pub struct ModelCard {
     base: Model,
     family: String,
     tier: String,
-    context_length: usize,
+    /// Unknown (left out) for an upstream model whose entry does not give it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context_length: Option<usize>,
     loaded: bool,
+    /// `local` (this server runs it) or `upstream` (it forwards to another server).
+    served_by: &'static str,
 }
 
 #[derive(Serialize)]
@@ -34,13 +38,23 @@ fn card(state: &AppState, entry: &ModelEntry) -> ModelCard {
             id: entry.id.clone(),
             object: "model".into(),
             created: state.started as u32,
-            owned_by: "wick".into(),
+            // The server that runs it: this one, or an upstream it forwards to.
+            owned_by: if entry.is_upstream() {
+                "upstream".into()
+            } else {
+                "wick".into()
+            },
             shutdown_date: None,
         },
         family: entry.family.clone(),
         tier: entry.tier.clone(),
-        context_length: state.models.context_length(entry),
+        context_length: Some(state.models.context_length(entry)).filter(|&c| c > 0),
         loaded: state.models.is_loaded(&entry.id),
+        served_by: if entry.is_upstream() {
+            "upstream"
+        } else {
+            "local"
+        },
     }
 }
 

@@ -221,7 +221,17 @@ async fn handle(
     } else {
         Version::V1
     };
-    let started = chat::start(&state, caller, &chat_request, &fields, version, arrived).await?;
+    let raw_chat = chat_body.as_object().cloned().unwrap_or_default();
+    let started = chat::start(
+        &state,
+        caller,
+        &chat_request,
+        &raw_chat,
+        &fields,
+        version,
+        arrived,
+    )
+    .await?;
     let echo = Echo::of(&request, &raw);
     let reply = Reply {
         id: format!("resp_{}", uuid::Uuid::new_v4().simple()),
@@ -253,10 +263,15 @@ async fn handle(
             .next()
             .ok_or_else(|| ApiError::internal("the engine returned no choice"))?;
         let object = reply
-            .finish(&answer, &served.frontend.tokenizer, &output, false, &state)
+            .finish(&answer, tokenizer_of(&served), &output, false, &state)
             .await;
         Ok(Json(object).into_response())
     }
+}
+
+/// A local model's tokenizer (log-probabilities, thinking's token count); None upstream.
+fn tokenizer_of(served: &ServedModel) -> Option<&Tokenizer> {
+    served.frontend.as_ref().map(|f| &f.tokenizer)
 }
 
 fn from_chat_body<T: serde::de::DeserializeOwned>(body: &Value) -> Result<T, ApiError> {
@@ -598,7 +613,7 @@ impl Reply {
     async fn finish(
         &self,
         answer: &Answer,
-        tokenizer: &Tokenizer,
+        tokenizer: Option<&Tokenizer>,
         output: &ChoiceOutput,
         streamed: bool,
         state: &Arc<AppState>,
@@ -608,13 +623,15 @@ impl Reply {
             content,
             calls,
             split,
-        } = answer::split_answer(answer.reasoning, answer.calls, &output.text);
+        } = answer::read_output(answer.reasoning, answer.calls, output);
         let text = content.unwrap_or_default();
         let (status, extra) = status_of(output.finish);
         let mut items = Vec::new();
-        let reasoning_tokens = match &split {
-            Some(split) => split.tokens(tokenizer, output.usage.completion_tokens),
-            None => 0,
+        let reasoning_tokens = match (&split, tokenizer) {
+            (Some(split), Some(tokenizer)) => {
+                split.tokens(tokenizer, output.usage.completion_tokens)
+            }
+            _ => 0,
         };
         if let (Some(thinking), Some(split)) = (&reasoning, &split) {
             // Thinking the output ended in is as complete as the response.
@@ -697,7 +714,10 @@ fn text_part(text: &str, logprobs: Value) -> Value {
 }
 
 /// Responses' logprobs shape (chat's entries: token, logprob, bytes, top_logprobs).
-fn responses_logprobs(tokenizer: &Tokenizer, logprobs: &[TokenLogprob]) -> Value {
+fn responses_logprobs(tokenizer: Option<&Tokenizer>, logprobs: &[TokenLogprob]) -> Value {
+    let Some(tokenizer) = tokenizer else {
+        return json!([]);
+    };
     let content = chat_logprobs(tokenizer, logprobs)
         .content
         .unwrap_or_default();
@@ -721,7 +741,7 @@ fn stream_events(
     mut generation: Generation,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
-        let tokenizer = &served.frontend.tokenizer;
+        let tokenizer = tokenizer_of(&served);
         let mut seq = 0u64;
         let mut event = |kind: &str, mut body: Value| {
             body["type"] = json!(kind);
@@ -764,6 +784,8 @@ fn stream_events(
         // comes out as function_call items.
         let mut splitter = AnswerSplitter::new(answer.reasoning, answer.calls);
         let mut calls: Vec<ToolCall> = Vec::new();
+        // What a remote engine returned apart from its text.
+        let (mut apart_reasoning, mut apart_calls) = (String::new(), Vec::new());
         while let Some(step) = generation.next().await {
             // The choice's end, once it has come.
             let mut done = None;
@@ -777,6 +799,14 @@ fn stream_events(
                     logprobs.extend(l);
                     done = Some((finish, usage));
                     splitter.finish()
+                }
+                Step::Reasoning { text: t, .. } => {
+                    apart_reasoning.push_str(&t);
+                    vec![Out::Reasoning(t)]
+                }
+                Step::Call { call, .. } => {
+                    apart_calls.push(call.clone());
+                    vec![Out::Call(call)]
                 }
                 Step::Failed { failure, .. } => {
                     let failed = reply.object(&answer, "failed", Vec::new(), None, Some(("error", json!({ "code": "server_error", "message": failure.message() }))));
@@ -828,7 +858,14 @@ fn stream_events(
                 }
             }
             if let Some((finish, usage)) = done {
-                let output = ChoiceOutput { text, logprobs, finish, usage };
+                let output = ChoiceOutput {
+                    text,
+                    reasoning: std::mem::take(&mut apart_reasoning),
+                    calls: std::mem::take(&mut apart_calls),
+                    logprobs,
+                    finish,
+                    usage,
+                };
                 let object = reply.finish(&answer, tokenizer, &output, true, &state).await;
                 // Thinking the output ended in closes with the response.
                 if let Some(t) = thinking.take() {

@@ -21,6 +21,7 @@ use super::generation;
 use super::AppState;
 use crate::engine::{Event, EventStream, FinishReason, TokenLogprob, Usage};
 use crate::metrics::GenerationTimer;
+use crate::tools::ToolCall;
 
 /// Why a request still running at the end of the shutdown grace stopped.
 const SHUTTING_DOWN: &str = "the server is shutting down";
@@ -37,6 +38,10 @@ pub(super) enum Step {
         text: String,
         logprobs: Vec<TokenLogprob>,
     },
+    /// Thinking a remote engine returned apart from choice `index`'s text.
+    Reasoning { index: usize, text: String },
+    /// A whole tool call a remote engine returned for choice `index`.
+    Call { index: usize, call: ToolCall },
     /// Choice `index` finished; `logprobs` are those of its last tokens that produced no text.
     Finished {
         index: usize,
@@ -87,6 +92,10 @@ impl Failure {
 #[derive(Debug, Clone)]
 pub struct ChoiceOutput {
     pub text: String,
+    /// Thinking and calls a remote engine returned apart from the text (a local model's
+    /// are in its text, read by `super::answer`).
+    pub reasoning: String,
+    pub calls: Vec<ToolCall>,
     /// One per generated token, when the request asked for log-probabilities.
     pub logprobs: Vec<TokenLogprob>,
     pub finish: FinishReason,
@@ -180,6 +189,14 @@ impl Generation {
                 Event::Error(message) => {
                     return Some(self.fail(Some(index), Failure::Engine(message)))
                 }
+                Event::Reasoning(text) => {
+                    self.timer.text();
+                    return Some(Step::Reasoning { index, text });
+                }
+                Event::Call(call) => {
+                    self.timer.text();
+                    return Some(Step::Call { index, call });
+                }
             }
         }
         None
@@ -207,6 +224,8 @@ impl Generation {
     pub(super) async fn collect(mut self) -> Result<Vec<ChoiceOutput>, ApiError> {
         let n = self.choices();
         let mut texts = vec![String::new(); n];
+        let mut thoughts = vec![String::new(); n];
+        let mut calls: Vec<Vec<ToolCall>> = vec![Vec::new(); n];
         let mut logprobs: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
         let mut done: Vec<Option<(FinishReason, Usage)>> = vec![None; n];
         while let Some(step) = self.next().await {
@@ -228,6 +247,8 @@ impl Generation {
                     logprobs[index].extend(l);
                     done[index] = Some((finish, usage));
                 }
+                Step::Reasoning { index, text } => thoughts[index].push_str(&text),
+                Step::Call { index, call } => calls[index].push(call),
                 Step::Failed { failure, .. } => return Err(failure.into_error()),
             }
         }
@@ -235,10 +256,13 @@ impl Generation {
             .into_iter()
             .zip(logprobs)
             .zip(done)
-            .map(|((text, logprobs), done)| {
+            .zip(thoughts.into_iter().zip(calls))
+            .map(|(((text, logprobs), done), (reasoning, calls))| {
                 let (finish, usage) = done.ok_or_else(|| ApiError::internal(NO_ANSWER))?;
                 Ok(ChoiceOutput {
                     text,
+                    reasoning,
+                    calls,
                     logprobs,
                     finish,
                     usage,

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::generation::checked_body;
+use super::generation::{self, checked_body};
 use super::request::parse_json;
 use super::AppState;
 use crate::tokenizer::Tokenizer;
@@ -70,10 +70,11 @@ async fn handle_tokenize(
     let body = checked_body(state, body)?;
     let request: TokenizeRequest = parse_json(&body)?;
     let served = state.resolve(request.model.as_deref()).await?;
+    generation::local(&served)?;
     // Tokenizing a body up to the limit takes a while: off the async threads.
     let tokens = state
         .cpu_work
-        .run(move || tokenize_text(&served.frontend.tokenizer, &request))
+        .run(move || tokenize_text(&generation::local(&served)?.tokenizer, &request))
         .await??;
     Ok(Json(json!({ "tokens": tokens })).into_response())
 }
@@ -117,9 +118,10 @@ async fn handle_detokenize(
     let body = checked_body(state, body)?;
     let request: DetokenizeRequest = parse_json(&body)?;
     let served = state.resolve(request.model.as_deref()).await?;
+    generation::local(&served)?;
     let content = state
         .cpu_work
-        .run(move || detokenize_ids(&served.frontend.tokenizer, &request.tokens))
+        .run(move || detokenize_ids(&generation::local(&served)?.tokenizer, &request.tokens))
         .await??;
     Ok(Json(json!({ "content": content })).into_response())
 }

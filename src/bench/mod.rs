@@ -14,7 +14,7 @@ mod report;
 mod rss;
 mod scenario;
 mod soak;
-mod sse;
+pub(crate) mod sse;
 mod stats;
 
 use std::time::Duration;

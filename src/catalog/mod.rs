@@ -45,6 +45,8 @@ pub struct ModelEntry {
     pub name: String,
     pub family: String,
     pub tier: String,
+    /// Required for a local model; an upstream's may be left out (0: not known here).
+    #[serde(default)]
     pub context_length: usize,
     /// File name in the cache. May be left out when a local source names the file: its
     /// name is used (a path-only entry needs no `file`, `sha256` or `size`).
@@ -62,6 +64,41 @@ pub struct ModelEntry {
     /// where it is and never looked up in the cache.
     #[serde(skip)]
     pub path: Option<PathBuf>,
+    /// Served by another OpenAI-compatible server, not run here (src/upstream/).
+    pub upstream: Option<UpstreamEntry>,
+}
+
+impl ModelEntry {
+    /// Whether another server runs this model (wick forwards its requests).
+    pub fn is_upstream(&self) -> bool {
+        self.upstream.is_some()
+    }
+}
+
+/// `[model.upstream]`: where a model wick forwards to lives.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpstreamEntry {
+    /// One OpenAI-compatible base URL (ending in `/v1`) ...
+    pub url: Option<String>,
+    /// ... or several replicas of one engine; requests go to the one with the fewest
+    /// outstanding.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// The id the upstream knows the model by. Default: the catalog id.
+    pub model: Option<String>,
+    /// The environment variable holding the key wick sends upstream (never logged).
+    pub api_key_env: Option<String>,
+}
+
+impl UpstreamEntry {
+    /// Every replica's base URL, `url` first, without a trailing slash.
+    pub fn replica_urls(&self) -> Vec<String> {
+        self.url
+            .iter()
+            .chain(&self.urls)
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

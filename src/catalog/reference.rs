@@ -261,6 +261,7 @@ fn entry_for_file(path: &Path, options: &ReferenceOptions) -> anyhow::Result<Mod
             path: path.to_path_buf(),
         }],
         path: Some(path.to_path_buf()),
+        upstream: None,
     };
     super::validate::check_entry(&entry)?;
     Ok(entry)

@@ -13,9 +13,10 @@ pub fn print_catalog(catalog: &Catalog, store: &ModelStore) -> String {
         } else {
             entry.id.clone()
         };
-        let on_disk = match store.locate(catalog, entry) {
-            Some(path) => path.display().to_string(),
-            None => "no".to_string(),
+        let on_disk = match (&entry.upstream, store.locate(catalog, entry)) {
+            (Some(_), _) => "upstream".to_string(),
+            (None, Some(path)) => path.display().to_string(),
+            (None, None) => "no".to_string(),
         };
         rows.push([
             id,

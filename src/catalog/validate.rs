@@ -52,8 +52,11 @@ pub(super) fn check_entry(entry: &ModelEntry) -> Result<()> {
             TIERS.join(", ")
         );
     }
+    if let Some(upstream) = &entry.upstream {
+        return check_upstream(upstream, entry);
+    }
     if entry.context_length == 0 {
-        bail!("field `context_length` is 0");
+        bail!("field `context_length` is missing or 0");
     }
     // `file` is joined to the cache folder: a path there could write outside it.
     if !is_plain_file_name(&entry.file) {
@@ -107,6 +110,37 @@ fn check_source(source: &Source) -> Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// An upstream entry needs at least one http(s) base URL and no local sources.
+fn check_upstream(upstream: &super::UpstreamEntry, entry: &ModelEntry) -> Result<()> {
+    if !entry.sources.is_empty() {
+        bail!("[model.upstream] and [[model.source]] exclude each other: wick either runs a model or forwards to it");
+    }
+    let urls = upstream.replica_urls();
+    if urls.is_empty() {
+        bail!("[model.upstream] needs `url` or `urls`");
+    }
+    for url in &urls {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| anyhow::anyhow!("[model.upstream]: '{url}' is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            bail!("[model.upstream]: '{url}' must be an http:// or https:// base URL");
+        }
+    }
+    if let Some(var) = &upstream.api_key_env {
+        if var.trim().is_empty() {
+            bail!("[model.upstream]: field `api_key_env` is empty");
+        }
+    }
+    if upstream
+        .model
+        .as_deref()
+        .is_some_and(|m| m.trim().is_empty())
+    {
+        bail!("[model.upstream]: field `model` is empty");
     }
     Ok(())
 }

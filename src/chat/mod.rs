@@ -80,7 +80,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         device,
     );
     let model = registry.get(&id).await?;
-    let mut chat = Conversation::new(model, args.system.clone());
+    let mut chat = Conversation::new(model, args.system.clone())?;
     chat.max_tokens = args.max_tokens.max(1);
     chat.sampling.temperature = args.temperature.max(0.0);
     chat.sampling.seed = args.seed;

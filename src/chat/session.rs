@@ -9,6 +9,7 @@ use crate::template::ChatMessage;
 
 pub struct Conversation {
     model: Arc<ServedModel>,
+    frontend: Arc<crate::model::ModelFrontend>,
     system: Option<String>,
     /// User and assistant turns, oldest first.
     turns: Vec<ChatMessage>,
@@ -25,14 +26,22 @@ pub enum Ending {
 }
 
 impl Conversation {
-    pub fn new(model: Arc<ServedModel>, system: Option<String>) -> Self {
-        Self {
+    /// A conversation with a model run here (the terminal chat does not forward upstream).
+    pub fn new(model: Arc<ServedModel>, system: Option<String>) -> anyhow::Result<Self> {
+        let Some(frontend) = model.frontend.clone() else {
+            anyhow::bail!(
+                "'{}' is an upstream model: `wick chat` runs local models only (use `wick serve` to forward to it)",
+                model.entry.id
+            );
+        };
+        Ok(Self {
+            frontend,
             model,
             system,
             turns: Vec::new(),
             sampling: SamplingParams::default(),
             max_tokens: 1024,
-        }
+        })
     }
 
     pub fn clear(&mut self) {
@@ -51,7 +60,7 @@ impl Conversation {
     /// The prompt's tokens, dropping the oldest turns while the prompt and a full answer
     /// would not fit the context.
     fn prompt(&mut self) -> anyhow::Result<Vec<u32>> {
-        let frontend = &self.model.frontend;
+        let frontend = &self.frontend;
         loop {
             let text = frontend.template.render(&self.messages(), None, true)?;
             let tokens = frontend.tokenizer.encode(&text)?;
@@ -83,7 +92,7 @@ impl Conversation {
                 return Err(e);
             }
         };
-        let room = self.model.frontend.context_length - prompt.len();
+        let room = self.frontend.context_length - prompt.len();
         let mut events = self.model.backend.submit(GenerateRequest {
             prompt,
             sampling: self.sampling.clone(),
@@ -107,8 +116,9 @@ impl Conversation {
                     text.push_str(&t);
                 }
                 Some(Event::Done { finish, .. }) => break Ending::Finished(finish),
-                // The chat never asks for log-probabilities.
-                Some(Event::Logprob(_)) => {}
+                // The chat never asks for log-probabilities, and runs a local model, which
+                // sends neither thinking nor calls apart from its text.
+                Some(Event::Logprob(_) | Event::Reasoning(_) | Event::Call(_)) => {}
                 Some(Event::Error(e)) => {
                     self.turns.pop();
                     anyhow::bail!("generation failed: {e}");

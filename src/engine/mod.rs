@@ -74,6 +74,11 @@ pub enum Event {
         usage: Usage,
     },
     Error(String),
+    /// Thinking a remote engine returned apart from the answer (`reasoning_content`).
+    Reasoning(String),
+    /// A tool call a remote engine returned whole (a local model's calls are read from its
+    /// text by the api layer).
+    Call(crate::tools::ToolCall),
 }
 
 /// Events of one request. Dropping it cancels the request and frees its slot at once.
@@ -85,7 +90,47 @@ pub enum SubmitError {
     QueueFull(usize),
     #[error("the engine has stopped")]
     Stopped,
+    /// A remote engine refused or failed the request before anything was generated: the
+    /// HTTP status the client gets (502, 503, 504, or the upstream's own 4xx) and why.
+    #[error("{message}")]
+    Upstream {
+        status: u16,
+        code: &'static str,
+        message: String,
+    },
+    /// The request was given at the level this backend does not take (token ids to a
+    /// remote engine, a whole request to the local one).
+    #[error("this backend does not take requests of this kind")]
+    WrongLevel,
 }
+
+/// Which OpenAI endpoint a whole request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+}
+
+/// A request handed over whole, as an OpenAI body, to a backend that renders and tokenizes
+/// prompts itself (a remote engine, src/upstream/). The api layer has already checked it,
+/// routed it and applied the tradition layer; the backend sets `model` and the streaming
+/// fields it needs.
+#[derive(Debug, Clone)]
+pub struct WholeRequest {
+    pub endpoint: Endpoint,
+    pub body: serde_json::Map<String, serde_json::Value>,
+    /// How many choices the body asks for: one event stream each.
+    pub choices: usize,
+    /// When to stop whatever the body asks (`--request-timeout`); the choices then end with
+    /// `Length`.
+    pub deadline: Option<std::time::Instant>,
+}
+
+/// What [`Backend::submit_whole`] resolves to: one event stream per choice, once the
+/// backend has accepted the request (for a remote engine: its first event has arrived, so a
+/// refusal is still an HTTP error and a retry elsewhere is still safe).
+pub type WholeSubmission =
+    futures::future::BoxFuture<'static, Result<Vec<EventStream>, SubmitError>>;
 
 /// A snapshot of the engine for /health.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -120,6 +165,20 @@ pub struct Health {
     /// A fault happened in the last [`FAULT_WINDOW`]: /health says `degraded`.
     #[serde(skip)]
     pub recent_fault: bool,
+    /// A remote engine's replicas (empty for the local engine).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaHealth>,
+}
+
+/// One replica of a remote engine, for /health and /metrics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplicaHealth {
+    /// Its base URL without credentials.
+    pub url: String,
+    /// Taking requests; false while a failure has taken it out.
+    pub healthy: bool,
+    /// Requests this server has running on it now.
+    pub outstanding: usize,
 }
 
 /// How long after a caught engine fault /health reports the model `degraded`.
@@ -147,6 +206,16 @@ pub trait Backend: Send + Sync {
     /// be queued.
     fn queue_capacity(&self) -> usize;
     fn health(&self) -> Health;
+    /// Submit a whole OpenAI request. Only a backend that renders prompts itself takes
+    /// these; the local engine takes token ids ([`Self::submit_for`]).
+    fn submit_whole(&self, _client: ClientId, _request: WholeRequest) -> WholeSubmission {
+        Box::pin(async { Err(SubmitError::WrongLevel) })
+    }
+    /// Whether this backend takes whole requests ([`Self::submit_whole`]) instead of
+    /// token ids.
+    fn takes_whole_requests(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -464,6 +533,7 @@ impl Backend for Engine {
             preempted: self.stats.preempted.load(Ordering::SeqCst),
             weight_bytes: self.weight_bytes,
             kv_bytes: self.kv_bytes,
+            replicas: Vec::new(),
         }
     }
 }

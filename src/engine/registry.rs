@@ -18,7 +18,9 @@ use crate::model::{KvShape, ModelFrontend};
 /// A model this server has loaded: what the request path needs, and its engine.
 pub struct ServedModel {
     pub entry: ModelEntry,
-    pub frontend: Arc<ModelFrontend>,
+    /// Tokenizer, template and context of a model run here; None for a model an upstream
+    /// runs (it renders and tokenizes its own prompts, src/upstream/).
+    pub frontend: Option<Arc<ModelFrontend>>,
     pub backend: Arc<dyn Backend>,
     /// Compiles tool-call and response_format grammars over this model's vocabulary.
     pub grammar: super::GrammarCompiler,
@@ -66,6 +68,9 @@ pub struct ModelRegistry {
     loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Ids whose load is under way now (for /health).
     loading_now: Mutex<HashSet<String>>,
+    /// Models other servers run, by catalog id: always ready, never unloaded, not counted
+    /// against `max_loaded` or the memory budget.
+    upstreams: HashMap<String, Arc<ServedModel>>,
 }
 
 impl ModelRegistry {
@@ -85,7 +90,22 @@ impl ModelRegistry {
             loaded: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             loading_now: Mutex::new(HashSet::new()),
+            upstreams: HashMap::new(),
         }
+    }
+
+    /// Serve a catalog model through a remote backend (before the registry is shared).
+    pub fn add_upstream(&mut self, model: Arc<ServedModel>) {
+        self.upstreams.insert(model.entry.id.clone(), model);
+    }
+
+    /// The models served through upstreams, in catalog order.
+    pub fn upstreams(&self) -> Vec<Arc<ServedModel>> {
+        self.catalog
+            .models
+            .iter()
+            .filter_map(|m| self.upstreams.get(&m.id).cloned())
+            .collect()
     }
 
     /// A loaded model, if it is loaded now (marks it used).
@@ -103,6 +123,9 @@ impl ModelRegistry {
 
     /// The model with this id, loading it (and unloading others) if needed.
     pub async fn get(&self, id: &str) -> Result<Arc<ServedModel>, LoadError> {
+        if let Some(model) = self.upstreams.get(id) {
+            return Ok(model.clone());
+        }
         if let Some(model) = self.touch(id) {
             return Ok(model);
         }
@@ -111,6 +134,12 @@ impl ModelRegistry {
             .get(id)
             .ok_or_else(|| LoadError::Unknown(id.to_string()))?
             .clone();
+        if entry.is_upstream() {
+            return Err(LoadError::Failed {
+                id: id.to_string(),
+                reason: "it is served by an upstream, which only `wick serve` forwards to".into(),
+            });
+        }
         let gate = lock(&self.loading)
             .entry(id.to_string())
             .or_default()
@@ -187,7 +216,7 @@ impl ModelRegistry {
         tracing::info!(model = %entry.id, mib = bytes >> 20, "model ready");
         Ok(Arc::new(ServedModel {
             entry,
-            frontend,
+            frontend: Some(frontend),
             backend: Arc::new(engine),
             grammar: Default::default(),
             bytes,
@@ -236,16 +265,20 @@ impl ModelRegistry {
 
     /// The context length a model is (or will be) served with.
     pub fn context_length(&self, entry: &ModelEntry) -> usize {
-        if let Some(model) = lock(&self.loaded).get(&entry.id) {
-            return model.model.frontend.context_length;
+        if let Some(frontend) = lock(&self.loaded)
+            .get(&entry.id)
+            .and_then(|model| model.model.frontend.clone())
+        {
+            return frontend.context_length;
         }
         self.limits
             .context_cap
             .map_or(entry.context_length, |cap| entry.context_length.min(cap))
     }
 
+    /// Whether a model is ready to answer now (an upstream always is, as far as wick knows).
     pub fn is_loaded(&self, id: &str) -> bool {
-        lock(&self.loaded).contains_key(id)
+        self.upstreams.contains_key(id) || lock(&self.loaded).contains_key(id)
     }
 
     /// Ids of the models loading now.

@@ -9,23 +9,52 @@ pub struct RoutingFields<'a> {
     pub model_family: Option<&'a str>,
 }
 
-/// The families this server holds. Only one today: every catalog model is open source.
+/// The four families of the V2 contract. wick runs open-source models itself; the others
+/// it serves when the catalog names an upstream for them (src/upstream/).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
+    OpenAi,
+    Anthropic,
+    Google,
     OpenSource,
 }
 
 impl Family {
-    /// The name responses carry in `model_family`.
+    pub const ALL: [Family; 4] = [
+        Family::OpenAi,
+        Family::Anthropic,
+        Family::Google,
+        Family::OpenSource,
+    ];
+
+    /// The name responses carry in `model_family` (shared/ROUTING.md).
     pub fn display_name(self) -> &'static str {
         match self {
+            Family::OpenAi => "OpenAI",
+            Family::Anthropic => "Anthropic",
+            Family::Google => "Google",
             Family::OpenSource => "Open Source",
+        }
+    }
+
+    /// The name a request or the catalog writes it with.
+    pub fn request_name(self) -> &'static str {
+        match self {
+            Family::OpenAi => "openai",
+            Family::Anthropic => "anthropic",
+            Family::Google => "google",
+            Family::OpenSource => "open source",
         }
     }
 
     /// Whether a catalog entry's `family` field names this family.
     pub fn matches(self, catalog_family: &str) -> bool {
         parse_family(catalog_family) == Some(self)
+    }
+
+    /// The family a catalog entry's `family` field names.
+    pub fn of(catalog_family: &str) -> Option<Family> {
+        parse_family(catalog_family)
     }
 }
 
@@ -55,10 +84,7 @@ pub struct RoutingError {
     pub param: String,
 }
 
-/// Families the V2 API knows that live with other providers, not on a local server.
-const REMOTE_FAMILIES: [&str; 3] = ["openai", "anthropic", "google"];
-
-/// "open source", "open_source", "Open-Source" … → the open-source family.
+/// "open source", "open_source", "Open-Source", "OpenAI" … → the family.
 fn parse_family(name: &str) -> Option<Family> {
     let normal: String = name
         .trim()
@@ -68,8 +94,13 @@ fn parse_family(name: &str) -> Option<Family> {
             c => c.to_ascii_lowercase(),
         })
         .collect();
-    (normal.split_whitespace().collect::<Vec<_>>() == ["open", "source"])
-        .then_some(Family::OpenSource)
+    match normal.split_whitespace().collect::<Vec<_>>()[..] {
+        ["open", "source"] => Some(Family::OpenSource),
+        ["openai"] | ["open", "ai"] => Some(Family::OpenAi),
+        ["anthropic"] => Some(Family::Anthropic),
+        ["google"] => Some(Family::Google),
+        _ => None,
+    }
 }
 
 /// Exactly one mechanism, or the contract's 400.
@@ -111,24 +142,18 @@ pub fn mechanism(fields: &RoutingFields) -> Result<Mechanism, RoutingError> {
         return Ok(Mechanism::Direct(model.to_string()));
     }
     let family = family.unwrap_or_default();
-    match parse_family(family) {
-        Some(f) => Ok(Mechanism::Family(f)),
-        None => {
-            let known = REMOTE_FAMILIES.contains(&family.trim().to_ascii_lowercase().as_str());
-            let why = if known {
-                format!("model_family '{family}' is not served by this server")
-            } else {
-                format!("Unknown model_family '{family}'")
-            };
-            Err(RoutingError {
-                message: format!(
-                    "{why}: this server serves the 'open source' family only \
-                     (also written open_source or open-source)."
-                ),
-                param: "model_family".into(),
-            })
-        }
-    }
+    // Whether this server holds the family is the catalog's to say (`super::route`).
+    parse_family(family)
+        .map(Mechanism::Family)
+        .ok_or_else(|| RoutingError {
+            message: format!(
+                "Unknown model_family '{family}': the families are {}.",
+                Family::ALL
+                    .map(|f| format!("'{}'", f.request_name()))
+                    .join(", ")
+            ),
+            param: "model_family".into(),
+        })
 }
 
 #[cfg(test)]
@@ -181,12 +206,20 @@ mod tests {
     }
 
     #[test]
-    fn remote_and_unknown_families_say_what_is_served() {
-        for name in ["openai", "Anthropic", "google", "mistral"] {
-            let e = mechanism(&fields(None, None, Some(name))).unwrap_err();
-            assert_eq!(e.param, "model_family");
-            assert!(e.message.contains("'open source'"), "{}", e.message);
-            assert!(e.message.contains(name), "{}", e.message);
+    fn every_contract_family_parses_and_unknown_ones_are_named() {
+        for (name, family) in [
+            ("openai", Family::OpenAi),
+            ("OpenAI", Family::OpenAi),
+            ("Anthropic", Family::Anthropic),
+            ("google", Family::Google),
+        ] {
+            assert_eq!(
+                mechanism(&fields(None, None, Some(name))),
+                Ok(Mechanism::Family(family))
+            );
         }
+        let e = mechanism(&fields(None, None, Some("mistral"))).unwrap_err();
+        assert_eq!(e.param, "model_family");
+        assert!(e.message.contains("mistral") && e.message.contains("'open source'"));
     }
 }

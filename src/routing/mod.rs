@@ -44,13 +44,16 @@ pub struct Extras {
     pub has_schema: bool,
 }
 
-/// Choose the model for a /v2 request.
+/// Choose the model for a /v2 request. `auto_local_only` (`--auto-routing-local-only`) keeps
+/// auto routing to the models this server runs itself; a family or a direct model still
+/// reaches an upstream.
 pub fn route(
     catalog: &Catalog,
     router: &Router,
     fields: &RoutingFields,
     messages: &[ChatMessage],
     extras: Extras,
+    auto_local_only: bool,
 ) -> Result<Route, RoutingError> {
     let mechanism = mechanism::mechanism(fields)?;
     let family = match &mechanism {
@@ -69,7 +72,18 @@ pub fn route(
         .models
         .iter()
         .filter(|m| family.is_none_or(|f| f.matches(&m.family)))
+        .filter(|m| family.is_some() || !(auto_local_only && m.is_upstream()))
         .collect();
+    if family.is_some() && candidates.is_empty() {
+        return Err(RoutingError {
+            message: format!(
+                "model_family '{}' is not served by this server: it serves {}.",
+                fields.model_family.unwrap_or_default(),
+                served_families(catalog)
+            ),
+            param: "model_family".into(),
+        });
+    }
     let started = Instant::now();
     let query = analyser::Query {
         messages,
@@ -91,7 +105,7 @@ pub fn route(
         }
     };
     let chosen = select::select(&candidates, decision.tier).ok_or_else(|| RoutingError {
-        message: "This server's catalog holds no model of the requested family".into(),
+        message: "This server's catalog holds no model auto routing may use".into(),
         param: "model_family".into(),
     })?;
     tracing::debug!(
@@ -108,4 +122,125 @@ pub fn route(
         tier: Some(chosen.tier.clone()),
         confidence: Some(decision.confidence),
     })
+}
+
+/// The families the catalog holds, as requests name them ("'open source' (also written
+/// open_source or open-source)").
+fn served_families(catalog: &Catalog) -> String {
+    let held: Vec<String> = Family::ALL
+        .into_iter()
+        .filter(|f| catalog.models.iter().any(|m| f.matches(&m.family)))
+        .map(|f| match f {
+            Family::OpenSource => {
+                "the 'open source' family (also written open_source or open-source)".into()
+            }
+            f => format!("the '{}' family", f.request_name()),
+        })
+        .collect();
+    if held.is_empty() {
+        "no family".into()
+    } else {
+        held.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CATALOG: &str = r#"
+default = "local"
+
+[[model]]
+id = "local"
+family = "open source"
+tier = "tier_1"
+context_length = 2048
+file = "a.gguf"
+[[model.source]]
+type = "local"
+path = "a.gguf"
+
+[[model]]
+id = "hosted"
+family = "openai"
+tier = "tier_4"
+[model.upstream]
+url = "http://127.0.0.1:9/v1"
+"#;
+
+    fn catalog() -> Catalog {
+        Catalog::parse(CATALOG, std::path::Path::new(".")).unwrap()
+    }
+
+    fn hard() -> Vec<ChatMessage> {
+        vec![ChatMessage::new(
+            "user",
+            "Prove step by step that the square root of 2 is irrational, then write a Rust \
+             function that checks such a proof, and analyse its time complexity in detail.",
+        )]
+    }
+
+    fn fields(auto: Option<bool>, family: Option<&str>) -> RoutingFields<'_> {
+        RoutingFields {
+            auto_routing: auto,
+            model: None,
+            model_family: family,
+        }
+    }
+
+    #[test]
+    fn families_reach_upstream_models_and_absent_ones_say_what_is_served() {
+        let c = catalog();
+        let r = route(
+            &c,
+            &Router::Analyser,
+            &fields(None, Some("openai")),
+            &hard(),
+            Extras::default(),
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            r.model, "hosted",
+            "a family reaches its upstream even when auto is local"
+        );
+        let e = route(
+            &c,
+            &Router::Analyser,
+            &fields(None, Some("google")),
+            &hard(),
+            Extras::default(),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(e.param, "model_family");
+        assert!(e.message.contains("google") && e.message.contains("'open source'"));
+        assert!(e.message.contains("'openai'"), "{}", e.message);
+    }
+
+    #[test]
+    fn auto_routing_considers_upstreams_unless_kept_local() {
+        let c = catalog();
+        let everywhere = route(
+            &c,
+            &Router::Analyser,
+            &fields(Some(true), None),
+            &hard(),
+            Extras::default(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(everywhere.model, "hosted");
+        let local = route(
+            &c,
+            &Router::Analyser,
+            &fields(Some(true), None),
+            &hard(),
+            Extras::default(),
+            true,
+        )
+        .unwrap();
+        assert_eq!(local.model, "local");
+    }
 }

@@ -113,6 +113,25 @@ pub fn apply_layer(messages: &mut Vec<ChatMessage>, layer: Option<&str>) {
     }
 }
 
+/// [`apply_layer`] for messages as OpenAI JSON (what an upstream receives): the same merge
+/// into a leading system message, or a new one before the rest. A system message whose
+/// content is a list of parts gets the layer as a text part before them.
+pub fn apply_layer_json(messages: &mut Vec<serde_json::Value>, layer: Option<&str>) {
+    let Some(layer) = layer else { return };
+    match messages.first_mut() {
+        Some(first) if first["role"] == "system" => match &mut first["content"] {
+            serde_json::Value::String(text) if !text.trim().is_empty() => {
+                *text = format!("{layer}\n\n{text}");
+            }
+            serde_json::Value::Array(parts) => {
+                parts.insert(0, serde_json::json!({ "type": "text", "text": layer }));
+            }
+            content => *content = layer.into(),
+        },
+        _ => messages.insert(0, serde_json::json!({ "role": "system", "content": layer })),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +197,23 @@ mod tests {
         let e = TraditionLayers::parse("general = \"x\"\nevangelical = \"y\"\ncatholic = \"z\"")
             .unwrap_err();
         assert!(format!("{e:#}").contains("mainline"), "{e:#}");
+    }
+
+    #[test]
+    fn json_layer_merges_like_the_template_one() {
+        let mut with_system = vec![
+            serde_json::json!({ "role": "system", "content": "Be brief." }),
+            serde_json::json!({ "role": "user", "content": "Hi" }),
+        ];
+        apply_layer_json(&mut with_system, Some("LAYER"));
+        assert_eq!(with_system[0]["content"], "LAYER\n\nBe brief.");
+        let mut without = vec![serde_json::json!({ "role": "user", "content": "Hi" })];
+        apply_layer_json(&mut without, Some("LAYER"));
+        assert_eq!(
+            without[0],
+            serde_json::json!({ "role": "system", "content": "LAYER" })
+        );
+        apply_layer_json(&mut without, None);
+        assert_eq!(without.len(), 2);
     }
 }

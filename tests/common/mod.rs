@@ -155,7 +155,7 @@ pub async fn collect_text(mut events: wick::engine::EventStream) -> String {
         match event {
             Event::Text(t) => text.push_str(&t),
             Event::Done { .. } => return text,
-            Event::Logprob(_) => {}
+            Event::Logprob(_) | Event::Reasoning(_) | Event::Call(_) => {}
             Event::Error(e) => panic!("engine error: {e}"),
         }
     }

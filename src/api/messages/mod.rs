@@ -21,7 +21,7 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use super::answer::{self, SplitAnswer};
-use super::chat::{self, Answer, Caller, Started, Version};
+use super::chat::{self, Answer, Caller, RawBody, Started, Version};
 use super::error::ApiError;
 use super::fields::GenerationFields;
 use super::generation;
@@ -46,9 +46,10 @@ pub async fn create(
 
 pub async fn count_tokens(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    count(&state, body)
+    count(&state, caller, body)
         .await
         .unwrap_or_else(ApiError::into_anthropic)
 }
@@ -58,7 +59,7 @@ pub async fn count_tokens(
 async fn read(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(MessagesRequest, ChatRequest, GenerationFields), ApiError> {
+) -> Result<(MessagesRequest, ChatRequest, GenerationFields, RawBody), ApiError> {
     let body = generation::checked_body(state, body)?;
     state
         .cpu_work
@@ -73,8 +74,11 @@ async fn read(
             };
             let chat_request: ChatRequest =
                 serde_json::from_value(chat_body.clone()).map_err(from_chat)?;
-            let fields: GenerationFields = serde_json::from_value(chat_body).map_err(from_chat)?;
-            Ok((request, chat_request, fields))
+            let fields: GenerationFields =
+                serde_json::from_value(chat_body.clone()).map_err(from_chat)?;
+            // What an upstream is handed: the chat request, not the Anthropic one.
+            let raw_chat = chat_body.as_object().cloned().unwrap_or_default();
+            Ok((request, chat_request, fields, raw_chat))
         })
         .await?
 }
@@ -85,14 +89,23 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
     arrived: Instant,
 ) -> Result<Response, ApiError> {
-    let (request, chat_request, fields) = read(&state, body).await?;
+    let (request, chat_request, fields, raw_chat) = read(&state, body).await?;
     if request.max_tokens.is_none() {
         return Err(ApiError::invalid(
             "max_tokens: Field required",
             Some("max_tokens"),
         ));
     }
-    let started = chat::start(&state, caller, &chat_request, &fields, Version::V1, arrived).await?;
+    let started = chat::start(
+        &state,
+        caller,
+        &chat_request,
+        &raw_chat,
+        &fields,
+        Version::V1,
+        arrived,
+    )
+    .await?;
     let Started {
         answer,
         served,
@@ -126,11 +139,12 @@ async fn handle(
 /// and tools, tokenized, nothing generated.
 async fn count(
     state: &AppState,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (_, chat_request, fields) = read(state, body).await?;
-    let prompted = chat::prompt(state, &chat_request, &fields, Version::V1).await?;
-    Ok(Json(json!({ "input_tokens": prompted.prompt.len() })).into_response())
+    let (_, chat_request, fields, raw_chat) = read(state, body).await?;
+    let tokens = chat::count_prompt(state, caller, &chat_request, &raw_chat, &fields).await?;
+    Ok(Json(json!({ "input_tokens": tokens })).into_response())
 }
 
 /// Everything about one message besides the generated text.
