@@ -97,6 +97,9 @@ pub(super) fn stream(
         while let Some(step) = generation.next().await {
             let (outs, done) = match step {
                 Step::Text { text, .. } => (splitter.push(&text), None),
+                // A remote engine's thinking and calls come apart from its text.
+                Step::Reasoning { text, .. } => (vec![Out::Reasoning(text)], None),
+                Step::Call { call, .. } => (vec![Out::Call(call)], None),
                 Step::Finished { finish, usage, .. } => (splitter.finish(), Some((finish, usage))),
                 Step::Failed { failure, .. } => {
                     let error = failure.into_error();

@@ -119,11 +119,14 @@ async fn handle(
     };
     let generation = Generation::new(&state, &served.entry.id, arrived, streams);
     if request.stream {
-        Ok(
-            Sse::new(events::stream(reply, answer, prompt_tokens, generation))
-                .keep_alive(KeepAlive::default())
-                .into_response(),
-        )
+        Ok(Sse::new(events::stream(
+            reply,
+            answer,
+            prompt_tokens.unwrap_or(0),
+            generation,
+        ))
+        .keep_alive(KeepAlive::default())
+        .into_response())
     } else {
         let output = generation
             .collect()
@@ -187,7 +190,7 @@ impl Reply {
             content,
             calls,
             ..
-        } = answer::split_answer(answer.reasoning, answer.calls, &output.text);
+        } = answer::read_output(answer.reasoning, answer.calls, output);
         let mut blocks = Vec::new();
         if let Some(thinking) = reasoning {
             blocks.push(thinking_block(&thinking));
