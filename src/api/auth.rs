@@ -24,11 +24,13 @@ impl Owner {
     }
 }
 
-/// The bearer key a request presents, if any.
+/// The key a request presents, if any: `Authorization: Bearer KEY`, or `x-api-key: KEY`
+/// (the header Anthropic's clients send).
 fn presented_key(headers: &axum::http::HeaderMap) -> Option<&[u8]> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .or_else(|| headers.get("x-api-key").map(|v| v.as_bytes()))
         .map(<[u8]>::trim_ascii)
 }
 
@@ -75,11 +77,11 @@ impl Keys {
             Some(key) if self.accepts(key) => None,
             Some(_) => Some(
                 "Incorrect API key provided. Send one of this server's keys as \
-                 'Authorization: Bearer KEY'.",
+                 'Authorization: Bearer KEY' or 'x-api-key: KEY'.",
             ),
             None => Some(
                 "You didn't provide an API key. Send it in the Authorization header as \
-                 'Authorization: Bearer KEY'.",
+                 'Authorization: Bearer KEY', or as 'x-api-key: KEY'.",
             ),
         }
     }
@@ -91,16 +93,28 @@ impl Keys {
     ) -> ValidateRequestHeaderLayer<
         impl FnMut(&mut Request<Body>) -> Result<(), Response<Body>> + Clone,
     > {
+        self.layer_shaped(IntoResponse::into_response)
+    }
+
+    /// [`Keys::layer`] with the 401 in another API's error shape (Anthropic's, on
+    /// /v1/messages).
+    #[allow(clippy::result_large_err)] // the validator's signature is tower-http's
+    pub fn layer_shaped(
+        self,
+        shape: fn(ApiError) -> Response<Body>,
+    ) -> ValidateRequestHeaderLayer<
+        impl FnMut(&mut Request<Body>) -> Result<(), Response<Body>> + Clone,
+    > {
         ValidateRequestHeaderLayer::custom(move |request: &mut Request<Body>| {
             match self.rejection(request) {
                 None => Ok(()),
-                Some(message) => Err(unauthorized(message)),
+                Some(message) => Err(unauthorized(message, shape)),
             }
         })
     }
 }
 
-fn unauthorized(message: &str) -> Response<Body> {
+fn unauthorized(message: &str, shape: fn(ApiError) -> Response<Body>) -> Response<Body> {
     let error = ApiError {
         status: StatusCode::UNAUTHORIZED,
         message: message.into(),
@@ -108,7 +122,7 @@ fn unauthorized(message: &str) -> Response<Body> {
         param: None,
         code: Some("invalid_api_key"),
     };
-    let mut response = error.into_response();
+    let mut response = shape(error);
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         header::HeaderValue::from_static("Bearer"),

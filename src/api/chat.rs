@@ -156,6 +156,17 @@ pub(super) struct Started {
     pub settings: ChatSettings,
     pub served: Arc<ServedModel>,
     pub streams: Vec<EventStream>,
+    /// Tokens in the prompt; None for a model an upstream runs (it tokenizes its own).
+    pub prompt_tokens: Option<usize>,
+}
+
+/// How far [`begin`] takes a chat request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Goal {
+    /// Submit it.
+    Generate,
+    /// Stop once its prompt is tokenized (no streams).
+    Count,
 }
 
 /// Check a chat request, route it, render and tokenize its prompt, and submit its choices;
@@ -169,6 +180,53 @@ pub(super) async fn start(
     fields: &GenerationFields,
     version: Version,
     arrived: Instant,
+) -> Result<Started, ApiError> {
+    let goal = Goal::Generate;
+    begin(state, caller, request, raw, fields, version, arrived, goal).await
+}
+
+/// The tokens of the prompt [`start`] would submit for this request (same routing,
+/// template and tools), submitting nothing: what Anthropic's count_tokens answers.
+pub(super) async fn count_prompt(
+    state: &AppState,
+    caller: Caller,
+    request: &ChatRequest,
+    raw: &RawBody,
+    fields: &GenerationFields,
+) -> Result<usize, ApiError> {
+    let (version, now) = (Version::V1, Instant::now());
+    let started = begin(
+        state,
+        caller,
+        request,
+        raw,
+        fields,
+        version,
+        now,
+        Goal::Count,
+    )
+    .await?;
+    started.prompt_tokens.ok_or_else(|| {
+        ApiError::invalid(
+            format!(
+                "model '{}' is served upstream: its prompt tokens cannot be counted here",
+                started.served.entry.id
+            ),
+            Some("model"),
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)] // start's arguments and how far to go
+async fn begin(
+    state: &AppState,
+    caller: Caller,
+    request: &ChatRequest,
+    raw: &RawBody,
+    fields: &GenerationFields,
+    version: Version,
+    arrived: Instant,
+    goal: Goal,
 ) -> Result<Started, ApiError> {
     let settings = request.settings(fields)?;
     // Checking tool schemas can be heavy (src/api/cpu_work.rs).
@@ -255,6 +313,15 @@ pub(super) async fn start(
         reasoning,
     };
     if served.backend.takes_whole_requests() {
+        if goal == Goal::Count {
+            return Ok(Started {
+                answer: answer(&served, meta, None, None),
+                settings,
+                served,
+                streams: Vec::new(),
+                prompt_tokens: None,
+            });
+        }
         // The upstream renders the prompt and reads its own calls and thinking.
         let n = settings.generation.n;
         let streams = generation::forward(&served, Endpoint::Chat, raw, layer, n, origin).await?;
@@ -263,6 +330,7 @@ pub(super) async fn start(
             settings,
             served,
             streams,
+            prompt_tokens: None,
         });
     }
     let frontend = generation::local(&served)?;
@@ -282,6 +350,15 @@ pub(super) async fn start(
             prepare_prompt(&model, &tool_spec, messages, &vars, thinks)
         })
         .await??;
+    if goal == Goal::Count {
+        return Ok(Started {
+            answer: answer(&served, meta, prepared.calls, prepared.reasoning),
+            settings,
+            served,
+            streams: Vec::new(),
+            prompt_tokens: Some(prompt.len()),
+        });
+    }
     let max_tokens = fit_context(
         &served,
         prompt.len(),
@@ -302,6 +379,7 @@ pub(super) async fn start(
         settings,
         served,
         streams,
+        prompt_tokens: Some(prompt.len()),
     })
 }
 
@@ -353,8 +431,8 @@ fn family_name(catalog_family: &str) -> String {
 /// `tool_calls`.
 fn finish_reason(f: FinishReason, made_calls: bool) -> OpenAiFinish {
     match f {
-        FinishReason::Stop if made_calls => OpenAiFinish::ToolCalls,
-        FinishReason::Stop => OpenAiFinish::Stop,
+        FinishReason::Stop | FinishReason::StopSequence(_) if made_calls => OpenAiFinish::ToolCalls,
+        FinishReason::Stop | FinishReason::StopSequence(_) => OpenAiFinish::Stop,
         FinishReason::Length => OpenAiFinish::Length,
     }
 }

@@ -360,7 +360,7 @@ impl Meta {
 
 fn finish_reason(f: FinishReason) -> CompletionFinishReason {
     match f {
-        FinishReason::Stop => CompletionFinishReason::Stop,
+        FinishReason::Stop | FinishReason::StopSequence(_) => CompletionFinishReason::Stop,
         FinishReason::Length => CompletionFinishReason::Length,
     }
 }

@@ -1,5 +1,7 @@
 //! Every error the API returns, in OpenAI's shape:
-//! `{"error": {"message", "type", "param", "code"}}` with the matching HTTP status.
+//! `{"error": {"message", "type", "param", "code"}}` with the matching HTTP status; on the
+//! Anthropic Messages API (/v1/messages), the same errors in Anthropic's shape:
+//! `{"type": "error", "error": {"type", "message"}}` ([`ApiError::into_anthropic`]).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -141,6 +143,43 @@ impl ApiError {
             param: self.param.clone(),
             code: self.code,
         }
+    }
+}
+
+impl ApiError {
+    /// Anthropic's error type for this error's status (its documented status codes: 400,
+    /// 401, 403, 404, 413, 429, 500, 529 overloaded).
+    pub fn anthropic_type(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            400..=499 => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+
+    /// The body of this error in Anthropic's shape (also an `error` event of a stream).
+    pub fn anthropic_body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": "error",
+            "error": { "type": self.anthropic_type(), "message": self.message },
+        })
+    }
+
+    /// This error as the Anthropic Messages API returns it, with the same status.
+    pub fn into_anthropic(self) -> Response {
+        let status = self.status;
+        let mut response = (status, Json(self.anthropic_body())).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

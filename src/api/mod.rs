@@ -12,12 +12,14 @@ pub mod fields;
 mod generation;
 mod health;
 mod layers;
+mod messages;
 mod metrics;
 mod models;
 pub mod request;
 pub mod response_store;
 mod responses;
 mod stream;
+mod tokenize;
 
 use std::sync::Arc;
 
@@ -99,14 +101,27 @@ pub fn router(state: Arc<AppState>) -> Router {
         // The prefixes of the Gloo AI API, so its clients move by changing the host alone.
         .route("/ai/v1/chat/completions", post(chat::completions_v1))
         .route("/ai/v2/chat/completions", post(chat::completions_v2))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::one))
         .route_layer(state.api_keys.clone().layer());
+    // Anthropic's Messages API: its 401 in Anthropic's shape too.
+    let anthropic = Router::new()
+        .route("/v1/messages", post(messages::create))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
+        .route_layer(
+            state
+                .api_keys
+                .clone()
+                .layer_shaped(error::ApiError::into_anthropic),
+        );
     let scraped = Router::new()
         .route("/metrics", get(metrics::metrics))
         .route_layer(state.metrics_key.clone().layer());
     let app = Router::new()
         .merge(keyed)
+        .merge(anthropic)
         .merge(scraped)
         .route("/health", get(health::health))
         .fallback(unknown_route)

@@ -698,7 +698,7 @@ fn function_call_item(call: &ToolCall, status: &str) -> Value {
 
 fn status_of(finish: FinishReason) -> (&'static str, Option<(&'static str, Value)>) {
     match finish {
-        FinishReason::Stop => ("completed", None),
+        FinishReason::Stop | FinishReason::StopSequence(_) => ("completed", None),
         FinishReason::Length => (
             "incomplete",
             Some((

@@ -44,8 +44,10 @@ pub struct GenerateRequest {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// End of turn or a stop string.
+    /// End of turn (or a grammar that finished).
     Stop,
+    /// The request's stop string of this index (in its `stop` list) came up.
+    StopSequence(usize),
     /// `max_tokens` or the context ran out.
     Length,
 }

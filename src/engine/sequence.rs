@@ -158,9 +158,9 @@ impl Sequence {
         if !text.is_empty() {
             match self.stop.push(&text) {
                 StopOutcome::Emit(t) => self.send_text(t),
-                StopOutcome::Stopped(t) => {
+                StopOutcome::Stopped(t, which) => {
                     self.send_text(t);
-                    return self.finish(FinishReason::Stop);
+                    return self.finish(FinishReason::StopSequence(which));
                 }
             }
         }

@@ -10,13 +10,14 @@ pub struct StopMatcher {
 pub enum StopOutcome {
     /// Text that is safe to emit now (possibly empty).
     Emit(String),
-    /// A stop string was found: the text before it, after which generation ends.
-    Stopped(String),
+    /// A stop string was found: the text before it, after which generation ends, and the
+    /// stop string's index in the list given to [`StopMatcher::new`].
+    Stopped(String, usize),
 }
 
 impl StopMatcher {
     pub fn new(stops: Vec<String>) -> Self {
-        let stops = stops.into_iter().filter(|s| !s.is_empty()).collect();
+        // Empty stops stay in the list (so indices are the caller's) but never match.
         Self {
             stops,
             pending: String::new(),
@@ -24,19 +25,21 @@ impl StopMatcher {
     }
 
     pub fn push(&mut self, text: &str) -> StopOutcome {
-        if self.stops.is_empty() {
+        if self.stops.iter().all(String::is_empty) {
             return StopOutcome::Emit(text.to_string());
         }
         self.pending.push_str(text);
         let first_stop = self
             .stops
             .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
+            .enumerate()
+            .filter(|(_, s)| !s.is_empty())
+            .filter_map(|(i, s)| self.pending.find(s.as_str()).map(|at| (at, i)))
             .min();
-        if let Some(at) = first_stop {
+        if let Some((at, which)) = first_stop {
             let before = self.pending[..at].to_string();
             self.pending.clear();
-            return StopOutcome::Stopped(before);
+            return StopOutcome::Stopped(before, which);
         }
         let hold = self.held_suffix_len();
         let emit_to = self.pending.len() - hold;
@@ -75,7 +78,7 @@ mod tests {
         for p in pieces {
             match m.push(p) {
                 StopOutcome::Emit(t) => out.push_str(&t),
-                StopOutcome::Stopped(t) => {
+                StopOutcome::Stopped(t, _) => {
                     out.push_str(&t);
                     return (out, true);
                 }
@@ -97,7 +100,7 @@ mod tests {
             panic!()
         };
         assert_eq!(a, "hello ");
-        let StopOutcome::Stopped(b) = m.push("top> more") else {
+        let StopOutcome::Stopped(b, 0) = m.push("top> more") else {
             panic!()
         };
         assert_eq!(b, "");
@@ -112,6 +115,15 @@ mod tests {
     #[test]
     fn earliest_of_several_stops_wins() {
         assert_eq!(run(&["b", "a"], &["xxab"]), ("xx".into(), true));
+    }
+
+    #[test]
+    fn the_stop_that_matched_is_named_by_its_index() {
+        let mut m = StopMatcher::new(vec!["".into(), "b".into(), "a".into()]);
+        let StopOutcome::Stopped(before, which) = m.push("xxab") else {
+            panic!("no stop")
+        };
+        assert_eq!((before.as_str(), which), ("xx", 2));
     }
 
     #[test]

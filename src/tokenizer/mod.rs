@@ -238,6 +238,71 @@ impl Tokenizer {
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
+
+    /// Decode ids to text with special tokens written out (`<|im_end|>`), as llama.cpp's
+    /// `/detokenize` does.
+    pub fn decode_with_special(&self, ids: &[u32]) -> anyhow::Result<String> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| anyhow!("decoding: {e}"))
+    }
+
+    /// The bytes one token stands for on its own, as llama.cpp's `token_to_piece` gives
+    /// them: a leading space kept, a byte token as its byte (which may be part of a UTF-8
+    /// character), a control token as its text. None for an id outside the vocabulary.
+    pub fn piece_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        let text = self.inner.id_to_token(id)?;
+        let byte_level = matches!(
+            self.inner.get_decoder(),
+            Some(tokenizers::decoders::DecoderWrapper::ByteLevel(_))
+        );
+        Some(if byte_level {
+            byte_level_bytes(&text)
+        } else {
+            spm_piece_bytes(&text)
+        })
+    }
+}
+
+/// A byte-level BPE token's bytes: each character of its vocabulary text stands for one
+/// byte (GPT-2's table, which `tokenizers` keeps private, so it is rebuilt here). A text
+/// with a character outside the table (an added token typed with a plain space) is taken
+/// as it is.
+fn byte_level_bytes(text: &str) -> Vec<u8> {
+    static CHAR_BYTES: std::sync::LazyLock<std::collections::HashMap<char, u8>> =
+        std::sync::LazyLock::new(|| {
+            // Printable bytes stand for themselves; the rest take the characters from U+0100 on.
+            let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+            let mut next = 256u32;
+            (0..=255u8)
+                .map(|b| {
+                    let c = if printable(b) {
+                        char::from(b)
+                    } else {
+                        next += 1;
+                        char::from_u32(next - 1).expect("a valid character")
+                    };
+                    (c, b)
+                })
+                .collect()
+        });
+    text.chars()
+        .map(|c| CHAR_BYTES.get(&c).copied())
+        .collect::<Option<Vec<u8>>>()
+        .unwrap_or_else(|| text.as_bytes().to_vec())
+}
+
+/// A SentencePiece token's bytes: `<0xNN>` is byte NN, `▁` is a space.
+fn spm_piece_bytes(text: &str) -> Vec<u8> {
+    let byte = text
+        .strip_prefix("<0x")
+        .and_then(|t| t.strip_suffix('>'))
+        .filter(|hex| hex.len() == 2)
+        .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+    match byte {
+        Some(b) => vec![b],
+        None => text.replace(SPM_SPACE, " ").into_bytes(),
+    }
 }
 
 /// A byte-level BPE tokenizer (`tokenizer.ggml.model = gpt2`) with llama.cpp's pre-tokenizer
@@ -529,4 +594,27 @@ fn string_array<'a>(content: &'a gguf_file::Content, key: &str) -> anyhow::Resul
                 .map_err(|e| anyhow!("{key}: {e}"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_level_pieces_are_gpt2_bytes() {
+        assert_eq!(byte_level_bytes("Ġthe"), b" the");
+        assert_eq!(byte_level_bytes("Ċ"), b"\n");
+        // "é" is two bytes, C3 A9, each its own character in the table.
+        assert_eq!(byte_level_bytes("Ã©"), "é".as_bytes());
+        assert_eq!(byte_level_bytes("<|im_end|>"), b"<|im_end|>");
+        assert_eq!(byte_level_bytes("a b"), b"a b");
+    }
+
+    #[test]
+    fn sentencepiece_pieces_keep_spaces_and_bytes() {
+        assert_eq!(spm_piece_bytes("▁Hello"), b" Hello");
+        assert_eq!(spm_piece_bytes("<0x0A>"), b"\n");
+        assert_eq!(spm_piece_bytes("<0xE2>"), [0xE2]);
+        assert_eq!(spm_piece_bytes("<s>"), b"<s>");
+    }
 }
