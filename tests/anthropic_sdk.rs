@@ -12,28 +12,11 @@ use std::process::Command;
 const ANTHROPIC_SDK: &str = "anthropic==2.17.0";
 
 fn venv() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-anthropic");
-    let python = dir.join("bin").join("python");
-    let pinned = Command::new(&python)
-        .args([
-            "-c",
-            "import anthropic, sys; sys.exit(anthropic.__version__ != sys.argv[1])",
-        ])
-        .arg(ANTHROPIC_SDK.trim_start_matches("anthropic=="))
-        .status()
-        .is_ok_and(|s| s.success());
-    if !pinned {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&dir));
-        run(Command::new(&python).args(["-m", "pip", "install", "--quiet", ANTHROPIC_SDK]));
-    }
-    python
-}
-
-fn run(command: &mut Command) {
-    let status = command
-        .status()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(status.success(), "{command:?} failed: {status}");
+    common::python::pinned_venv(
+        "anthropic",
+        "anthropic",
+        ANTHROPIC_SDK.trim_start_matches("anthropic=="),
+    )
 }
 
 #[test]

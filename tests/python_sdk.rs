@@ -12,31 +12,11 @@ use std::process::Command;
 const OPENAI_SDK: &str = "openai==3.51.0";
 
 fn venv() -> PathBuf {
-    // The tests of this file run at once; one of them sets the environment up.
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-openai");
-    let python = dir.join("bin").join("python");
-    let pinned = Command::new(&python)
-        .args([
-            "-c",
-            "import openai, sys; sys.exit(openai.__version__ != sys.argv[1])",
-        ])
-        .arg(OPENAI_SDK.trim_start_matches("openai=="))
-        .status()
-        .is_ok_and(|s| s.success());
-    if !pinned {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&dir));
-        run(Command::new(&python).args(["-m", "pip", "install", "--quiet", OPENAI_SDK]));
-    }
-    python
-}
-
-fn run(command: &mut Command) {
-    let status = command
-        .status()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(status.success(), "{command:?} failed: {status}");
+    common::python::pinned_venv(
+        "openai",
+        "openai",
+        OPENAI_SDK.trim_start_matches("openai=="),
+    )
 }
 
 /// Run a script of tests/python with the SDK's venv; it must succeed and print `passed`.

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod python;
 pub mod thinking;
 
 use std::net::SocketAddr;
