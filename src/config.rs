@@ -131,8 +131,13 @@ pub struct ServeArgs {
     /// Tradition layers file (TOML). Default: ./traditions.toml if present, else the built-in one.
     #[arg(long, env = "WICK_TRADITIONS")]
     pub traditions: Option<PathBuf>,
-    /// A learned router's model file (scripts/routing/train.py) for /v2 auto routing and
-    /// family routing. Default: the keyword analyser (src/routing/analyser.rs).
+    /// How /v2 auto and family routing estimate the tier a query needs: `learned` (a model
+    /// trained on measured answers, src/routing/learned.rs) or `analyser` (hand-tuned
+    /// keyword cues, src/routing/analyser.rs).
+    #[arg(long, env = "WICK_ROUTER", value_enum, default_value_t = RouterKind::Learned)]
+    pub router: RouterKind,
+    /// The learned router's model file (scripts/routing/train.py). Default: the one trained
+    /// on this catalog, built in (data/routing/router.json).
     #[arg(long, env = "WICK_ROUTER_MODEL")]
     pub router_model: Option<PathBuf>,
     /// The learned router's operating point, 0..=1: higher sends more queries to the more
@@ -325,20 +330,21 @@ impl ServeArgs {
         }
     }
 
-    /// The router for /v2's analysed mechanisms: `--router-model FILE` (at
-    /// `--routing-quality`), else the keyword analyser.
+    /// The router for /v2's analysed mechanisms: the learned one (`--router-model FILE`, else
+    /// the built-in model, at `--routing-quality`), or the keyword analyser.
     pub fn load_router(&self) -> anyhow::Result<crate::routing::Router> {
         use crate::routing::{learned::LearnedRouter, Router};
-        Ok(match &self.router_model {
-            Some(path) => {
-                let router = LearnedRouter::load(path)?;
-                Router::Learned(match self.routing_quality {
-                    Some(q) => router.with_quality(q),
-                    None => router,
-                })
-            }
-            None => Router::Analyser,
-        })
+        if self.router == RouterKind::Analyser {
+            return Ok(Router::Analyser);
+        }
+        let router = match &self.router_model {
+            Some(path) => LearnedRouter::load(path)?,
+            None => LearnedRouter::builtin(),
+        };
+        Ok(Router::Learned(match self.routing_quality {
+            Some(q) => router.with_quality(q),
+            None => router,
+        }))
     }
 
     /// Settings for a server on a free loopback port, otherwise the defaults (for tests and
@@ -368,6 +374,7 @@ impl ServeArgs {
             memory_budget: None,
             provider_name: "wick".into(),
             traditions: None,
+            router: RouterKind::Learned,
             router_model: None,
             routing_quality: None,
             service: ServiceArgs {
@@ -395,6 +402,13 @@ pub fn init_threads(threads: Option<usize>) {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+}
+
+/// `--router`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RouterKind {
+    Learned,
+    Analyser,
 }
 
 /// `--routing-quality`: a number in 0..=1.

@@ -513,14 +513,7 @@ async fn a_dead_replica_fails_over_with_no_client_error_and_is_taken_out() {
         assert_eq!(status, 200, "{r}");
         assert_eq!(r["model"], "replicated");
     }
-    let (_, health) = post_free_get("/health").await;
-    let up = health["upstreams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["id"] == "replicated")
-        .unwrap()
-        .clone();
+    let up = upstream_health("replicated").await;
     let dead = &setup().dead;
     let replica = |u: &str| {
         up["replicas"]
@@ -625,16 +618,21 @@ async fn an_upstream_with_no_live_replica_is_an_openai_shaped_error() {
         assert_upstream_error(status, &r);
     }
     // /health still says the server is fine, and shows the upstream down.
+    let nowhere = upstream_health("nowhere").await;
+    assert_eq!(nowhere["state"], "down", "{nowhere}");
+}
+
+/// `/health` answers 200 whatever the upstreams' state; this is the entry for upstream `id`.
+async fn upstream_health(id: &str) -> Value {
     let (status, health) = post_free_get("/health").await;
     assert_eq!(status, 200, "{health}");
-    let nowhere = health["upstreams"]
+    health["upstreams"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|u| u["id"] == "nowhere")
-        .unwrap()
-        .clone();
-    assert_eq!(nowhere["state"], "down", "{health}");
+        .find(|u| u["id"] == id)
+        .unwrap_or_else(|| panic!("no upstream {id} in {health}"))
+        .clone()
 }
 
 #[tokio::test]
@@ -726,15 +724,7 @@ async fn metrics_and_health_show_each_upstream() {
             "{name} for gpt-test missing:\n{metrics}"
         );
     }
-    let (status, health) = post_free_get("/health").await;
-    assert_eq!(status, 200, "{health}");
-    let up = health["upstreams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["id"] == "gpt-test")
-        .unwrap()
-        .clone();
+    let up = upstream_health("gpt-test").await;
     assert_eq!(up["state"], "ok", "{up}");
     assert_eq!(up["replicas"][0]["healthy"], true);
 }

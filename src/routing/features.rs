@@ -95,8 +95,11 @@ pub fn features(query: &Query, has_schema: bool) -> Vec<f32> {
     x
 }
 
-/// For training: one JSON line `{"id", "x"}` per row of a JSON-lines query set, each row's
-/// `message` taken as a one-turn user conversation without tools.
+/// For training: one JSON line `{"id", "x"}` per row of a JSON-lines query set, each row
+/// taken as a one-turn user conversation without tools. The text is the row's `prompt` when
+/// it has one, else its `message`: in data/routing/queries.jsonl `message` is the prompt plus
+/// the instruction that makes the answer gradable ("... on a last line 'Answer: <number>'"),
+/// which users do not write, so a router that learned from it would key on the instruction.
 pub fn dump(queries: &std::path::Path, mut out: impl std::io::Write) -> anyhow::Result<()> {
     use anyhow::Context;
     let text = std::fs::read_to_string(queries)
@@ -108,9 +111,10 @@ pub fn dump(queries: &std::path::Path, mut out: impl std::io::Write) -> anyhow::
     {
         let row: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("line {}", n + 1))?;
-        let message = row["message"]
+        let message = row["prompt"]
             .as_str()
-            .with_context(|| format!("line {}: no `message`", n + 1))?;
+            .or(row["message"].as_str())
+            .with_context(|| format!("line {}: no `prompt` or `message`", n + 1))?;
         let messages = [crate::template::ChatMessage::new("user", message)];
         let x = features(
             &Query {

@@ -20,6 +20,11 @@ use super::features;
 
 const FORMAT: &str = "wick-router-1";
 
+/// The smallest tier a request with tools goes to. The measured set has no tool calls, so
+/// this floor is the analyser's (src/routing/analyser.rs: tier 3 is the smallest whose
+/// catalog model calls tools reliably), not learned.
+const TOOLS_FLOOR: u8 = 3;
+
 #[derive(Deserialize)]
 struct ModelFile {
     format: String,
@@ -62,6 +67,13 @@ impl LearnedRouter {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading router model {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("router model {}", path.display()))
+    }
+
+    /// The model trained on this catalog's measured answers (data/routing/router.json,
+    /// written by scripts/routing/train.py), built into the binary.
+    pub fn builtin() -> Self {
+        Self::parse(include_str!("../../data/routing/router.json"))
+            .expect("the built-in router model matches this build's features")
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Self> {
@@ -126,6 +138,14 @@ impl LearnedRouter {
         let mut tiers = candidate_tiers.to_vec();
         tiers.sort_unstable();
         tiers.dedup();
+        if query.has_tools {
+            // Below the floor only when nothing else is there: then the most capable.
+            let top = tiers.last().copied();
+            tiers.retain(|&t| t >= TOOLS_FLOOR);
+            if tiers.is_empty() {
+                tiers.extend(top);
+            }
+        }
         let Some(&top) = tiers.last() else {
             return Verdict {
                 tier: 1,
@@ -227,6 +247,46 @@ mod tests {
         // One candidate tier: it is certain.
         let one = decide(&router, &long, &[2]);
         assert_eq!((one.tier, one.confidence), (2, 1.0));
+    }
+
+    #[test]
+    fn requests_with_tools_start_at_the_tools_floor() {
+        let router = LearnedRouter::parse(&model(&features::DENSE)).unwrap();
+        let messages = [ChatMessage::new("user", "hi")];
+        let query = Query {
+            messages: &messages,
+            has_tools: true,
+        };
+        // "hi" alone goes to tier 1 (above); with tools, tier 3 is the smallest allowed.
+        assert_eq!(router.decide(&query, false, &[1, 2, 3, 4]).tier, 3);
+        // A catalog without a tier at the floor: its most capable model, with certainty.
+        let verdict = router.decide(&query, false, &[1, 2]);
+        assert_eq!((verdict.tier, verdict.confidence), (2, 1.0));
+    }
+
+    #[test]
+    fn the_built_in_model_loads_and_sends_word_problems_above_greetings() {
+        let router = LearnedRouter::builtin();
+        assert!((0.0..=1.0).contains(&router.quality()));
+        let problem = "A store sells pencils at 3 for $1.20 and pens at $2.50 each. Maria \
+                       buys 12 pencils and 4 pens and pays with a $20 bill. How much change \
+                       does she get?";
+        let hard = decide(&router, problem, &[1, 2, 3]);
+        assert!(
+            hard.tier > 1,
+            "the 135M model fails word problems: {hard:?}"
+        );
+        let hello = decide(&router, "Hello! How are you today?", &[1, 2, 3]);
+        assert!(hello.tier <= hard.tier, "{hello:?} vs {hard:?}");
+        let p = |text: &str, tier| {
+            let messages = [ChatMessage::new("user", text)];
+            let query = Query {
+                messages: &messages,
+                has_tools: false,
+            };
+            router.probability(&features::features(&query, false), tier)
+        };
+        assert!(p(problem, 1) < p("Hello! How are you today?", 1));
     }
 
     #[test]

@@ -89,13 +89,21 @@ pub fn route(
         messages,
         has_tools: extras.has_tools,
     };
+    let mut tiers: Vec<u8> = candidates
+        .iter()
+        .map(|m| select::tier_number(&m.tier))
+        .collect();
+    tiers.sort_unstable();
+    tiers.dedup();
     let decision = match router {
+        // One tier to choose from: nothing to estimate, and no doubt about where it goes.
+        _ if tiers.len() == 1 => analyser::Decision {
+            tier: tiers[0],
+            confidence: 1.0,
+            reasons: vec!["the candidates have one tier".into()],
+        },
         Router::Analyser => analyser::analyse(&query),
         Router::Learned(learned) => {
-            let tiers: Vec<u8> = candidates
-                .iter()
-                .map(|m| select::tier_number(&m.tier))
-                .collect();
             let verdict = learned.decide(&query, extras.has_schema, &tiers);
             analyser::Decision {
                 tier: verdict.tier,
@@ -242,5 +250,10 @@ url = "http://127.0.0.1:9/v1"
         )
         .unwrap();
         assert_eq!(local.model, "local");
+        assert_eq!(
+            local.confidence,
+            Some(1.0),
+            "one candidate tier leaves no doubt"
+        );
     }
 }

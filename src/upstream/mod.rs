@@ -72,12 +72,29 @@ struct Inner {
     client: reqwest::Client,
 }
 
+/// How long an idle pooled connection to an upstream is kept. Engines close idle
+/// keep-alive connections on their own clocks (llama.cpp's server after a few seconds); a
+/// pooled connection the engine has just closed fails the request sent on it, so idle ones
+/// are dropped early, and a request that still meets one is sent again (see `send`).
+const POOL_IDLE: Duration = Duration::from_secs(2);
+
 /// The HTTP client every upstream shares (one connection pool).
 pub fn client(settings: &UpstreamSettings) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .connect_timeout(settings.connect_timeout)
         .read_timeout(settings.read_timeout)
+        .pool_idle_timeout(POOL_IDLE)
         .build()?)
+}
+
+/// The client health checks use: a fresh connection for every check, so a check measures
+/// whether the replica answers now, never whether an old pooled connection survived.
+fn health_client(settings: &UpstreamSettings) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(settings.connect_timeout)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap_or_default()
 }
 
 impl Upstream {
@@ -114,15 +131,16 @@ impl Upstream {
         let mut tick = tokio::time::interval(settings.health_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // the first tick is now: replicas start trusted
+        let client = health_client(&settings);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
             let inner = &self.inner;
+            let client = &client;
             let checks = inner.replicas.list.iter().map(|replica| async move {
-                let mut request = inner
-                    .client
+                let mut request = client
                     .get(format!("{}/models", replica.base))
                     .timeout(settings.connect_timeout + Duration::from_secs(2));
                 if let Some(key) = &inner.key {
@@ -288,16 +306,8 @@ impl Inner {
         path: &str,
         body: &serde_json::Value,
     ) -> Result<(SseReader, String), Failed> {
-        let mut request = self
-            .client
-            .post(format!("{}/{path}", replica.base))
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .json(body);
-        if let Some(key) = &self.key {
-            request = request.bearer_auth(&key.0);
-        }
-        let response = request
-            .send()
+        let response = self
+            .send(replica, path, body)
             .await
             .map_err(|e| self.transport(replica, &e))?;
         let status = response.status();
@@ -329,6 +339,37 @@ impl Inner {
                 kind: "closed",
             }),
             Err(e) => Err(self.transport(replica, &e)),
+        }
+    }
+
+    /// POST the request. A connection that was made but closed before any answer came is
+    /// most likely a pooled one the engine closed while idle: the request is sent once
+    /// more, on a new connection, before it counts as the replica's failure. (Nothing has
+    /// reached the client yet, and the engine did not read the request.)
+    async fn send(
+        &self,
+        replica: &Replica,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let request = || {
+            let request = self
+                .client
+                .post(format!("{}/{path}", replica.base))
+                .header(reqwest::header::ACCEPT, "text/event-stream")
+                .json(body);
+            match &self.key {
+                Some(key) => request.bearer_auth(&key.0),
+                None => request,
+            }
+        };
+        match request().send().await {
+            Err(e) if !e.is_connect() && !e.is_timeout() && e.status().is_none() => {
+                tracing::debug!(model = %self.id, replica = %replica.label, error = %cause(&e),
+                    "upstream connection closed before an answer; sending again");
+                request().send().await
+            }
+            answered => answered,
         }
     }
 
