@@ -142,6 +142,11 @@ fn markup_in_model_and_user_text_stays_text() {
 }
 
 #[test]
+fn a_streamed_tool_call_is_shown() {
+    run_check("tools", &[]);
+}
+
+#[test]
 fn api_errors_are_shown() {
     run_check("errors", &[]);
 }

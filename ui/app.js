@@ -34,7 +34,7 @@
 
   const DEFAULTS = {
     routing: 'auto', family: '', model: '', tradition: '', system: '',
-    temperature: 0.7, top_p: 1, max_tokens: 512, tools: '',
+    temperature: 0.7, top_p: 1, max_tokens: 512, tools: '', tool_choice: 'auto',
   };
   const settings = Object.assign({}, DEFAULTS, load(KEY_SETTINGS, {}));
   let conversations = load(KEY_CONVERSATIONS, []);
@@ -321,6 +321,7 @@
   bindSetting('top_p', 'top_p', number);
   bindSetting('max_tokens', 'max_tokens', number);
   bindSetting('tools', 'tools');
+  bindSetting('tool_choice', 'tool_choice');
 
   $('toggle-settings').addEventListener('click', () => {
     const panel = $('settings');
@@ -392,7 +393,7 @@
       if (typeof t.ttft === 'number') add('ttft', `first token ${Math.round(t.ttft)} ms`);
       if (typeof t.tps === 'number') add('tps', `${t.tps.toFixed(1)} tok/s`);
     }
-    if (message.finish && message.finish !== 'stop') add('finish', message.finish);
+    if (message.finish && message.finish !== 'stop') add('finish', `finish: ${message.finish}`);
     return row.childElementCount ? row : null;
   }
 
@@ -432,6 +433,8 @@
     node.appendChild(renderMarkdown(m.content || ''));
     for (const call of m.tool_calls || []) {
       const details = el('details', 'tool-call');
+      // The calls are the answer: shown open, unlike the reasoning.
+      details.open = true;
       details.appendChild(el('summary', null, `Tool call: ${call.name || '?'}`));
       let args = call.arguments || '';
       try { args = JSON.stringify(JSON.parse(args), null, 2); } catch (_) { /* shown as sent */ }
@@ -520,7 +523,10 @@
         throw new Error(`The tools are not valid JSON: ${e.message}`);
       }
       if (!Array.isArray(tools)) throw new Error('The tools must be a JSON array.');
-      if (tools.length) body.tools = tools;
+      if (tools.length) {
+        body.tools = tools;
+        body.tool_choice = settings.tool_choice || 'auto';
+      }
     }
     return body;
   }

@@ -112,6 +112,12 @@ def set_setting(driver, field_id, value):
     field.send_keys(Keys.TAB)  # the change event saves it
 
 
+def choose_model(driver, model):
+    """Direct model selection (auto routing would send some queries to bigger models)."""
+    Select(driver.find_element(By.ID, "routing")).select_by_value("model")
+    Select(driver.find_element(By.ID, "model")).select_by_value(model)
+
+
 def close_settings(driver):
     if driver.find_element(By.ID, "settings").is_displayed():
         driver.find_element(By.ID, "toggle-settings").click()
@@ -165,8 +171,13 @@ def check_page(base):
         assert_no_console_errors(driver)
 
         # A phone: the conversation list slides in over the chat, nothing is wider than it.
-        driver.set_window_size(390, 844)
+        # (Chromium's windows are at least 500 pixels wide: a phone's viewport is emulated.)
+        driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True},
+        )
         width = driver.execute_script("return window.innerWidth")
+        assert width == 390, width
         toggle = driver.find_element(By.ID, "toggle-sidebar")
         assert toggle.is_displayed(), "no conversation toggle on a narrow screen"
         side = lambda: driver.execute_script(
@@ -255,8 +266,7 @@ def check_tradition(base, screenshot):
         assert body["auto_routing"] is True, body
 
         # Direct model selection: the model named, no tier.
-        Select(driver.find_element(By.ID, "routing")).select_by_value("model")
-        Select(driver.find_element(By.ID, "model")).select_by_value("smollm2-135m-instruct")
+        choose_model(driver, "smollm2-135m-instruct")
         send(driver, "And in one sentence?")
         second = wait_answer(driver, 2)
         assert second["state"] == "done", second
@@ -267,7 +277,9 @@ def check_tradition(base, screenshot):
         assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"], body
         Select(driver.find_element(By.ID, "routing")).select_by_value("auto")
         assert_no_console_errors(driver)
-        driver.execute_script("document.getElementById('transcript').scrollTop = 0")
+        driver.execute_script(
+            "document.activeElement.blur(); document.getElementById('transcript').scrollTop = 0"
+        )
         driver.save_screenshot(screenshot)
     finally:
         driver.quit()
@@ -278,6 +290,8 @@ def check_stop(base):
     driver = browser()
     try:
         open_page(driver, base)
+        # A long story routes to a bigger tier: the small model streams it fast enough to stop.
+        choose_model(driver, "smollm2-135m-instruct")
         set_setting(driver, "max_tokens", 1500)
         set_setting(driver, "temperature", 0.8)
         close_settings(driver)
@@ -324,6 +338,7 @@ def check_xss(base):
     driver = browser()
     try:
         open_page(driver, base)
+        choose_model(driver, "smollm2-135m-instruct")
         set_setting(driver, "max_tokens", 16)
         close_settings(driver)
         send(driver, XSS_TYPED)
@@ -379,10 +394,66 @@ def check_xss(base):
             "<img src=x onerror=window.__xss=9>",
         ]:
             assert shown in text, f"{shown!r} is not shown as text in:\n{text}"
-        # Formatting that is not markup still works.
+        # The reasoning is there, collapsed; the tool call shows its name and arguments as text.
+        reasoning = driver.find_element(By.CSS_SELECTOR, "details.reasoning")
+        assert reasoning.get_attribute("open") is None, "the reasoning is not collapsed"
+        assert driver.execute_script(
+            "return document.querySelector('details.reasoning .body').textContent"
+        ) == '<img src=x onerror="window.__xss=10">'
+        call = driver.execute_script(
+            "const d = document.querySelector('details.tool-call');"
+            "return [d.querySelector('summary').textContent, d.querySelector('code').textContent]"
+        )
+        assert call == ["Tool call: <b>f</b>", '{\n  "x": "<img src=x>"\n}'], call
+                # Formatting that is not markup still works.
         assert driver.execute_script("return document.querySelectorAll('#transcript strong').length") == 1
         assert driver.execute_script("return document.querySelectorAll('#transcript pre code').length") >= 2
         assert driver.execute_script("return window.__xss") is None, "a script ran"
+        assert_no_console_errors(driver)
+    finally:
+        driver.quit()
+
+
+WEATHER_TOOL = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+
+
+def check_tools(base):
+    """A streamed tool call is shown as its name and arguments."""
+    driver = browser()
+    try:
+        open_page(driver, base)
+        # Auto routing would lift a request with tools to tier 3: the small model takes it.
+        choose_model(driver, "smollm2-135m-instruct")
+        set_setting(driver, "max_tokens", 64)
+        set_setting(driver, "temperature", 0)
+        set_setting(driver, "tools", json.dumps(WEATHER_TOOL))
+        Select(driver.find_element(By.ID, "tool_choice")).select_by_value("required")
+        close_settings(driver)
+        send(driver, "What is the weather in Paris?")
+        answer = wait_answer(driver, 1)
+        assert answer["state"] == "done", answer
+        assert answer["badge"].get("finish") == "finish: tool_calls", answer
+        summary, arguments = driver.execute_script(
+            "const d = document.querySelector('article.msg-assistant details.tool-call');"
+            "return [d.querySelector('summary').textContent, d.querySelector('code').textContent]"
+        )
+        assert summary == "Tool call: get_weather", summary
+        assert isinstance(json.loads(arguments)["city"], str), arguments
+        [body] = chat_request_bodies(driver)
+        assert body["tools"] == WEATHER_TOOL and body["tool_choice"] == "required", body
         assert_no_console_errors(driver)
     finally:
         driver.quit()
@@ -469,6 +540,7 @@ def main():
         "stop": check_stop,
         "xss": check_xss,
         "errors": check_errors,
+        "tools": check_tools,
         "key": check_key,
     }[check](base, *rest)
     print(f"web ui check passed: {check}")
