@@ -147,6 +147,12 @@ fn a_streamed_tool_call_is_shown() {
 }
 
 #[test]
+fn a_thinking_models_reasoning_is_shown_collapsed() {
+    let base = format!("http://{}", common::thinking::server());
+    run_check("reasoning", &[base, common::thinking::OPENS.into()]);
+}
+
+#[test]
 fn api_errors_are_shown() {
     run_check("errors", &[]);
 }

@@ -430,7 +430,9 @@
       details.appendChild(renderMarkdown(m.reasoning));
       node.appendChild(details);
     }
-    node.appendChild(renderMarkdown(m.content || ''));
+    // An answer that was all thinking, calls or an error has no text to show.
+    const bare = !m.content && m.state !== 'streaming' && (m.reasoning || (m.tool_calls || []).length || m.error);
+    if (!bare) node.appendChild(renderMarkdown(m.content || ''));
     for (const call of m.tool_calls || []) {
       const details = el('details', 'tool-call');
       // The calls are the answer: shown open, unlike the reasoning.

@@ -76,7 +76,8 @@ def answers(driver):
         return [...document.querySelectorAll('article.msg-assistant')].map(a => ({
           state: a.dataset.state,
           chunks: Number(a.dataset.chunks),
-          text: a.querySelector(':scope > .body').textContent,
+          text: (a.querySelector(':scope > .body') || {textContent: ''}).textContent,
+          reasoning: (a.querySelector('details.reasoning') || {textContent: ''}).textContent,
           badge: Object.fromEntries([...a.querySelectorAll('.badge span')]
             .map(s => [s.dataset.field, s.textContent])),
           error: [...a.querySelectorAll('.error')].map(e => e.textContent).join('\\n'),
@@ -459,6 +460,32 @@ def check_tools(base):
         driver.quit()
 
 
+def check_reasoning(base, model):
+    """A thinking model's reasoning streams into a collapsed block, apart from the answer."""
+    driver = browser()
+    try:
+        open_page(driver, base)
+        choose_model(driver, model)
+        set_setting(driver, "max_tokens", 24)
+        set_setting(driver, "temperature", 0)
+        close_settings(driver)
+        send(driver, "Why is the sky blue?")
+        answer = wait_answer(driver, 1)
+        assert answer["state"] == "done", answer
+        # This model's template opens the thinking block and the model never closes it: the
+        # whole output is thinking (tests/common/thinking.rs).
+        assert answer["text"] == "", answer
+        assert answer["reasoning"].startswith("Reasoning") and len(answer["reasoning"]) > 10, answer
+        details = driver.find_element(By.CSS_SELECTOR, "article.msg-assistant details.reasoning")
+        assert details.get_attribute("open") is None, "the reasoning is not collapsed"
+        assert not details.find_element(By.CSS_SELECTOR, ".body").is_displayed()
+        details.find_element(By.TAG_NAME, "summary").click()
+        assert details.find_element(By.CSS_SELECTOR, ".body").is_displayed()
+        assert_no_console_errors(driver)
+    finally:
+        driver.quit()
+
+
 def check_errors(base):
     """An error from the API is shown with the answer, with the server's message."""
     driver = browser()
@@ -541,6 +568,7 @@ def main():
         "xss": check_xss,
         "errors": check_errors,
         "tools": check_tools,
+        "reasoning": check_reasoning,
         "key": check_key,
     }[check](base, *rest)
     print(f"web ui check passed: {check}")
