@@ -145,6 +145,9 @@ pub struct ServeArgs {
     /// always taking the top tier).
     #[arg(long, env = "WICK_ROUTING_QUALITY", value_parser = quality_in_range)]
     pub routing_quality: Option<f32>,
+    /// Do not serve the chat page at `/` (and its files under `/ui/`): `/` is then a 404.
+    #[arg(long, env = "WICK_NO_UI", default_value_t = false)]
+    pub no_ui: bool,
     #[command(flatten)]
     pub service: ServiceArgs,
     #[command(flatten)]
@@ -377,6 +380,7 @@ impl ServeArgs {
             router: RouterKind::Learned,
             router_model: None,
             routing_quality: None,
+            no_ui: false,
             service: ServiceArgs {
                 max_connections: 512,
                 header_timeout: 10.0,

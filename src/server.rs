@@ -149,6 +149,7 @@ impl Server {
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
                     .max(2),
             ),
+            ui: !args.no_ui,
         });
         Ok(Self {
             addr,

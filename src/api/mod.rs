@@ -20,6 +20,7 @@ pub mod response_store;
 mod responses;
 mod stream;
 mod tokenize;
+mod ui;
 
 use std::sync::Arc;
 
@@ -67,6 +68,8 @@ pub struct AppState {
     pub faults: Option<Arc<crate::faults::Faults>>,
     /// Where CPU-heavy request work runs (src/api/cpu_work.rs).
     pub cpu_work: cpu_work::CpuWork,
+    /// Serve the chat page at `/` (off with `--no-ui`).
+    pub ui: bool,
 }
 
 impl AppState {
@@ -119,7 +122,15 @@ pub fn router(state: Arc<AppState>) -> Router {
     let scraped = Router::new()
         .route("/metrics", get(metrics::metrics))
         .route_layer(state.metrics_key.clone().layer());
+    // The chat page is static and holds no secret, so it needs no key: it asks for one and
+    // sends it with each API call (src/api/ui.rs).
+    let page = if state.ui {
+        ui::routes()
+    } else {
+        Router::new()
+    };
     let app = Router::new()
+        .merge(page)
         .merge(keyed)
         .merge(anthropic)
         .merge(scraped)
