@@ -728,3 +728,94 @@ async fn metrics_and_health_show_each_upstream() {
     assert_eq!(up["state"], "ok", "{up}");
     assert_eq!(up["replicas"][0]["healthy"], true);
 }
+
+/// A fake upstream, labelled so, at the socket level: the first request it reads has its
+/// connection closed without an answer (as an engine closes a keep-alive connection it
+/// considers idle, just as a pooled request goes out on it); every later one gets a fixed
+/// one-word stream. Returns its port and how many requests it has read.
+fn spawn_closing_upstream() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut head = String::new();
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; length];
+            let _ = reader.read_exact(&mut body);
+            let mut stream = reader.into_inner();
+            if head.starts_with("GET ") {
+                let text = r#"{"object":"list","data":[]}"#;
+                let _ = write!(stream, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}", text.len());
+                continue;
+            }
+            if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                continue; // dropped: closed before any answer
+            }
+            let chunk = json!({ "id": "x", "object": "chat.completion.chunk", "created": 1, "model": "fake",
+                                "choices": [{ "index": 0, "delta": { "role": "assistant", "content": "again" }, "finish_reason": "stop" }] });
+            let text = format!("data: {chunk}\n\ndata: [DONE]\n\n");
+            let _ = write!(stream, "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}", text.len());
+        }
+    });
+    (port, requests)
+}
+
+#[tokio::test]
+async fn a_connection_closed_before_any_answer_is_sent_again_not_counted_against_the_replica() {
+    let (port, requests) = spawn_closing_upstream();
+    let catalog = format!(
+        r#"
+default = "closer"
+
+[[model]]
+id = "closer"
+family = "openai"
+tier = "tier_3"
+[model.upstream]
+url = "http://127.0.0.1:{port}/v1"
+"#
+    );
+    let path =
+        std::env::temp_dir().join(format!("wick-gateway-closer-{}.toml", std::process::id()));
+    std::fs::write(&path, catalog).unwrap();
+    let mut args = ServeArgs::local_ephemeral();
+    args.catalog.catalog = Some(path);
+    args.upstream.upstream_health_interval = 600.0;
+    let front = common::start_server(args);
+    let r: Value = reqwest::Client::new()
+        .post(format!("http://{front}/v1/chat/completions"))
+        .json(&json!({ "model": "closer", "messages": ask("Hi") }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["choices"][0]["message"]["content"], "again", "{r}");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let health: Value = reqwest::get(format!("http://{front}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["upstreams"][0]["state"], "ok", "{health}");
+}
