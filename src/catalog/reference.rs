@@ -262,6 +262,7 @@ fn entry_for_file(path: &Path, options: &ReferenceOptions) -> anyhow::Result<Mod
         }],
         path: Some(path.to_path_buf()),
         upstream: None,
+        embedding: crate::model::is_encoder(path).unwrap_or(false),
     };
     super::validate::check_entry(&entry)?;
     Ok(entry)
