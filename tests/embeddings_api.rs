@@ -13,9 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use async_openai::types::embeddings::{
-    CreateEmbeddingRequestArgs, EmbeddingInput, EncodingFormat,
-};
+use async_openai::types::embeddings::{CreateEmbeddingRequestArgs, EmbeddingInput, EncodingFormat};
 use serde_json::{json, Value};
 
 const MODEL: &str = "all-minilm-l6-v2";
@@ -153,10 +151,7 @@ async fn token_arrays_embed_as_their_text_does() {
     assert!(dot(&text[0], &ids[0]) > 0.99999);
     assert_eq!(many.len(), 2);
     assert!(dot(&text[0], &many[1]) > 0.99999);
-    assert!(
-        dot(&text[0], &many[0]) < 0.999,
-        "a prefix is another input"
-    );
+    assert!(dot(&text[0], &many[0]) < 0.999, "a prefix is another input");
     // Usage counts the ids as given.
     let (status, reply) = post(
         "/v1/embeddings",
@@ -172,13 +167,41 @@ async fn token_arrays_embed_as_their_text_does() {
 async fn bad_requests_get_openai_errors() {
     let long = "word ".repeat(600);
     let cases = [
-        (json!({"model": MODEL, "input": ""}), "invalid_value", "input"),
-        (json!({"model": MODEL, "input": []}), "invalid_value", "input"),
-        (json!({"model": MODEL, "input": ["a", ""]}), "invalid_value", "input[1]"),
-        (json!({"model": MODEL, "input": [[]]}), "invalid_value", "input[0]"),
-        (json!({"model": MODEL, "input": {"text": "a"}}), "invalid_value", "input"),
-        (json!({"model": MODEL, "input": [101, 999999]}), "invalid_value", "input[1]"),
-        (json!({"model": MODEL, "input": [101, -1]}), "invalid_value", "input[1]"),
+        (
+            json!({"model": MODEL, "input": ""}),
+            "invalid_value",
+            "input",
+        ),
+        (
+            json!({"model": MODEL, "input": []}),
+            "invalid_value",
+            "input",
+        ),
+        (
+            json!({"model": MODEL, "input": ["a", ""]}),
+            "invalid_value",
+            "input[1]",
+        ),
+        (
+            json!({"model": MODEL, "input": [[]]}),
+            "invalid_value",
+            "input[0]",
+        ),
+        (
+            json!({"model": MODEL, "input": {"text": "a"}}),
+            "invalid_value",
+            "input",
+        ),
+        (
+            json!({"model": MODEL, "input": [101, 999999]}),
+            "invalid_value",
+            "input[1]",
+        ),
+        (
+            json!({"model": MODEL, "input": [101, -1]}),
+            "invalid_value",
+            "input[1]",
+        ),
         (
             json!({"model": MODEL, "input": long}),
             "context_length_exceeded",
@@ -218,7 +241,10 @@ async fn bad_requests_get_openai_errors() {
     )
     .await;
     assert_eq!(status, 200, "{reply}");
-    assert_eq!(reply["data"][0]["embedding"].as_array().unwrap().len(), WIDTH);
+    assert_eq!(
+        reply["data"][0]["embedding"].as_array().unwrap().len(),
+        WIDTH
+    );
     // An unknown model is a 404; malformed JSON a 400.
     let (status, reply) = post("/v1/embeddings", &json!({"model": "nope", "input": "a"})).await;
     assert_eq!(status, 404, "{reply}");
@@ -276,7 +302,12 @@ async fn vectors_match_llama_cpp_s_for_the_same_gguf() {
     let gguf = common::embedding_model_file();
     assert_eq!(
         fixture["gguf_sha256"],
-        wick::catalog::Catalog::builtin().get(MODEL).unwrap().sha256.clone().unwrap(),
+        wick::catalog::Catalog::builtin()
+            .get(MODEL)
+            .unwrap()
+            .sha256
+            .clone()
+            .unwrap(),
         "the fixture is for another GGUF than the catalog's ({})",
         gguf.display()
     );
@@ -291,7 +322,11 @@ async fn vectors_match_llama_cpp_s_for_the_same_gguf() {
         let theirs: Vec<f32> = serde_json::from_value(case["embedding"].clone()).unwrap();
         assert_eq!(theirs.len(), WIDTH);
         let cos = dot(mine, &theirs) / (norm(mine) * norm(&theirs));
-        assert!(cos >= 0.999, "{}: cosine {cos} with llama.cpp", case["text"]);
+        assert!(
+            cos >= 0.999,
+            "{}: cosine {cos} with llama.cpp",
+            case["text"]
+        );
         // llama.cpp's token ids for the text, as wick's tokenizer gives them.
         if let Some(ids) = case.get("tokens") {
             let ids: Vec<u32> = serde_json::from_value(ids.clone()).unwrap();
@@ -317,7 +352,10 @@ fn run_script(python: &Path, script: &str, passed: &str) {
         .expect("python runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the script failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "the script failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains(passed), "{stdout}");
 }
 
@@ -330,5 +368,9 @@ fn the_official_python_sdk_creates_embeddings() {
 #[test]
 fn langchain_openai_embeddings_work_against_wick() {
     let python = common::python::venv_with("langchain-openai", &["langchain-openai==1.7.4"]);
-    run_script(&python, "langchain_embeddings.py", "langchain checks passed");
+    run_script(
+        &python,
+        "langchain_embeddings.py",
+        "langchain checks passed",
+    );
 }

@@ -84,6 +84,10 @@ async fn handle(
         }
     };
     let inputs = read_inputs(&request.input)?;
+    // Whether the inputs are items of a list (`input[i]`), or `input` is one text or one
+    // list of ids.
+    let listed =
+        matches!(&request.input, Value::Array(items) if !items.iter().all(Value::is_number));
     let served = state.resolve(request.model.as_deref()).await?;
     if !served.backend.makes_embeddings() {
         return Err(ApiError::invalid(
@@ -115,7 +119,7 @@ async fn handle(
     let tokenizing = served.clone();
     let ids = state
         .cpu_work
-        .run(move || tokenize(generation::local(&tokenizing)?, inputs))
+        .run(move || tokenize(generation::local(&tokenizing)?, inputs, listed))
         .await??;
     let prompt_tokens: usize = ids.iter().map(Vec::len).sum();
     let vectors = served
@@ -146,22 +150,23 @@ async fn handle(
 
 /// The inputs of `input`, checked for shape (not yet for the model).
 fn read_inputs(input: &Value) -> Result<Vec<Input>, ApiError> {
-    let invalid =
-        |message: String| ApiError::invalid(message, Some("input")).with_code("invalid_value");
-    let token = |v: &Value, at: &str| {
+    let invalid = |message: String, param: &str| {
+        ApiError::invalid(message, Some(param)).with_code("invalid_value")
+    };
+    let token = |v: &Value, at: String| {
         v.as_i64()
-            .ok_or_else(|| invalid(format!("{at} is not a token id (an integer)")))
+            .ok_or_else(|| invalid(format!("{at} is not a token id (an integer)"), &at))
     };
     let inputs = match input {
         Value::String(s) => vec![Input::Text(s.clone())],
         Value::Array(items) if items.is_empty() => {
-            return Err(invalid("input must not be an empty list".into()))
+            return Err(invalid("input must not be an empty list".into(), "input"))
         }
         Value::Array(items) if items.iter().all(Value::is_number) => vec![Input::Tokens(
             items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| token(v, &format!("input[{i}]")))
+                .map(|(i, v)| token(v, format!("input[{i}]")))
                 .collect::<Result<_, _>>()?,
         )],
         Value::Array(items) => items
@@ -172,12 +177,13 @@ fn read_inputs(input: &Value) -> Result<Vec<Input>, ApiError> {
                 Value::Array(ids) => Ok(Input::Tokens(
                     ids.iter()
                         .enumerate()
-                        .map(|(j, v)| token(v, &format!("input[{i}][{j}]")))
+                        .map(|(j, v)| token(v, format!("input[{i}][{j}]")))
                         .collect::<Result<_, _>>()?,
                 )),
-                _ => Err(invalid(format!(
-                    "input[{i}] must be a string or a list of token ids"
-                ))),
+                _ => Err(invalid(
+                    format!("input[{i}] must be a string or a list of token ids"),
+                    &format!("input[{i}]"),
+                )),
             })
             .collect::<Result<_, _>>()?,
         _ => {
@@ -185,14 +191,18 @@ fn read_inputs(input: &Value) -> Result<Vec<Input>, ApiError> {
                 "input must be a string, a list of strings, a list of token ids or a list of \
                  lists of token ids"
                     .into(),
+                "input",
             ))
         }
     };
     if inputs.len() > MAX_INPUTS {
-        return Err(invalid(format!(
-            "input has {} items; at most {MAX_INPUTS} are allowed",
-            inputs.len()
-        )));
+        return Err(invalid(
+            format!(
+                "input has {} items; at most {MAX_INPUTS} are allowed",
+                inputs.len()
+            ),
+            "input",
+        ));
     }
     for (i, item) in inputs.iter().enumerate() {
         let empty = match item {
@@ -200,23 +210,28 @@ fn read_inputs(input: &Value) -> Result<Vec<Input>, ApiError> {
             Input::Tokens(ids) => ids.is_empty(),
         };
         if empty {
-            let at = if inputs.len() == 1 && !input.is_array() {
-                "input".to_string()
-            } else {
-                format!("input[{i}]")
+            let at = match input {
+                Value::String(_) => "input".to_string(),
+                _ => format!("input[{i}]"),
             };
-            return Err(invalid(format!("{at} is empty: there is nothing to embed")));
+            return Err(invalid(
+                format!("{at} is empty: there is nothing to embed"),
+                &at,
+            ));
         }
     }
     Ok(inputs)
 }
 
 /// Token ids of every input, each within the model's context and vocabulary.
-fn tokenize(frontend: &ModelFrontend, inputs: Vec<Input>) -> Result<Vec<Vec<u32>>, ApiError> {
+fn tokenize(
+    frontend: &ModelFrontend,
+    inputs: Vec<Input>,
+    listed: bool,
+) -> Result<Vec<Vec<u32>>, ApiError> {
     let context = frontend.context_length;
     let vocabulary = frontend.tokenizer.vocab_size();
-    let many = inputs.len() > 1;
-    let at = |i: usize| match many {
+    let at = |i: usize| match listed {
         true => format!("input[{i}]"),
         false => "input".to_string(),
     };
@@ -244,11 +259,7 @@ fn tokenize(frontend: &ModelFrontend, inputs: Vec<Input>) -> Result<Vec<Vec<u32>
                             .ok()
                             .filter(|&id| (id as usize) < vocabulary)
                             .ok_or_else(|| {
-                                let param = if many {
-                                    format!("input[{i}][{j}]")
-                                } else {
-                                    format!("input[{j}]")
-                                };
+                                let param = format!("{}[{j}]", at(i));
                                 ApiError::invalid(
                                     format!(
                                         "{param} is {t}, outside this model's vocabulary of \
