@@ -202,7 +202,7 @@ impl Bert {
                 out_norm: Norm::load(&mut r, &format!("{p}.layer_output_norm"))?,
             });
         }
-        if config.hidden % config.n_heads != 0 {
+        if !config.hidden.is_multiple_of(config.n_heads) {
             anyhow::bail!(
                 "{} heads do not divide the width {}",
                 config.n_heads,
