@@ -327,9 +327,22 @@ async fn vectors_match_llama_cpp_s_for_the_same_gguf() {
             "{}: cosine {cos} with llama.cpp",
             case["text"]
         );
-        // llama.cpp's token ids for the text, as wick's tokenizer gives them.
+        // llama.cpp's token ids for the text ([CLS] .. [SEP]) are wick's.
         if let Some(ids) = case.get("tokens") {
             let ids: Vec<u32> = serde_json::from_value(ids.clone()).unwrap();
+            let (status, reply) = post(
+                "/tokenize",
+                &json!({"model": MODEL, "content": case["text"], "parse_special": false}),
+            )
+            .await;
+            assert_eq!(status, 200, "{reply}");
+            let ours: Vec<u32> = serde_json::from_value(reply["tokens"].clone()).unwrap();
+            assert_eq!(
+                ours,
+                ids[1..ids.len() - 1],
+                "{}: wick's word pieces are not llama.cpp's",
+                case["text"]
+            );
             let by_ids = embed(EmbeddingInput::IntegerArray(ids)).await;
             let same = dot(&by_ids[0], mine);
             assert!(
