@@ -387,3 +387,37 @@ fn langchain_openai_embeddings_work_against_wick() {
         "langchain checks passed",
     );
 }
+
+#[tokio::test]
+async fn a_bert_gguf_given_by_path_serves_embeddings() {
+    let path = common::embedding_model_file();
+    let mut args = wick::config::ServeArgs::local_ephemeral();
+    args.model = Some(path.to_string_lossy().into_owned());
+    args.ctx_size = Some(512);
+    let base = format!("http://{}", common::start_server(args));
+    let reply: Value = reqwest::Client::new()
+        .post(format!("{base}/v1/embeddings"))
+        .json(&json!({"input": CAT}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let v: Vec<f32> = serde_json::from_value(reply["data"][0]["embedding"].clone())
+        .unwrap_or_else(|_| panic!("{reply}"));
+    assert_eq!(v.len(), WIDTH);
+    let models: Value = reqwest::get(format!("{base}/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let served = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == reply["model"])
+        .unwrap_or_else(|| panic!("{models}"));
+    assert_eq!(served["embedding"], true, "{served}");
+}
