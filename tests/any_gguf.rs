@@ -467,9 +467,10 @@ async fn files_that_cannot_be_served_are_refused_with_their_reason() {
         "{err}"
     );
 
-    let wordpiece = scratch("wordpiece.gguf");
+    // A tokenizer wick does not build (T5's Unigram; WordPiece, `bert`, it does).
+    let unigram = scratch("unigram.gguf");
     gguf_with(
-        &wordpiece,
+        &unigram,
         &[
             ("general.architecture", V::String("llama".into())),
             ("llama.context_length", V::U32(64)),
@@ -477,16 +478,16 @@ async fn files_that_cannot_be_served_are_refused_with_their_reason() {
             ("llama.embedding_length", V::U32(8)),
             ("llama.feed_forward_length", V::U32(16)),
             ("llama.attention.head_count", V::U32(1)),
-            ("tokenizer.ggml.model", V::String("bert".into())),
+            ("tokenizer.ggml.model", V::String("t5".into())),
             (
                 "tokenizer.ggml.tokens",
                 V::Array(vec![V::String("a".into())]),
             ),
         ],
     );
-    let err = start_error(&wordpiece).await;
+    let err = start_error(&unigram).await;
     assert!(
-        err.contains("tokenizer model `bert` is not supported"),
+        err.contains("tokenizer model `t5` is not supported"),
         "{err}"
     );
 }

@@ -119,11 +119,17 @@ async fn models_list_shows_family_tier_and_state() {
     let list = models(addr).await;
     let data = list["data"].as_array().unwrap();
     let ids: Vec<&str> = data.iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, [TIER_1, TIER_2, TIER_3]);
+    assert_eq!(ids, [TIER_1, TIER_2, TIER_3, "all-minilm-l6-v2"]);
     for (m, tier) in data.iter().zip(["tier_1", "tier_2", "tier_3"]) {
         assert_eq!(m["tier"], tier, "{m}");
         assert_eq!(m["family"], "open source", "{m}");
         assert_eq!(m["loaded"], m["id"] == TIER_1, "{m}");
         assert_eq!(m["context_length"], 1024, "capped by --ctx-size: {m}");
+        assert!(m.get("embedding").is_none(), "a chat model: {m}");
     }
+    // The embedding model says so, and keeps its own shorter context.
+    let embedding = &data[3];
+    assert_eq!(embedding["embedding"], true, "{embedding}");
+    assert_eq!(embedding["context_length"], 512, "{embedding}");
+    assert_eq!(embedding["loaded"], false, "{embedding}");
 }

@@ -172,9 +172,12 @@ pub fn local(served: &ServedModel) -> Result<&ModelFrontend, ApiError> {
 }
 
 /// The error response of a request a backend did not take.
-fn submit_error(e: SubmitError) -> ApiError {
+pub fn submit_error(e: SubmitError) -> ApiError {
     match e {
         SubmitError::QueueFull(_) => ApiError::busy(e.to_string()),
+        SubmitError::Unsupported(message) => {
+            ApiError::invalid(message, Some("model")).with_code("model_not_supported")
+        }
         SubmitError::Stopped | SubmitError::WrongLevel => ApiError::internal(e.to_string()),
         SubmitError::Upstream {
             status,

@@ -7,6 +7,7 @@ mod caller;
 mod chat;
 mod completions;
 pub mod cpu_work;
+mod embeddings;
 pub mod error;
 pub mod fields;
 mod generation;
@@ -96,6 +97,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat::completions_v1))
         .route("/v2/chat/completions", post(chat::completions_v2))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/responses", post(responses::create))
         .route(
             "/v1/responses/{id}",

@@ -24,6 +24,9 @@ pub struct ModelCard {
     loaded: bool,
     /// `local` (this server runs it) or `upstream` (it forwards to another server).
     served_by: &'static str,
+    /// An embedding model (for /v1/embeddings); left out for chat models.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    embedding: bool,
 }
 
 #[derive(Serialize)]
@@ -55,6 +58,7 @@ fn card(state: &AppState, entry: &ModelEntry) -> ModelCard {
         } else {
             "local"
         },
+        embedding: entry.embedding,
     }
 }
 

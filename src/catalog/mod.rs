@@ -66,6 +66,10 @@ pub struct ModelEntry {
     pub path: Option<PathBuf>,
     /// Served by another OpenAI-compatible server, not run here (src/upstream/).
     pub upstream: Option<UpstreamEntry>,
+    /// An embedding model (`embedding = true`): it answers /v1/embeddings, never chat, so
+    /// routing never picks it.
+    #[serde(default)]
+    pub embedding: bool,
 }
 
 impl ModelEntry {

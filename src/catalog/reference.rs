@@ -216,11 +216,13 @@ fn entry_for_file(path: &Path, options: &ReferenceOptions) -> anyhow::Result<Mod
     };
     let arch = text("general.architecture")
         .with_context(|| format!("{} has no general.architecture", path.display()))?;
-    if !crate::model::ARCHITECTURES.contains(&arch.as_str()) {
+    let embedding = crate::model::ENCODER_ARCHITECTURES.contains(&arch.as_str());
+    if !embedding && !crate::model::ARCHITECTURES.contains(&arch.as_str()) {
         bail!(
-            "{}: architecture '{arch}' is not supported yet (supported: {})",
+            "{}: architecture '{arch}' is not supported yet (supported: {}; embeddings: {})",
             path.display(),
-            crate::model::ARCHITECTURES.join(", ")
+            crate::model::ARCHITECTURES.join(", "),
+            crate::model::ENCODER_ARCHITECTURES.join(", ")
         );
     }
     let trained = content
@@ -262,6 +264,7 @@ fn entry_for_file(path: &Path, options: &ReferenceOptions) -> anyhow::Result<Mod
         }],
         path: Some(path.to_path_buf()),
         upstream: None,
+        embedding,
     };
     super::validate::check_entry(&entry)?;
     Ok(entry)

@@ -4,6 +4,7 @@
 
 mod admission;
 pub mod constraint;
+pub mod embedder;
 mod prefix_cache;
 pub mod registry;
 pub(crate) mod sampler;
@@ -102,7 +103,14 @@ pub enum SubmitError {
     /// remote engine, a whole request to the local one).
     #[error("this backend does not take requests of this kind")]
     WrongLevel,
+    /// The model does not do what was asked (generation from an embedding model, embeddings
+    /// from a chat model): a 400 that says why.
+    #[error("{0}")]
+    Unsupported(String),
 }
+
+/// What [`Backend::embed`] resolves to: one vector per input, in order, or why not.
+pub type EmbedSubmission = futures::future::BoxFuture<'static, Result<Vec<Vec<f32>>, SubmitError>>;
 
 /// Which OpenAI endpoint a whole request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +223,20 @@ pub trait Backend: Send + Sync {
     /// token ids.
     fn takes_whole_requests(&self) -> bool {
         false
+    }
+    /// Embed token sequences (each already framed as the model wants, e.g. `[CLS] .. [SEP]`):
+    /// one vector of length 1 per sequence, in order. Only an embedding model's backend
+    /// ([`embedder::Embedder`]) makes them.
+    fn embed(&self, _client: ClientId, _inputs: Vec<Vec<u32>>) -> EmbedSubmission {
+        Box::pin(async { Err(SubmitError::WrongLevel) })
+    }
+    /// Whether [`Self::embed`] works here.
+    fn makes_embeddings(&self) -> bool {
+        false
+    }
+    /// The length of the vectors [`Self::embed`] returns (0 where it makes none).
+    fn embedding_dimensions(&self) -> usize {
+        0
     }
 }
 

@@ -183,6 +183,9 @@ impl ModelRegistry {
             .fetch(&self.catalog, &entry, progress.as_ref())
             .await?;
         let (device, load_entry) = (self.device.clone(), entry.clone());
+        if crate::model::is_encoder(&path)? {
+            return self.load_encoder(path, entry, started).await;
+        }
         let loaded =
             tokio::task::spawn_blocking(move || crate::model::load(&path, &load_entry, &device))
                 .await??;
@@ -218,6 +221,44 @@ impl ModelRegistry {
             entry,
             frontend: Some(frontend),
             backend: Arc::new(engine),
+            grammar: Default::default(),
+            bytes,
+            load_time: started.elapsed(),
+        }))
+    }
+
+    /// An embedding model (src/model/bert.rs) with its own engine (src/engine/embedder.rs):
+    /// no KV cache, so its memory is its weights.
+    async fn load_encoder(
+        &self,
+        path: std::path::PathBuf,
+        entry: ModelEntry,
+        started: Instant,
+    ) -> anyhow::Result<Arc<ServedModel>> {
+        let (device, load_entry) = (self.device.clone(), entry.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            crate::model::load_encoder(&path, &load_entry, &device)
+        })
+        .await??;
+        let bytes = loaded.weights.weight_bytes() as u64;
+        if let Some(budget) = self.limits.memory_budget.filter(|&b| bytes > b) {
+            anyhow::bail!(
+                "model '{}' needs {} MiB of weights, more than --memory-budget ({} MiB)",
+                entry.id,
+                bytes >> 20,
+                budget >> 20
+            );
+        }
+        let embedder = super::embedder::Embedder::start(
+            &entry.id,
+            loaded.weights,
+            self.engine.queue_capacity,
+        )?;
+        tracing::info!(model = %entry.id, mib = bytes >> 20, "embedding model ready");
+        Ok(Arc::new(ServedModel {
+            entry,
+            frontend: Some(loaded.frontend),
+            backend: Arc::new(embedder),
             grammar: Default::default(),
             bytes,
             load_time: started.elapsed(),

@@ -6,7 +6,11 @@
 //! [`llama::Llama`] with their own [`llama::Variant`]; `gemma2` and `gemma3` by [`gemma::Gemma`]. What
 //! they share (tensor reading, embeddings, attention over the cache) is in [`decoder`]. Hyper-parameters are read from the
 //! keys under the architecture's own prefix (`llama.block_count`, `qwen2.rope.freq_base`, ...).
+//!
+//! Embedding models (`bert`) are encoders: [`Encoder`] takes a batch of whole texts and
+//! returns one pooled vector each ([`bert::Bert`]); they have no KV cache and do not generate.
 
+pub mod bert;
 pub mod cuda;
 pub mod decoder;
 pub mod gemma;
@@ -141,6 +145,74 @@ pub struct ModelFrontend {
 pub struct LoadedModel {
     pub weights: Box<dyn Model>,
     pub frontend: Arc<ModelFrontend>,
+}
+
+/// An embedding model: whole texts in, one vector each out (pooled and of length 1). The
+/// engine's embedder owns it; nothing else calls it.
+pub trait Encoder: Send {
+    fn config(&self) -> &bert::EncoderConfig;
+    /// One vector per text, in order; every token of every text is in one step.
+    fn embed(&self, texts: &[&[u32]]) -> candle_core::Result<Vec<Vec<f32>>>;
+    /// Bytes of weights held, for /health and the memory budget.
+    fn weight_bytes(&self) -> usize;
+}
+
+/// An embedding model read from disk: the weights for the engine's embedder, the tokenizer
+/// (and a placeholder template) for the request path.
+pub struct LoadedEncoder {
+    pub weights: Box<dyn Encoder>,
+    pub frontend: Arc<ModelFrontend>,
+}
+
+/// The `general.architecture` values wick runs as embedding models.
+pub const ENCODER_ARCHITECTURES: [&str; 1] = ["bert"];
+
+/// Whether the GGUF at `path` is an embedding model (an architecture of
+/// [`ENCODER_ARCHITECTURES`]) rather than a decoder.
+pub fn is_encoder(path: &Path) -> anyhow::Result<bool> {
+    let header = gguf::read_header(path)?;
+    let arch = meta(&header, "general.architecture")?.to_string()?;
+    Ok(ENCODER_ARCHITECTURES.contains(&arch.as_str()))
+}
+
+/// Load an embedding model's GGUF for a catalog entry.
+pub fn load_encoder(
+    path: &Path,
+    entry: &ModelEntry,
+    device: &Device,
+) -> anyhow::Result<LoadedEncoder> {
+    let mut gguf = gguf::GgufModel::open(path)?;
+    let tokenizer = match &entry.tokenizer_json {
+        Some(json) => Tokenizer::from_file(json, Some(gguf.content()))?,
+        None => Tokenizer::from_gguf(gguf.content())?,
+    };
+    let weights = bert::Bert::load(&mut gguf, device)?;
+    let config = Encoder::config(&weights).clone();
+    // It never renders a chat; a template is kept only because the frontend's shape has one.
+    let template = ChatTemplate::new(
+        crate::template::CHATML,
+        tokenizer.bos_token(),
+        tokenizer.eos_token(),
+    )?;
+    let context_length = entry.context_length.min(config.context_length);
+    tracing::info!(
+        model = %entry.id,
+        arch = %config.architecture,
+        layers = config.n_layers,
+        dimensions = config.hidden,
+        pooling = ?config.pooling,
+        context_length,
+        "embedding model loaded"
+    );
+    Ok(LoadedEncoder {
+        weights: Box::new(weights),
+        frontend: Arc::new(ModelFrontend {
+            id: entry.id.clone(),
+            tokenizer,
+            template,
+            context_length,
+        }),
+    })
 }
 
 /// The `general.architecture` values wick runs.

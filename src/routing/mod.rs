@@ -71,6 +71,7 @@ pub fn route(
     let candidates: Vec<_> = catalog
         .models
         .iter()
+        .filter(|m| !m.embedding)
         .filter(|m| family.is_none_or(|f| f.matches(&m.family)))
         .filter(|m| family.is_some() || !(auto_local_only && m.is_upstream()))
         .collect();

@@ -10,6 +10,13 @@
 //!   entry of highest score, leftmost first; ranking every such pair by that score gives
 //!   a merge list that `tokenizers`' BPE applies in the same order ([`spm_merges`]).
 //!
+//! - `bert`: WordPiece (BERT-family embedding models). llama.cpp's converter stores each
+//!   word-start piece as `▁piece` and each continuation (`##piece` in the model's own
+//!   vocabulary) bare; [`wordpiece`] turns them back and runs `tokenizers`' WordPiece with
+//!   BERT's normaliser (lowercase, accents stripped, as llama.cpp's WPM tokenizer always does)
+//!   and pre-tokenizer. A text is framed as `[CLS] text [SEP]` (`add_bos_token`,
+//!   `add_eos_token`).
+//!
 //! For `gpt2`, the split rules for that name are llama.cpp's (`pretokenize.rs`). Chat prompts
 //! keep control-token texts typed by clients as text (`guard.rs`).
 
@@ -41,6 +48,9 @@ pub struct Tokenizer {
     bos: Option<(u32, String)>,
     eos: Option<(u32, String)>,
     add_bos: bool,
+    /// Whether a text ends with eos (`[SEP]` of a BERT vocabulary); only `bert` vocabularies
+    /// are read for it, as chat models' prompts never end with one.
+    add_eos: bool,
     stop_ids: Vec<u32>,
     /// Control-token texts kept out of user content (`guard`).
     controls: guard::ControlTexts,
@@ -66,9 +76,11 @@ impl Tokenizer {
                 (byte_level_bpe(content, &tokens, &pre)?, pre.add_bos)
             }
             "llama" => (sentencepiece_bpe(content, &tokens)?, true),
+            "bert" => (wordpiece(content, &tokens)?, true),
             other => bail!(
                 "tokenizer model `{other}` is not supported (supported: `gpt2`, byte-level BPE; \
-                 `llama`, SentencePiece BPE); give the model's tokenizer.json instead"
+                 `llama`, SentencePiece BPE; `bert`, WordPiece); give the model's \
+                 tokenizer.json instead"
             ),
         };
         // Control and user-defined tokens are matched whole in the input before any splitting.
@@ -104,7 +116,10 @@ impl Tokenizer {
         let eot = id_of("tokenizer.ggml.eot_token_id")?.map(|(id, _)| id);
         let add_bos =
             meta_bool(content, "tokenizer.ggml.add_bos_token")?.unwrap_or(add_bos_default);
-        Ok(Self::assemble(inner, bos, eos, eot, add_bos))
+        let mut tokenizer = Self::assemble(inner, bos, eos, eot, add_bos);
+        tokenizer.add_eos =
+            model == "bert" && meta_bool(content, "tokenizer.ggml.add_eos_token")?.unwrap_or(true);
+        Ok(tokenizer)
     }
 
     /// Build from a tokenizer.json; special ids are taken from the GGUF metadata when given.
@@ -159,6 +174,7 @@ impl Tokenizer {
             bos,
             eos,
             add_bos,
+            add_eos: false,
             stop_ids,
             controls,
             length_bound,
@@ -181,6 +197,21 @@ impl Tokenizer {
             }
         }
         ids.extend_from_slice(encoding.get_ids());
+        Ok(ids)
+    }
+
+    /// The ids of a text to embed: its content as plain text (control-token texts are not
+    /// parsed: user content is data), framed by bos and eos where the model's vocabulary
+    /// asks for them (`[CLS] ... [SEP]` for BERT).
+    pub fn encode_for_embedding(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if let (true, Some((bos, _))) = (self.add_bos, &self.bos) {
+            ids.push(*bos);
+        }
+        ids.extend(self.encode_text(text)?);
+        if let (true, Some((eos, _))) = (self.add_eos, &self.eos) {
+            ids.push(*eos);
+        }
         Ok(ids)
     }
 
@@ -329,6 +360,47 @@ fn byte_level_bpe(
     let mut inner = tokenizers::Tokenizer::new(bpe);
     inner.with_pre_tokenizer(Some(pre.pre_tokenizer()?));
     inner.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(inner)
+}
+
+/// A WordPiece tokenizer (`tokenizer.ggml.model = bert`) from a GGUF vocabulary in
+/// llama.cpp's phantom-space form: `▁word` starts a word, a bare piece continues one (the
+/// model's own `##piece`), control tokens keep their text.
+fn wordpiece(
+    content: &gguf_file::Content,
+    tokens: &[&str],
+) -> anyhow::Result<tokenizers::Tokenizer> {
+    use tokenizers::models::wordpiece::WordPiece;
+    let types = token_types(content, tokens.len())?;
+    let mut vocab = tokenizers::models::bpe::Vocab::default();
+    for (id, (token, ty)) in tokens.iter().zip(&types).enumerate() {
+        let piece = if *ty == TOKEN_TYPE_CONTROL {
+            token.to_string()
+        } else if let Some(word) = token.strip_prefix(SPM_SPACE) {
+            word.to_string()
+        } else {
+            format!("##{token}")
+        };
+        // A duplicate keeps its first id, as a lookup by text in llama.cpp finds it.
+        vocab.entry(piece).or_insert(id as u32);
+    }
+    let unk = meta_id(content, "tokenizer.ggml.unknown_token_id")?
+        .and_then(|id| tokens.get(id as usize))
+        .map_or("[UNK]".to_string(), |t| t.to_string());
+    let model = WordPiece::builder()
+        .vocab(vocab)
+        .unk_token(unk)
+        .continuing_subword_prefix("##".into())
+        .build()
+        .map_err(|e| anyhow!("building the WordPiece model from the GGUF vocabulary: {e}"))?;
+    let mut inner = tokenizers::Tokenizer::new(model);
+    inner
+        .with_normalizer(Some(tokenizers::normalizers::BertNormalizer::new(
+            true, true, None, true,
+        )))
+        .map_err(|e| anyhow!("setting the BERT normaliser: {e}"))?;
+    inner.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::bert::BertPreTokenizer));
+    inner.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
     Ok(inner)
 }
 

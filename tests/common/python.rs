@@ -36,3 +36,27 @@ pub fn run(command: &mut Command) {
         .unwrap_or_else(|e| panic!("{command:?}: {e}"));
     assert!(status.success(), "{command:?} failed: {status}");
 }
+
+/// A venv named `name` under the target dir with every `package==version` of `pins` installed
+/// (checked by the installed distributions' versions, for packages without `__version__`).
+pub fn venv_with(name: &str, pins: &[&str]) -> PathBuf {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("python-{name}"));
+    let python = dir.join("bin").join("python");
+    let check = "import importlib.metadata as m, sys\n\
+                 sys.exit(any(m.version(p.split('==')[0]) != p.split('==')[1] for p in sys.argv[1:]))";
+    let pinned = Command::new(&python)
+        .arg("-c")
+        .arg(check)
+        .args(pins)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !pinned {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&dir));
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(pins));
+    }
+    python
+}

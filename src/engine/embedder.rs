@@ -1,0 +1,223 @@
+//! The engine of an embedding model: a thread of its own owns the [`Encoder`] and runs the
+//! texts of every waiting request together, so each weight is read once per step however
+//! many requests and inputs arrive at once (the batch shape of src/model/, texts instead of
+//! decode steps). Handlers reach it through [`Backend::embed`]; it refuses generation with a
+//! 400 that says what the model is for.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::{
+    Backend, ClientId, EmbedSubmission, EventStream, GenerateRequest, Health, SubmitError,
+    FAULT_WINDOW,
+};
+use crate::model::Encoder;
+
+/// Most tokens one step of the model takes (all texts together); a single text is never
+/// split, so a step holds at least one whatever its length.
+pub const STEP_TOKENS: usize = 8192;
+
+struct Job {
+    inputs: Vec<Vec<u32>>,
+    reply: oneshot::Sender<Result<Vec<Vec<f32>>, SubmitError>>,
+}
+
+#[derive(Default)]
+struct Stats {
+    alive: AtomicBool,
+    waiting: AtomicUsize,
+    running: AtomicUsize,
+    prompt_tokens: AtomicUsize,
+    faults: AtomicUsize,
+    last_fault: Mutex<Option<(Instant, String)>>,
+}
+
+pub struct Embedder {
+    id: String,
+    submit: SyncSender<Job>,
+    stats: Arc<Stats>,
+    queue_capacity: usize,
+    weight_bytes: u64,
+    dimensions: usize,
+}
+
+impl Embedder {
+    /// Start the model's thread; `queue_capacity` requests may wait for it.
+    pub fn start(id: &str, model: Box<dyn Encoder>, queue_capacity: usize) -> anyhow::Result<Self> {
+        let (submit, jobs) = sync_channel(queue_capacity.max(1));
+        let stats = Arc::new(Stats::default());
+        stats.alive.store(true, Ordering::SeqCst);
+        let weight_bytes = model.weight_bytes() as u64;
+        let dimensions = model.config().hidden;
+        let thread_stats = stats.clone();
+        std::thread::Builder::new()
+            .name(format!("wick-embed-{id}"))
+            .spawn(move || {
+                run(model.as_ref(), &jobs, &thread_stats);
+                thread_stats.alive.store(false, Ordering::SeqCst);
+            })?;
+        Ok(Self {
+            id: id.to_string(),
+            submit,
+            stats,
+            queue_capacity: queue_capacity.max(1),
+            weight_bytes,
+            dimensions,
+        })
+    }
+}
+
+/// Take every job waiting (up to [`STEP_TOKENS`] of their texts), run them as one batch,
+/// answer each; until every sender is gone.
+fn run(model: &dyn Encoder, jobs: &Receiver<Job>, stats: &Stats) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        let mut tokens: usize = batch[0].inputs.iter().map(Vec::len).sum();
+        while tokens < STEP_TOKENS {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    tokens += job.inputs.iter().map(Vec::len).sum::<usize>();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        stats.waiting.fetch_sub(batch.len(), Ordering::SeqCst);
+        // A client that went away is not computed for.
+        batch.retain(|job| !job.reply.is_closed());
+        stats.running.store(batch.len(), Ordering::SeqCst);
+        let texts: Vec<&[u32]> = batch
+            .iter()
+            .flat_map(|job| job.inputs.iter().map(Vec::as_slice))
+            .collect();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| embed_in_steps(model, &texts)));
+        let result = match result {
+            Ok(Ok(vectors)) => {
+                stats.prompt_tokens.fetch_add(
+                    texts.iter().map(|t| t.len()).sum::<usize>(),
+                    Ordering::SeqCst,
+                );
+                Ok(vectors)
+            }
+            Ok(Err(e)) => Err(format!("the embedding model failed: {e}")),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic".into());
+                tracing::error!(%message, "embedding step panicked; its requests fail");
+                stats.faults.fetch_add(1, Ordering::SeqCst);
+                *stats.last_fault.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((Instant::now(), message.clone()));
+                Err(format!("the embedding model failed: {message}"))
+            }
+        };
+        stats.running.store(0, Ordering::SeqCst);
+        match result {
+            Ok(vectors) => {
+                let mut vectors = vectors.into_iter();
+                for job in batch {
+                    let mine: Vec<Vec<f32>> = vectors.by_ref().take(job.inputs.len()).collect();
+                    let _ = job.reply.send(Ok(mine));
+                }
+            }
+            Err(message) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(SubmitError::Upstream {
+                        status: 500,
+                        code: "internal_error",
+                        message: message.clone(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// The texts in steps of at most [`STEP_TOKENS`] tokens (one text at least), in order.
+fn embed_in_steps(model: &dyn Encoder, texts: &[&[u32]]) -> candle_core::Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(texts.len());
+    let mut start = 0;
+    while start < texts.len() {
+        let mut end = start + 1;
+        let mut tokens = texts[start].len();
+        while end < texts.len() && tokens + texts[end].len() <= STEP_TOKENS {
+            tokens += texts[end].len();
+            end += 1;
+        }
+        out.extend(model.embed(&texts[start..end])?);
+        start = end;
+    }
+    Ok(out)
+}
+
+impl Backend for Embedder {
+    fn submit_for(
+        &self,
+        _client: ClientId,
+        _requests: Vec<GenerateRequest>,
+    ) -> Result<Vec<EventStream>, SubmitError> {
+        Err(SubmitError::Unsupported(format!(
+            "model '{}' is an embedding model: it does not generate text; send its inputs to \
+             /v1/embeddings",
+            self.id
+        )))
+    }
+
+    fn queue_capacity(&self) -> usize {
+        self.queue_capacity
+    }
+
+    fn health(&self) -> Health {
+        let last_fault = self
+            .stats
+            .last_fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Health {
+            alive: self.stats.alive.load(Ordering::SeqCst),
+            running: self.stats.running.load(Ordering::SeqCst),
+            waiting: self.stats.waiting.load(Ordering::SeqCst),
+            prompt_tokens: self.stats.prompt_tokens.load(Ordering::SeqCst),
+            weight_bytes: self.weight_bytes,
+            kv_layout: "none",
+            faults: self.stats.faults.load(Ordering::SeqCst),
+            recent_fault: last_fault
+                .as_ref()
+                .is_some_and(|(at, _)| at.elapsed() < FAULT_WINDOW),
+            last_fault: last_fault.map(|(_, message)| message),
+            ..Health::default()
+        }
+    }
+
+    fn embed(&self, _client: ClientId, inputs: Vec<Vec<u32>>) -> EmbedSubmission {
+        let (reply, answer) = oneshot::channel();
+        self.stats.waiting.fetch_add(1, Ordering::SeqCst);
+        let sent = self.submit.try_send(Job { inputs, reply });
+        let capacity = self.queue_capacity;
+        if let Err(e) = &sent {
+            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            let error = match e {
+                TrySendError::Full(_) => SubmitError::QueueFull(capacity),
+                TrySendError::Disconnected(_) => SubmitError::Stopped,
+            };
+            return Box::pin(async move { Err(error) });
+        }
+        Box::pin(async move { answer.await.map_err(|_| SubmitError::Stopped)? })
+    }
+
+    fn makes_embeddings(&self) -> bool {
+        true
+    }
+
+    fn embedding_dimensions(&self) -> usize {
+        self.dimensions
+    }
+}
