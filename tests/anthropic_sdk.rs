@@ -22,16 +22,8 @@ fn venv() -> PathBuf {
 #[test]
 fn the_official_anthropic_sdk_round_trips_plain_streamed_and_tools() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/anthropic_sdk.py");
-    let output = Command::new(venv())
-        .arg(script)
-        .arg(common::base_url())
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the SDK script failed:\n{stdout}\n{stderr}"
+    common::python::run_check(
+        Command::new(venv()).arg(script).arg(common::base_url()),
+        "anthropic checks passed",
     );
-    assert!(stdout.contains("anthropic checks passed"), "{stdout}");
 }

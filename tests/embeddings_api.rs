@@ -357,19 +357,10 @@ async fn vectors_match_llama_cpp_s_for_the_same_gguf() {
 /// Run a script of tests/python with `python`; it must succeed and print `passed`.
 fn run_script(python: &Path, script: &str, passed: &str) {
     let script = common::repo_file("tests/python").join(script);
-    let output = Command::new(python)
-        .arg(script)
-        .arg(base())
-        .arg(MODEL)
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the script failed:\n{stdout}\n{stderr}"
+    common::python::run_check(
+        Command::new(python).arg(script).arg(base()).arg(MODEL),
+        passed,
     );
-    assert!(stdout.contains(passed), "{stdout}");
 }
 
 #[test]

@@ -24,18 +24,7 @@ fn run_script(script: &str, args: &[String], passed: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/python")
         .join(script);
-    let output = Command::new(venv())
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the SDK script failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains(passed), "{stdout}");
+    common::python::run_check(Command::new(venv()).arg(script).args(args), passed);
 }
 
 #[test]

@@ -83,27 +83,18 @@ fn run_check(check: &str, args: &[String]) {
     let base = common::base_url();
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/web_ui.py");
-    let output = Command::new(python)
-        .arg(script)
-        .arg(check)
-        .args(if args.is_empty() {
-            vec![base]
-        } else {
-            args.to_vec()
-        })
-        .env("WICK_CHROMIUM", &browser.chromium)
-        .env("WICK_CHROMEDRIVER", &browser.driver)
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "web UI check {check} failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains(&format!("web ui check passed: {check}")),
-        "{stdout}"
+    common::python::run_check(
+        Command::new(python)
+            .arg(script)
+            .arg(check)
+            .args(if args.is_empty() {
+                vec![base]
+            } else {
+                args.to_vec()
+            })
+            .env("WICK_CHROMIUM", &browser.chromium)
+            .env("WICK_CHROMEDRIVER", &browser.driver),
+        &format!("web ui check passed: {check}"),
     );
 }
 

@@ -60,3 +60,21 @@ pub fn venv_with(name: &str, pins: &[&str]) -> PathBuf {
     }
     python
 }
+
+/// Run a Python check script (`command`, already given its arguments): it must exit 0 and
+/// print `passed`, else the test fails with everything it printed.
+pub fn run_check(command: &mut Command, passed: &str) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains(passed),
+        "no {passed:?} in:\n{stdout}\n{stderr}"
+    );
+}
