@@ -7,14 +7,12 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
 use super::{
     Backend, ClientId, EmbedSubmission, EventStream, GenerateRequest, Health, SubmitError,
-    FAULT_WINDOW,
 };
 use crate::model::Encoder;
 
@@ -33,8 +31,7 @@ struct Stats {
     waiting: AtomicUsize,
     running: AtomicUsize,
     prompt_tokens: AtomicUsize,
-    faults: AtomicUsize,
-    last_fault: Mutex<Option<(Instant, String)>>,
+    faults: super::FaultLog,
 }
 
 pub struct Embedder {
@@ -106,15 +103,9 @@ fn run(model: &dyn Encoder, jobs: &Receiver<Job>, stats: &Stats) {
             }
             Ok(Err(e)) => Err(format!("the embedding model failed: {e}")),
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "a panic".into());
+                let message = crate::faults::panic_message(&*panic);
                 tracing::error!(%message, "embedding step panicked; its requests fail");
-                stats.faults.fetch_add(1, Ordering::SeqCst);
-                *stats.last_fault.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((Instant::now(), message.clone()));
+                stats.faults.record(&message);
                 Err(format!("the embedding model failed: {message}"))
             }
         };
@@ -175,12 +166,7 @@ impl Backend for Embedder {
     }
 
     fn health(&self) -> Health {
-        let last_fault = self
-            .stats
-            .last_fault
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let (faults, recent_fault, last_fault) = self.stats.faults.report();
         Health {
             alive: self.stats.alive.load(Ordering::SeqCst),
             running: self.stats.running.load(Ordering::SeqCst),
@@ -188,11 +174,9 @@ impl Backend for Embedder {
             prompt_tokens: self.stats.prompt_tokens.load(Ordering::SeqCst),
             weight_bytes: self.weight_bytes,
             kv_layout: "none",
-            faults: self.stats.faults.load(Ordering::SeqCst),
-            recent_fault: last_fault
-                .as_ref()
-                .is_some_and(|(at, _)| at.elapsed() < FAULT_WINDOW),
-            last_fault: last_fault.map(|(_, message)| message),
+            faults,
+            recent_fault,
+            last_fault,
             ..Health::default()
         }
     }

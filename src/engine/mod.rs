@@ -402,17 +402,42 @@ struct Stats {
     prefix_cache_hits: AtomicUsize,
     kv_tokens: AtomicUsize,
     preempted: AtomicUsize,
-    faults: AtomicUsize,
-    last_fault: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+    faults: FaultLog,
 }
 
 impl Stats {
     /// Count a caught panic (the scheduler has already failed the requests it touched).
     fn record_fault(&self, message: &str) {
         tracing::error!(fault = message, "engine fault caught; the engine goes on");
-        self.faults.fetch_add(1, Ordering::SeqCst);
-        *self.last_fault.lock().unwrap_or_else(|e| e.into_inner()) =
+        self.faults.record(message);
+    }
+}
+
+/// The panics an engine caught and went on from, for /health: how many, and the last one
+/// (`degraded` while it is within [`FAULT_WINDOW`]). Shared by the generating engine and
+/// the embedder (src/engine/embedder.rs).
+#[derive(Default)]
+pub(crate) struct FaultLog {
+    count: AtomicUsize,
+    last: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+impl FaultLog {
+    pub(crate) fn record(&self, message: &str) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((std::time::Instant::now(), message.to_string()));
+    }
+
+    /// `faults`, `recent_fault` and `last_fault` of [`Health`].
+    pub(crate) fn report(&self) -> (usize, bool, Option<String>) {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (
+            self.count.load(Ordering::SeqCst),
+            last.as_ref()
+                .is_some_and(|(at, _)| at.elapsed() < FAULT_WINDOW),
+            last.map(|(_, message)| message),
+        )
     }
 }
 
@@ -530,18 +555,11 @@ impl Backend for Engine {
     }
 
     fn health(&self) -> Health {
-        let last_fault = self
-            .stats
-            .last_fault
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let (faults, recent_fault, last_fault) = self.stats.faults.report();
         Health {
-            faults: self.stats.faults.load(Ordering::SeqCst),
-            recent_fault: last_fault
-                .as_ref()
-                .is_some_and(|(at, _)| at.elapsed() < FAULT_WINDOW),
-            last_fault: last_fault.map(|(_, message)| message),
+            faults,
+            recent_fault,
+            last_fault,
             alive: self.stats.alive.load(Ordering::SeqCst),
             running: self.stats.running.load(Ordering::SeqCst),
             waiting: self.stats.waiting.total(),
