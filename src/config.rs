@@ -131,6 +131,12 @@ pub struct ServeArgs {
     /// Tradition layers file (TOML). Default: ./traditions.toml if present, else the built-in one.
     #[arg(long, env = "WICK_TRADITIONS")]
     pub traditions: Option<PathBuf>,
+    /// Turn /v1/embeddings on for every chat model this server runs, their token vectors
+    /// pooled so (`last` or `mean`), as llama-server's `--embeddings --pooling` do; a
+    /// catalog entry's own `pooled_embeddings` comes first. Off by default: chat models are
+    /// not trained to embed.
+    #[arg(long, env = "WICK_POOLED_EMBEDDINGS", value_enum)]
+    pub pooled_embeddings: Option<crate::model::bert::Pooling>,
     /// How /v2 auto and family routing estimate the tier a query needs: `learned` (a model
     /// trained on measured answers, src/routing/learned.rs) or `analyser` (hand-tuned
     /// keyword cues, src/routing/analyser.rs).
@@ -378,6 +384,7 @@ impl ServeArgs {
             provider_name: "wick".into(),
             traditions: None,
             router: RouterKind::Learned,
+            pooled_embeddings: None,
             router_model: None,
             routing_quality: None,
             no_ui: false,

@@ -53,10 +53,17 @@ impl Server {
     pub async fn bind(args: &ServeArgs, progress: &dyn Progress) -> anyhow::Result<Self> {
         // Installed before anything is counted: the facade drops what comes before.
         crate::metrics::handle();
-        let (catalog, default_model) = args
+        let (mut catalog, default_model) = args
             .catalog
             .load_for(args.model.as_deref(), args.ctx_size, progress)
             .await?;
+        if let Some(pooling) = args.pooled_embeddings {
+            for entry in &mut catalog.models {
+                if !entry.embedding && !entry.is_upstream() {
+                    entry.pooled_embeddings.get_or_insert(pooling);
+                }
+            }
+        }
         let traditions = args.load_traditions()?;
         let router = Arc::new(args.load_router()?);
         let service = &args.service;
@@ -94,6 +101,7 @@ impl Server {
                 kv_budget: args.kv_budget.map(|b| b.as_u64()),
                 device_sampling: None,
                 faults: args.faults.clone(),
+                pooled_embeddings: None,
             },
             RegistryLimits {
                 max_loaded: args.max_loaded_models.max(1),

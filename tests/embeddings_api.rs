@@ -412,3 +412,17 @@ async fn a_bert_gguf_given_by_path_serves_embeddings() {
         .unwrap_or_else(|| panic!("{models}"));
     assert_eq!(served["embedding"], true, "{served}");
 }
+
+#[tokio::test]
+async fn tokenize_frames_a_bert_text_as_llama_cpp_does() {
+    // add_special: `[CLS] ... [SEP]`, the ids the embedding is computed from; without it,
+    // the text's own tokens only.
+    let (status, framed) = post("/tokenize", &json!({"content": CAT, "add_special": true})).await;
+    assert_eq!(status, 200, "{framed}");
+    let framed: Vec<u32> = serde_json::from_value(framed["tokens"].clone()).unwrap();
+    assert_eq!(framed, CAT_IDS);
+    let (status, bare) = post("/tokenize", &json!({"content": CAT})).await;
+    assert_eq!(status, 200, "{bare}");
+    let bare: Vec<u32> = serde_json::from_value(bare["tokens"].clone()).unwrap();
+    assert_eq!(bare, CAT_IDS[1..CAT_IDS.len() - 1]);
+}

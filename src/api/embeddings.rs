@@ -93,7 +93,9 @@ async fn handle(
         return Err(ApiError::invalid(
             format!(
                 "model '{}' is a chat model and does not make embeddings; ask an embedding \
-                 model (GET /v1/models lists them with \"embedding\": true)",
+                 model (GET /v1/models lists them with \"embedding\": true), or have the \
+                 server's operator turn pooled embeddings on for it (`pooled_embeddings` \
+                 in the catalog, `--pooled-embeddings last`)",
                 served.entry.id
             ),
             Some("model"),

@@ -27,6 +27,10 @@ pub struct ModelCard {
     /// An embedding model (for /v1/embeddings); left out for chat models.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     embedding: bool,
+    /// A chat model whose operator turned /v1/embeddings on, and how it pools; left out
+    /// otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pooled_embeddings: Option<crate::model::bert::Pooling>,
 }
 
 #[derive(Serialize)]
@@ -59,6 +63,7 @@ fn card(state: &AppState, entry: &ModelEntry) -> ModelCard {
             "local"
         },
         embedding: entry.embedding,
+        pooled_embeddings: entry.pooled_embeddings,
     }
 }
 

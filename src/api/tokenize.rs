@@ -89,7 +89,11 @@ fn tokenize_text(tokenizer: &Tokenizer, request: &TokenizeRequest) -> Result<Val
         ids
     };
     // `encode` adds BOS where the model asks for it; without add_special it goes again.
-    if !request.add_special {
+    // With it, a vocabulary that closes texts with an eos gets it too (BERT's `[CLS] ...
+    // [SEP]`), as llama.cpp's tokenizer frames them.
+    if request.add_special {
+        ids.extend(tokenizer.closing_eos());
+    } else {
         let bos = tokenizer.encode("").map_err(failed)?;
         if ids.starts_with(&bos) {
             ids.drain(..bos.len());

@@ -70,6 +70,12 @@ pub struct ModelEntry {
     /// routing never picks it.
     #[serde(default)]
     pub embedding: bool,
+    /// Turns /v1/embeddings on for a chat model, its token vectors pooled so (`last` as
+    /// decoder embedding models are trained, or `mean`): an operator's choice, since a chat
+    /// model is not trained for it (src/engine/pooled.rs). A decoder GGUF that names its
+    /// own `pooling_type` (an embedding model such as Qwen3-Embedding) needs none.
+    #[serde(default)]
+    pub pooled_embeddings: Option<crate::model::bert::Pooling>,
 }
 
 impl ModelEntry {

@@ -265,6 +265,7 @@ fn entry_for_file(path: &Path, options: &ReferenceOptions) -> anyhow::Result<Mod
         path: Some(path.to_path_buf()),
         upstream: None,
         embedding,
+        pooled_embeddings: None,
     };
     super::validate::check_entry(&entry)?;
     Ok(entry)

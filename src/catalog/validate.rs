@@ -52,6 +52,12 @@ pub(super) fn check_entry(entry: &ModelEntry) -> Result<()> {
             TIERS.join(", ")
         );
     }
+    if entry.pooled_embeddings.is_some() && (entry.embedding || entry.is_upstream()) {
+        bail!(
+            "field `pooled_embeddings` is for a chat model this server runs (an embedding \
+             model pools as its GGUF says; an upstream model's embeddings are not forwarded)"
+        );
+    }
     if let Some(upstream) = &entry.upstream {
         return check_upstream(upstream, entry);
     }

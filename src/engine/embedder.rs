@@ -4,26 +4,17 @@
 //! decode steps). Handlers reach it through [`Backend::embed`]; it refuses generation with a
 //! 400 that says what the model is for.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use super::pooled::{answer, EmbedJob, STEP_TOKENS};
 use super::{
     Backend, ClientId, EmbedSubmission, EventStream, GenerateRequest, Health, SubmitError,
 };
 use crate::model::Encoder;
-
-/// Most tokens one step of the model takes (all texts together); a single text is never
-/// split, so a step holds at least one whatever its length.
-pub const STEP_TOKENS: usize = 8192;
-
-struct Job {
-    inputs: Vec<Vec<u32>>,
-    reply: oneshot::Sender<Result<Vec<Vec<f32>>, SubmitError>>,
-}
 
 #[derive(Default)]
 struct Stats {
@@ -36,7 +27,7 @@ struct Stats {
 
 pub struct Embedder {
     id: String,
-    submit: SyncSender<Job>,
+    submit: SyncSender<EmbedJob>,
     stats: Arc<Stats>,
     queue_capacity: usize,
     weight_bytes: u64,
@@ -71,7 +62,7 @@ impl Embedder {
 
 /// Take every job waiting (up to [`STEP_TOKENS`] of their texts), run them as one batch,
 /// answer each; until every sender is gone.
-fn run(model: &dyn Encoder, jobs: &Receiver<Job>, stats: &Stats) {
+fn run(model: &dyn Encoder, jobs: &Receiver<EmbedJob>, stats: &Stats) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         let mut tokens: usize = batch[0].inputs.iter().map(Vec::len).sum();
@@ -85,67 +76,11 @@ fn run(model: &dyn Encoder, jobs: &Receiver<Job>, stats: &Stats) {
             }
         }
         stats.waiting.fetch_sub(batch.len(), Ordering::SeqCst);
-        // A client that went away is not computed for.
-        batch.retain(|job| !job.reply.is_closed());
         stats.running.store(batch.len(), Ordering::SeqCst);
-        let texts: Vec<&[u32]> = batch
-            .iter()
-            .flat_map(|job| job.inputs.iter().map(Vec::as_slice))
-            .collect();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| embed_in_steps(model, &texts)));
-        let result = match result {
-            Ok(Ok(vectors)) => {
-                stats.prompt_tokens.fetch_add(
-                    texts.iter().map(|t| t.len()).sum::<usize>(),
-                    Ordering::SeqCst,
-                );
-                Ok(vectors)
-            }
-            Ok(Err(e)) => Err(format!("the embedding model failed: {e}")),
-            Err(panic) => {
-                let message = crate::faults::panic_message(&*panic);
-                tracing::error!(%message, "embedding step panicked; its requests fail");
-                stats.faults.record(&message);
-                Err(format!("the embedding model failed: {message}"))
-            }
-        };
+        let embedded = answer(batch, &stats.faults, |texts| model.embed(texts));
+        stats.prompt_tokens.fetch_add(embedded, Ordering::SeqCst);
         stats.running.store(0, Ordering::SeqCst);
-        match result {
-            Ok(vectors) => {
-                let mut vectors = vectors.into_iter();
-                for job in batch {
-                    let mine: Vec<Vec<f32>> = vectors.by_ref().take(job.inputs.len()).collect();
-                    let _ = job.reply.send(Ok(mine));
-                }
-            }
-            Err(message) => {
-                for job in batch {
-                    let _ = job.reply.send(Err(SubmitError::Upstream {
-                        status: 500,
-                        code: "internal_error",
-                        message: message.clone(),
-                    }));
-                }
-            }
-        }
     }
-}
-
-/// The texts in steps of at most [`STEP_TOKENS`] tokens (one text at least), in order.
-fn embed_in_steps(model: &dyn Encoder, texts: &[&[u32]]) -> candle_core::Result<Vec<Vec<f32>>> {
-    let mut out = Vec::with_capacity(texts.len());
-    let mut start = 0;
-    while start < texts.len() {
-        let mut end = start + 1;
-        let mut tokens = texts[start].len();
-        while end < texts.len() && tokens + texts[end].len() <= STEP_TOKENS {
-            tokens += texts[end].len();
-            end += 1;
-        }
-        out.extend(model.embed(&texts[start..end])?);
-        start = end;
-    }
-    Ok(out)
 }
 
 impl Backend for Embedder {
@@ -184,7 +119,7 @@ impl Backend for Embedder {
     fn embed(&self, _client: ClientId, inputs: Vec<Vec<u32>>) -> EmbedSubmission {
         let (reply, answer) = oneshot::channel();
         self.stats.waiting.fetch_add(1, Ordering::SeqCst);
-        let sent = self.submit.try_send(Job { inputs, reply });
+        let sent = self.submit.try_send(EmbedJob { inputs, reply });
         let capacity = self.queue_capacity;
         if let Err(e) = &sent {
             self.stats.waiting.fetch_sub(1, Ordering::SeqCst);

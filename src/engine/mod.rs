@@ -5,6 +5,7 @@
 mod admission;
 pub mod constraint;
 pub mod embedder;
+mod pooled;
 mod prefix_cache;
 pub mod registry;
 pub(crate) mod sampler;
@@ -18,10 +19,12 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use crate::model::bert::Pooling;
 pub use crate::model::kv_cache::{KvType, Q8_BLOCK};
 use crate::model::{KvPool, KvShape, LoadedModel};
 pub use admission::{client_share, ClientId, ANONYMOUS};
 pub use constraint::{Constraint, GrammarCompiler};
+use pooled::EmbedJob;
 pub use registry::{LoadError, ModelRegistry, RegistryLimits, ServedModel};
 pub use sampler::{SamplingParams, TokenLogprob};
 
@@ -225,8 +228,9 @@ pub trait Backend: Send + Sync {
         false
     }
     /// Embed token sequences (each already framed as the model wants, e.g. `[CLS] .. [SEP]`):
-    /// one vector of length 1 per sequence, in order. Only an embedding model's backend
-    /// ([`embedder::Embedder`]) makes them.
+    /// one vector of length 1 per sequence, in order. An embedding model's backend
+    /// ([`embedder::Embedder`]) makes them, and a decoder's [`Engine`] where
+    /// [`EngineConfig::pooled_embeddings`] turns them on.
     fn embed(&self, _client: ClientId, _inputs: Vec<Vec<u32>>) -> EmbedSubmission {
         Box::pin(async { Err(SubmitError::WrongLevel) })
     }
@@ -262,6 +266,9 @@ pub struct EngineConfig {
     pub device_sampling: Option<bool>,
     /// Faults tests inject (src/faults.rs); None outside tests.
     pub faults: Option<Arc<crate::faults::Faults>>,
+    /// Answer /v1/embeddings with the model's token vectors pooled so (src/engine/pooled.rs);
+    /// None: the model makes no embeddings (a chat model, unless its operator asks).
+    pub pooled_embeddings: Option<Pooling>,
 }
 
 impl Default for EngineConfig {
@@ -275,6 +282,7 @@ impl Default for EngineConfig {
             kv_budget: None,
             device_sampling: None,
             faults: None,
+            pooled_embeddings: None,
         }
     }
 }
@@ -447,8 +455,14 @@ struct Submission {
     events: UnboundedSender<Event>,
 }
 
+/// What the engine thread is sent: a request to generate for, or texts to embed.
+enum Work {
+    Generate(Box<Submission>),
+    Embed(EmbedJob),
+}
+
 pub struct Engine {
-    submit: SyncSender<Submission>,
+    submit: SyncSender<Work>,
     stats: Arc<Stats>,
     queue_capacity: usize,
     slots: usize,
@@ -457,6 +471,8 @@ pub struct Engine {
     kv_layout: &'static str,
     weight_bytes: u64,
     kv_bytes: u64,
+    pooled_embeddings: Option<Pooling>,
+    hidden: usize,
 }
 
 impl Engine {
@@ -490,6 +506,7 @@ impl Engine {
         let prefill_chunk = config.prefill_chunk.max(1);
         let device_sampling = config.device_sampling.unwrap_or(weights.device().is_cuda());
         let faults = config.faults.clone();
+        let (pooled_embeddings, hidden) = (config.pooled_embeddings, c.hidden);
         std::thread::Builder::new()
             .name("wick-engine".into())
             .spawn(move || {
@@ -501,7 +518,8 @@ impl Engine {
                     device_sampling,
                     thread_stats.clone(),
                     faults,
-                );
+                )
+                .with_pooled_embeddings(pooled_embeddings);
                 scheduler.run(incoming);
                 thread_stats.alive.store(false, Ordering::SeqCst);
             })?;
@@ -514,6 +532,8 @@ impl Engine {
             kv_layout,
             weight_bytes,
             kv_bytes,
+            pooled_embeddings,
+            hidden,
         })
     }
 }
@@ -537,7 +557,7 @@ impl Backend for Engine {
                 client,
                 events,
             };
-            if let Err(e) = self.submit.try_send(submission) {
+            if let Err(e) = self.submit.try_send(Work::Generate(Box::new(submission))) {
                 // Those not sent leave the count; those sent end when their streams drop.
                 self.stats.waiting.leave(client, n - streams.len());
                 return Err(match e {
@@ -574,6 +594,36 @@ impl Backend for Engine {
             weight_bytes: self.weight_bytes,
             kv_bytes: self.kv_bytes,
             replicas: Vec::new(),
+        }
+    }
+
+    fn embed(&self, _client: ClientId, inputs: Vec<Vec<u32>>) -> EmbedSubmission {
+        if self.pooled_embeddings.is_none() {
+            return Box::pin(async { Err(SubmitError::WrongLevel) });
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let capacity = self.queue_capacity;
+        if let Err(e) = self
+            .submit
+            .try_send(Work::Embed(EmbedJob { inputs, reply }))
+        {
+            let error = match e {
+                TrySendError::Full(_) => SubmitError::QueueFull(capacity),
+                TrySendError::Disconnected(_) => SubmitError::Stopped,
+            };
+            return Box::pin(async move { Err(error) });
+        }
+        Box::pin(async move { answer.await.map_err(|_| SubmitError::Stopped)? })
+    }
+
+    fn makes_embeddings(&self) -> bool {
+        self.pooled_embeddings.is_some()
+    }
+
+    fn embedding_dimensions(&self) -> usize {
+        match self.pooled_embeddings {
+            Some(_) => self.hidden,
+            None => 0,
         }
     }
 }

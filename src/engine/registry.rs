@@ -13,6 +13,7 @@ use candle_core::Device;
 
 use super::{Backend, Engine, EngineConfig};
 use crate::catalog::{BarProgress, Catalog, ModelEntry, ModelStore, Progress, Silent};
+use crate::model::bert::Pooling;
 use crate::model::{KvShape, ModelFrontend};
 
 /// A model this server has loaded: what the request path needs, and its engine.
@@ -190,6 +191,7 @@ impl ModelRegistry {
             tokio::task::spawn_blocking(move || crate::model::load(&path, &load_entry, &device))
                 .await??;
         let config = loaded.weights.config();
+        let pooling_type = config.pooling_type;
         let kv = KvShape {
             n_layers: config.n_layers,
             n_kv_heads: config.n_kv_heads,
@@ -215,7 +217,9 @@ impl ModelRegistry {
             );
         }
         let frontend = loaded.frontend.clone();
-        let engine = Engine::start(loaded, self.engine.clone())?;
+        let mut engine_config = self.engine.clone();
+        engine_config.pooled_embeddings = pooling_for(&entry, pooling_type);
+        let engine = Engine::start(loaded, engine_config)?;
         tracing::info!(model = %entry.id, mib = bytes >> 20, "model ready");
         Ok(Arc::new(ServedModel {
             entry,
@@ -359,4 +363,45 @@ impl ModelRegistry {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The maps stay consistent even if a holder panicked: every update is one insert/remove.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How a decoder's token vectors are pooled for /v1/embeddings, if it makes them: as its
+/// catalog entry (or `--pooled-embeddings`) asks, else as its GGUF's `pooling_type` says (a
+/// decoder embedding model); a chat model with neither makes none.
+fn pooling_for(entry: &ModelEntry, pooling_type: Option<u32>) -> Option<Pooling> {
+    entry
+        .pooled_embeddings
+        .or_else(|| pooling_type.and_then(|t| Pooling::from_gguf(Some(t)).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat_entry(pooled: Option<&str>) -> ModelEntry {
+        let mut toml = "id = \"m\"\nfamily = \"open source\"\ntier = \"tier_1\"\n\
+                        context_length = 1\nfile = \"f\"\nsource = []\n"
+            .to_string();
+        if let Some(p) = pooled {
+            toml.push_str(&format!("pooled_embeddings = \"{p}\"\n"));
+        }
+        toml::from_str(&toml).unwrap()
+    }
+
+    #[test]
+    fn a_chat_model_embeds_only_when_asked_and_the_catalog_comes_before_the_gguf() {
+        assert_eq!(pooling_for(&chat_entry(None), None), None);
+        assert_eq!(
+            pooling_for(&chat_entry(Some("mean")), None),
+            Some(Pooling::Mean)
+        );
+        // A decoder embedding model's GGUF names its pooling (3: the last token).
+        assert_eq!(pooling_for(&chat_entry(None), Some(3)), Some(Pooling::Last));
+        assert_eq!(
+            pooling_for(&chat_entry(Some("mean")), Some(3)),
+            Some(Pooling::Mean)
+        );
+        // `none` (0) and `rank` (4) give no sentence vector.
+        assert_eq!(pooling_for(&chat_entry(None), Some(0)), None);
+    }
 }

@@ -22,12 +22,14 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 
 use super::admission::Turns;
+use super::pooled::{self, EmbedJob};
 use super::prefix_cache::PrefixCache;
 use super::sequence::{Progress, Sequence};
-use super::{Event, Stats, Submission};
+use super::{Event, Stats, Submission, Work};
 use candle_core::Tensor;
 
 use crate::faults::{panic_message, trip, FaultPoint, Faults};
+use crate::model::bert::Pooling;
 use crate::model::cuda::sampling::{sample_rows, RowSampling};
 use crate::model::{KvPool, Model, ModelFrontend, SeqChunk};
 
@@ -50,6 +52,10 @@ pub struct Scheduler {
     /// Sample on the model's device where a request allows it (see [`outputs`]).
     device_sampling: bool,
     faults: Option<Arc<Faults>>,
+    /// How token vectors are pooled for /v1/embeddings; None: this model makes none.
+    pooling: Option<Pooling>,
+    /// Embedding jobs, answered between steps (src/engine/pooled.rs).
+    embeds: Vec<EmbedJob>,
 }
 
 impl Scheduler {
@@ -76,26 +82,37 @@ impl Scheduler {
             starved: false,
             device_sampling,
             faults,
+            pooling: None,
+            embeds: Vec::new(),
         }
     }
 
+    /// Answer embedding jobs, pooling token vectors so (src/engine/pooled.rs).
+    pub fn with_pooled_embeddings(mut self, pooling: Option<Pooling>) -> Self {
+        self.pooling = pooling;
+        self
+    }
+
     /// Runs until every handle is dropped and no work is left.
-    pub fn run(mut self, incoming: Receiver<Submission>) {
+    pub fn run(mut self, incoming: Receiver<Work>) {
         loop {
-            if self.running.is_empty() && self.waiting.is_empty() {
+            if self.idle() {
                 // Idle: block until work arrives.
                 match incoming.recv() {
-                    Ok(s) => self.waiting.push_back(s),
+                    Ok(work) => self.take(work),
                     Err(_) => return,
                 }
             }
             loop {
                 match incoming.try_recv() {
-                    Ok(s) => self.waiting.push_back(s),
+                    Ok(work) => self.take(work),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) if self.idle() => return,
                     Err(TryRecvError::Disconnected) => break,
                 }
+            }
+            if !self.embeds.is_empty() {
+                self.embed_waiting();
             }
             let turn = catch_unwind(AssertUnwindSafe(|| {
                 self.retire_cancelled();
@@ -127,7 +144,33 @@ impl Scheduler {
     }
 
     fn idle(&self) -> bool {
-        self.running.is_empty() && self.waiting.is_empty()
+        self.running.is_empty() && self.waiting.is_empty() && self.embeds.is_empty()
+    }
+
+    fn take(&mut self, work: Work) {
+        match work {
+            Work::Generate(submission) => self.waiting.push_back(*submission),
+            Work::Embed(job) => self.embeds.push(job),
+        }
+    }
+
+    /// Answer every waiting embedding job, between two generation steps: the texts run as
+    /// batched steps of their own, each text in a cache of its own, so the generating
+    /// sequences' slots are untouched (src/engine/pooled.rs). A failure fails those jobs
+    /// only.
+    fn embed_waiting(&mut self) {
+        let jobs = std::mem::take(&mut self.embeds);
+        let Some(pooling) = self.pooling else {
+            // The handle refuses embeddings then; nothing reaches here.
+            return;
+        };
+        let model = self.model.as_ref();
+        let embedded = pooled::answer(jobs, &self.stats.faults, |texts| {
+            pooled::decoder_embeddings(model, texts, pooling)
+        });
+        self.stats
+            .prompt_tokens
+            .fetch_add(embedded, Ordering::SeqCst);
     }
 
     fn publish_counts(&self) {

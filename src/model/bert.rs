@@ -15,8 +15,12 @@ use super::decoder::Reader;
 use super::gguf::GgufModel;
 use super::quant::{tensor_bytes, Linear};
 
-/// How the token vectors of a text become one vector (llama.cpp's `pooling_type` numbers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the token vectors of a text become one vector (llama.cpp's `pooling_type` numbers;
+/// `mean`, `cls` or `last` in a catalog's `pooled_embeddings` and `--pooled-embeddings`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Pooling {
     Mean,
     Cls,

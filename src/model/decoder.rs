@@ -158,6 +158,12 @@ impl Ends {
         self.output.forward(&last)?.to_dtype(DType::F32)
     }
 
+    /// Every row of the last layer's output `x` through the final norm, `[rows, hidden]`:
+    /// the token vectors pooled embeddings are made of (llama.cpp's `result_norm`).
+    pub fn final_norm(&self, x: &Tensor, config: &ModelConfig) -> Result<Tensor> {
+        ops::rms_norm(x, &self.output_norm, config.rms_eps)?.to_dtype(DType::F32)
+    }
+
     /// Bytes held; tied embeddings are the output matrix, counted once.
     pub fn bytes(&self) -> usize {
         self.embeddings.bytes() + tensor_bytes(&self.output_norm) + self.output.bytes()

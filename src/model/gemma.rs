@@ -217,6 +217,23 @@ impl Model for Gemma {
     }
 
     fn forward(&self, batch: &[SeqChunk<'_>], kv: &KvPool) -> Result<Tensor> {
+        let x = self.layers_output(batch, kv)?;
+        let logits = self.ends.logits(&x, batch, &self.config, &self.device)?;
+        match self.final_softcap {
+            Some(cap) => (logits / cap as f64)?.tanh()? * cap as f64,
+            None => Ok(logits),
+        }
+    }
+
+    fn hidden_states(&self, batch: &[SeqChunk<'_>], kv: &KvPool) -> Result<Tensor> {
+        let x = self.layers_output(batch, kv)?;
+        self.ends.final_norm(&x, &self.config)
+    }
+}
+
+impl Gemma {
+    /// The residual stream after the last layer, `[tokens of the batch, hidden]`.
+    fn layers_output(&self, batch: &[SeqChunk<'_>], kv: &KvPool) -> Result<Tensor> {
         let c = &self.config;
         let eps = c.rms_eps;
         let x = self.ends.embed(batch, &self.device)?;
@@ -259,10 +276,6 @@ impl Model for Gemma {
             let ffn = layer.w_down.forward(&(gate.gelu()? * up)?)?;
             x = (x + ops::rms_norm(&ffn, &layer.post_ffw_norm, eps)?)?;
         }
-        let logits = self.ends.logits(&x, batch, &self.config, &self.device)?;
-        match self.final_softcap {
-            Some(cap) => (logits / cap as f64)?.tanh()? * cap as f64,
-            None => Ok(logits),
-        }
+        Ok(x)
     }
 }

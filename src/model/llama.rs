@@ -251,6 +251,19 @@ impl Model for Llama {
     }
 
     fn forward(&self, batch: &[SeqChunk<'_>], kv: &KvPool) -> Result<Tensor> {
+        let x = self.layers_output(batch, kv)?;
+        self.ends.logits(&x, batch, &self.config, &self.device)
+    }
+
+    fn hidden_states(&self, batch: &[SeqChunk<'_>], kv: &KvPool) -> Result<Tensor> {
+        let x = self.layers_output(batch, kv)?;
+        self.ends.final_norm(&x, &self.config)
+    }
+}
+
+impl Llama {
+    /// The residual stream after the last layer, `[tokens of the batch, hidden]`.
+    fn layers_output(&self, batch: &[SeqChunk<'_>], kv: &KvPool) -> Result<Tensor> {
         let eps = self.config.rms_eps;
         let mut x = self.ends.embed(batch, &self.device)?;
         let step = StepTensors::new(batch, kv, &self.device)?;
@@ -285,6 +298,6 @@ impl Model for Llama {
             let act = ops::swiglu(&gate, &up)?;
             x = (x + layer.w_down.forward(&act)?)?;
         }
-        self.ends.logits(&x, batch, &self.config, &self.device)
+        Ok(x)
     }
 }

@@ -62,6 +62,9 @@ pub struct ModelConfig {
     pub rms_eps: f32,
     /// The context the weights were trained for.
     pub context_length: usize,
+    /// `{arch}.pooling_type`: a decoder trained to embed (Qwen3-Embedding: 3, the last
+    /// token) says how its token vectors are pooled; chat models have none.
+    pub pooling_type: Option<u32>,
 }
 
 impl ModelConfig {
@@ -109,6 +112,7 @@ impl ModelConfig {
             rope_base: f32_of("rope.freq_base", 10_000.0),
             rms_eps: f32_of("attention.layer_norm_rms_epsilon", 1e-5),
             context_length: usize_of("context_length")?,
+            pooling_type: usize_of("pooling_type").ok().map(|t| t as u32),
             architecture: arch,
         })
     }
@@ -126,6 +130,10 @@ pub trait Model: Send {
     fn device(&self) -> &Device;
     /// Run one batched step; returns `[number of chunks with want_logits, vocab]` logits (f32).
     fn forward(&self, batch: &[SeqChunk<'_>], kv: &KvPool) -> candle_core::Result<Tensor>;
+    /// Run one batched step as [`Model::forward`] does, but return every token's vector
+    /// after the final norm, `[tokens of the batch, hidden]` (f32), instead of logits: what
+    /// pooled embeddings are made of (src/engine/pooled.rs).
+    fn hidden_states(&self, batch: &[SeqChunk<'_>], kv: &KvPool) -> candle_core::Result<Tensor>;
     /// Bytes of weights held (in the layout the kernels read: wick's panels, candle's
     /// tensors), for /health and /metrics.
     fn weight_bytes(&self) -> usize;

@@ -117,8 +117,10 @@ impl Tokenizer {
         let add_bos =
             meta_bool(content, "tokenizer.ggml.add_bos_token")?.unwrap_or(add_bos_default);
         let mut tokenizer = Self::assemble(inner, bos, eos, eot, add_bos);
+        // BERT closes a text with `[SEP]` unless told otherwise; other vocabularies close it
+        // only where the GGUF asks (a decoder embedding model such as Qwen3-Embedding).
         tokenizer.add_eos =
-            model == "bert" && meta_bool(content, "tokenizer.ggml.add_eos_token")?.unwrap_or(true);
+            meta_bool(content, "tokenizer.ggml.add_eos_token")?.unwrap_or(model == "bert");
         Ok(tokenizer)
     }
 
@@ -209,10 +211,17 @@ impl Tokenizer {
             ids.push(*bos);
         }
         ids.extend(self.encode_text(text)?);
-        if let (true, Some((eos, _))) = (self.add_eos, &self.eos) {
-            ids.push(*eos);
-        }
+        ids.extend(self.closing_eos());
         Ok(ids)
+    }
+
+    /// The eos the vocabulary closes every text with when special tokens are added
+    /// (`add_eos_token`: BERT's `[SEP]`), if it asks for one.
+    pub fn closing_eos(&self) -> Option<u32> {
+        match (self.add_eos, &self.eos) {
+            (true, Some((eos, _))) => Some(*eos),
+            _ => None,
+        }
     }
 
     /// Decode ids to text; special tokens are skipped.
