@@ -1,7 +1,8 @@
 //! Products of one weight panel (16 rows, see [`super::panel`]) with one to [`TOKENS`]
 //! int8-quantized activation rows, for each instruction set: AVX-512 VNNI (`vpdpbusd`, one
-//! row per 32-bit lane; Q4_1 and Q8_0), AVX2 (`vpmaddubsw` + `vpmaddwd`, a panel as two
-//! halves; every format), and portable scalar code that is also the reference in tests.
+//! row per 32-bit lane, the whole panel in one register; every format), AVX2
+//! (`vpmaddubsw` + `vpmaddwd`, a panel as two halves; every format), NEON, and portable
+//! scalar code that is also the reference in tests.
 //!
 //! Per 32-value block, each row's integer dot product of its unsigned stored values `u`
 //! with the activation's `q` is exact on every path (K-quant sub-block scales are applied
@@ -35,10 +36,32 @@ pub enum Isa {
     Scalar,
 }
 
-/// The best instruction set this CPU has, looked up once.
+/// The instruction set the kernels use, looked up once: the best this CPU has, or the one
+/// `WICK_ISA` names (`avx512vnni`, `avx2`, `neondot`, `neon`, `scalar`) where the CPU has it,
+/// so paths can be compared side by side on one machine.
 pub fn isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {
+        let best = best_isa();
+        let asked = std::env::var("WICK_ISA").ok().and_then(|name| {
+            Some(match name.to_ascii_lowercase().as_str() {
+                "avx512vnni" => Isa::Avx512Vnni,
+                "avx2" => Isa::Avx2,
+                "neondot" => Isa::NeonDot,
+                "neon" => Isa::Neon,
+                "scalar" => Isa::Scalar,
+                _ => return None,
+            })
+        });
+        match asked {
+            Some(isa) if runs_on(isa, best) => isa,
+            _ => best,
+        }
+    })
+}
+
+fn best_isa() -> Isa {
+    {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = is_x86_feature_detected!("avx2")
@@ -64,12 +87,17 @@ pub fn isa() -> Isa {
         }
         #[allow(unreachable_code)]
         Isa::Scalar
-    })
+    }
 }
 
 /// Whether `isa` can run on this CPU (tests try every path the machine has).
 pub fn supported(isa: Isa) -> bool {
-    match (isa, self::isa()) {
+    runs_on(isa, best_isa())
+}
+
+/// Whether `isa` runs on a CPU whose best instruction set is `best`.
+fn runs_on(isa: Isa, best: Isa) -> bool {
+    match (isa, best) {
         (Isa::Scalar, _) => true,
         (Isa::Avx2, best) => matches!(best, Isa::Avx2 | Isa::Avx512Vnni),
         (Isa::Avx512Vnni, best) => best == Isa::Avx512Vnni,
@@ -100,8 +128,7 @@ pub fn panel(
                 }
             };
         }
-        let vnni = isa == Isa::Avx512Vnni && matches!(format, Format::Q4_1 | Format::Q8_0);
-        if vnni {
+        if isa == Isa::Avx512Vnni {
             // SAFETY: `supported(isa)`: the CPU has these features.
             unsafe { tokens!(vnni) };
             return;
@@ -213,9 +240,160 @@ mod x86 {
         _mm512_cvtph_ps(_mm256_loadu_si256(ptr as *const __m256i))
     }
 
-    /// Q4_1 and Q8_0 on AVX-512 VNNI (the caller routes other formats to AVX2).
+    /// Σ of `vpdpbusd` over the four groups `first..first + 4` of a block (Q6_K's halves).
+    #[inline(always)]
+    unsafe fn half_dot(w: &[__m512i; 8], x: &QRow<'_>, b: usize, first: usize) -> __m512i {
+        let zero = _mm512_setzero_si512();
+        let mut even = _mm512_dpbusd_epi32(zero, w[first], _mm512_set1_epi32(group(x, b, first)));
+        let g = first + 1;
+        let mut odd = _mm512_dpbusd_epi32(zero, w[g], _mm512_set1_epi32(group(x, b, g)));
+        let g = first + 2;
+        even = _mm512_dpbusd_epi32(even, w[g], _mm512_set1_epi32(group(x, b, g)));
+        let g = first + 3;
+        odd = _mm512_dpbusd_epi32(odd, w[g], _mm512_set1_epi32(group(x, b, g)));
+        _mm512_add_epi32(even, odd)
+    }
+
+    /// Shift each 32-bit lane left by `n` (right by `-n`), as [`shift`] on AVX2.
+    #[inline(always)]
+    unsafe fn shift512(v: __m512i, n: i32) -> __m512i {
+        if n >= 0 {
+            _mm512_sll_epi32(v, _mm_cvtsi32_si128(n))
+        } else {
+            _mm512_srl_epi32(v, _mm_cvtsi32_si128(-n))
+        }
+    }
+
+    /// Every format on AVX-512 VNNI: the sixteen rows of a panel are the sixteen 32-bit
+    /// lanes, and `vpdpbusd` sums four unsigned × signed byte products into each lane
+    /// exactly, so no format needs AVX2's i16 partial sums.
     #[target_feature(enable = "avx512f,avx512vnni,avx512bw,avx2,fma,f16c")]
     pub unsafe fn vnni<const T: usize>(
+        format: Format,
+        p: Panel<'_>,
+        xs: &[QRow<'_>; T],
+        out: &mut [[f32; PANEL]; TOKENS],
+    ) {
+        match format {
+            Format::Q4_1 | Format::Q8_0 => vnni_q4_1_q8_0::<T>(format, p, xs, out),
+            Format::Q4_0 => vnni_nibbles::<T, Q4_0>(p, xs, out),
+            Format::Q5_0 => vnni_nibbles::<T, Q5_0>(p, xs, out),
+            Format::Q4K => vnni_nibbles::<T, Q4K>(p, xs, out),
+            Format::Q5K => vnni_nibbles::<T, Q5K>(p, xs, out),
+            Format::Q6K => vnni_nibbles::<T, Q6K>(p, xs, out),
+        }
+    }
+
+    /// Q4_0, Q5_0, Q4_K, Q5_K and Q6_K on AVX-512 VNNI (`F` one of the format constants):
+    /// the same unpacking as AVX2's [`nibbles`] on the whole panel, the integer dot of each
+    /// block per lane, and the scalar reference's float steps in its order.
+    #[inline(always)]
+    unsafe fn vnni_nibbles<const T: usize, const F: u8>(
+        p: Panel<'_>,
+        xs: &[QRow<'_>; T],
+        out: &mut [[f32; PANEL]; TOKENS],
+    ) {
+        let format = match F {
+            Q4_0 => Format::Q4_0,
+            Q5_0 => Format::Q5_0,
+            Q4K => Format::Q4K,
+            Q5K => Format::Q5K,
+            _ => Format::Q6K,
+        };
+        let bytes = format.panel_block_bytes();
+        let kquant = F == Q4K || F == Q5K;
+        let five = F == Q5_0 || F == Q5K;
+        let mask = _mm512_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..p.blocks {
+            let q = p.qs.as_ptr().add(b * bytes);
+            let unit = if F >= Q4K { b / SUPER } else { b };
+            let d = scales(p.d.as_ptr().add(unit * PANEL));
+            let high = q.add(4 * GROUP);
+            let h0 = if five || F == Q6K {
+                _mm512_loadu_si512(high as *const __m512i)
+            } else {
+                _mm512_setzero_si512()
+            };
+            let h1 = if F == Q6K {
+                _mm512_loadu_si512(high.add(GROUP) as *const __m512i)
+            } else {
+                _mm512_setzero_si512()
+            };
+            // Chunk c holds group c in its low nibbles and group c + 4 in its high ones;
+            // high bits are or-ed in from their planes as on AVX2.
+            let mut w = [_mm512_setzero_si512(); 8];
+            for c in 0..4 {
+                let v = _mm512_loadu_si512(q.add(c * GROUP) as *const __m512i);
+                let mut lo = _mm512_and_si512(v, mask);
+                let mut hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+                if five {
+                    let bit = _mm512_set1_epi8(0x10);
+                    lo = _mm512_or_si512(lo, _mm512_and_si512(shift512(h0, 4 - c as i32), bit));
+                    hi = _mm512_or_si512(hi, _mm512_and_si512(shift512(h0, -(c as i32)), bit));
+                } else if F == Q6K {
+                    let bits = _mm512_set1_epi8(0x30);
+                    let n = 4 - 2 * c as i32;
+                    lo = _mm512_or_si512(lo, _mm512_and_si512(shift512(h0, n), bits));
+                    hi = _mm512_or_si512(hi, _mm512_and_si512(shift512(h1, n), bits));
+                }
+                w[c] = lo;
+                w[c + 4] = hi;
+            }
+            if F == Q6K {
+                // `[scA, scB]` as i8 per row → two sign-extended i32 lanes.
+                let pairs = _mm512_cvtepi8_epi16(_mm256_loadu_si256(
+                    p.sc.as_ptr().add(b * PANEL * 2) as *const __m256i,
+                ));
+                let sc_a = _mm512_srai_epi32(_mm512_slli_epi32(pairs, 16), 16);
+                let sc_b = _mm512_srai_epi32(pairs, 16);
+                for (acc, x) in acc.iter_mut().zip(xs) {
+                    let [sa, sb] = x.half_sums(b);
+                    let a = _mm512_sub_epi32(half_dot(&w, x, b, 0), _mm512_set1_epi32(sa << 5));
+                    let bb = _mm512_sub_epi32(half_dot(&w, x, b, 4), _mm512_set1_epi32(sb << 5));
+                    let dot = _mm512_add_epi32(
+                        _mm512_mullo_epi32(a, sc_a),
+                        _mm512_mullo_epi32(bb, sc_b),
+                    );
+                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(*x.d.get_unchecked(b)));
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
+                }
+                continue;
+            }
+            let (sc, mins) = if kquant {
+                let sc = _mm_loadu_si128(p.sc.as_ptr().add(b * PANEL) as *const __m128i);
+                let m = _mm_loadu_si128(p.mins.as_ptr().add(b * PANEL) as *const __m128i);
+                let m = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(m));
+                (
+                    _mm512_cvtepu8_epi32(sc),
+                    _mm512_mul_ps(scales(p.m.as_ptr().add(unit * PANEL)), m),
+                )
+            } else {
+                (_mm512_setzero_si512(), _mm512_setzero_ps())
+            };
+            for (acc, x) in acc.iter_mut().zip(xs) {
+                let sum = *x.sum.get_unchecked(b);
+                let dot = block_dot(&w, x, b);
+                let dot = match F {
+                    Q4_0 => _mm512_sub_epi32(dot, _mm512_set1_epi32(sum << 3)),
+                    Q5_0 => _mm512_sub_epi32(dot, _mm512_set1_epi32(sum << 4)),
+                    _ => _mm512_mullo_epi32(dot, sc),
+                };
+                let scale = _mm512_mul_ps(d, _mm512_set1_ps(*x.d.get_unchecked(b)));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
+                if kquant {
+                    *acc = _mm512_fnmadd_ps(mins, _mm512_set1_ps(*x.s.get_unchecked(b)), *acc);
+                }
+            }
+        }
+        for (o, acc) in out.iter_mut().zip(acc) {
+            _mm512_storeu_ps(o.as_mut_ptr(), acc);
+        }
+    }
+
+    /// Q4_1 and Q8_0 on AVX-512 VNNI.
+    #[inline(always)]
+    unsafe fn vnni_q4_1_q8_0<const T: usize>(
         format: Format,
         p: Panel<'_>,
         xs: &[QRow<'_>; T],
