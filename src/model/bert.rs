@@ -187,17 +187,17 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 /// (`attn_qkv`, nomic-bert's), or three.
 enum Qkv {
     Fused(Affine),
-    Split(Affine, Affine, Affine),
+    Split(Box<[Affine; 3]>),
 }
 
 impl Qkv {
     fn load(r: &mut Reader<'_>, prefix: &str) -> Result<Self> {
         if !r.has(&format!("{prefix}.attn_qkv.weight")) {
-            return Ok(Qkv::Split(
+            return Ok(Qkv::Split(Box::new([
                 Affine::load(r, &format!("{prefix}.attn_q"))?,
                 Affine::load(r, &format!("{prefix}.attn_k"))?,
                 Affine::load(r, &format!("{prefix}.attn_v"))?,
-            ));
+            ])));
         }
         let mut fused = Affine::load(r, &format!("{prefix}.attn_qkv"))?;
         // A fused matrix may come with three separate biases instead of one.
@@ -212,7 +212,10 @@ impl Qkv {
     /// `x`: `[tokens, hidden]` → q, k and v, `[tokens, hidden]` each.
     fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         match self {
-            Qkv::Split(q, k, v) => Ok((q.forward(x)?, k.forward(x)?, v.forward(x)?)),
+            Qkv::Split(qkv) => {
+                let [q, k, v] = qkv.as_ref();
+                Ok((q.forward(x)?, k.forward(x)?, v.forward(x)?))
+            }
             Qkv::Fused(qkv) => {
                 let hidden = x.dim(1)?;
                 let all = qkv.forward(x)?;
@@ -225,7 +228,7 @@ impl Qkv {
     fn bytes(&self) -> usize {
         match self {
             Qkv::Fused(qkv) => qkv.bytes(),
-            Qkv::Split(q, k, v) => q.bytes() + k.bytes() + v.bytes(),
+            Qkv::Split(qkv) => qkv.iter().map(Affine::bytes).sum(),
         }
     }
 }
@@ -616,7 +619,8 @@ mod tests {
         let x = Tensor::new(&[[1f32, -1.]], &Device::Cpu).unwrap();
         let y = ffn.forward(&x).unwrap().to_vec2::<f32>().unwrap();
         let silu = |z: f32| z / (1.0 + (-z).exp());
-        let want = [silu(2.0) * 1.0, silu(-2.0) * -1.0];
+        // gate [2, -2], up [1, -1].
+        let want = [silu(2.0), -silu(-2.0)];
         for (a, b) in y[0].iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{y:?} vs {want:?}");
         }
