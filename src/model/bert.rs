@@ -339,10 +339,18 @@ impl Bert {
         let pooling = Pooling::from_gguf(number("pooling_type").ok())?;
         let rope_base = float("rope.freq_base").unwrap_or(10_000.0);
         let rope_dims = number("rope.dimension_count").ok();
+        let n_heads = number("attention.head_count")? as usize;
+        // Every head has its own k and v (fused q/k/v is split in three equal parts).
+        if let Some(kv) = number("attention.head_count_kv")
+            .ok()
+            .filter(|&kv| kv as usize != n_heads)
+        {
+            anyhow::bail!("{kv} k/v heads for {n_heads} q heads in an encoder");
+        }
         let config = EncoderConfig {
             n_layers: number("block_count")? as usize,
             hidden: number("embedding_length")? as usize,
-            n_heads: number("attention.head_count")? as usize,
+            n_heads,
             context_length: number("context_length")? as usize,
             norm_eps: float("attention.layer_norm_epsilon").unwrap_or(1e-12) as f64,
             pooling,
