@@ -9,12 +9,12 @@
 //!   (halves style, `nomic-bert.rope.freq_base`), q, k and v in one `attn_qkv` matrix, and a
 //!   SwiGLU feed-forward without biases (silu(`ffn_gate`) * `ffn_up`, then `ffn_down`).
 //!
-//! Both read q, k and v from one fused matrix or three, and take each bias where the GGUF has
-//! one, as llama.cpp does for either.
+//! Both read q, k and v from one fused matrix or three, and take the biases of attention (and
+//! of BERT's feed-forward) where the GGUF has them, as llama.cpp does.
 //!
 //! A step takes a batch of texts: all their tokens are stacked into one matrix for every
 //! linear layer (each weight read once per step however many texts), and only attention runs
-//! text by text. What comes out is one vector per text, pooled as `bert.pooling_type` says
+//! text by text. What comes out is one vector per text, pooled as `{arch}.pooling_type` says
 //! (mean, the first token `[CLS]`, or the last) and scaled to length 1, as llama.cpp's server
 //! returns them.
 
