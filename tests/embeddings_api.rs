@@ -4,7 +4,9 @@
 //! every input shape, against llama.cpp's vectors for the same GGUF
 //! (tests/fixtures/llamacpp-embeddings-minilm.json, scripts/embedding-gguf/reference.py),
 //! with the official Python SDK and langchain-openai's `OpenAIEmbeddings`, and with the
-//! errors a client can cause.
+//! errors a client can cause. The `nomic-bert` architecture is checked on RANDOM WEIGHTS only
+//! (tests/common's `random_nomic_bert_file`), against llama.cpp's vectors for that GGUF
+//! (tests/fixtures/llamacpp-embeddings-random-nomic-bert.json).
 
 mod common;
 
@@ -425,4 +427,70 @@ async fn tokenize_frames_a_bert_text_as_llama_cpp_does() {
     assert_eq!(status, 200, "{bare}");
     let bare: Vec<u32> = serde_json::from_value(bare["tokens"].clone()).unwrap();
     assert_eq!(bare, CAT_IDS[1..CAT_IDS.len() - 1]);
+}
+
+/// nomic-bert (rotary positions, fused q/k/v, SwiGLU) on RANDOM WEIGHTS, the only nomic-bert
+/// GGUF to be had here: a seeded file in nomic-embed-text's layout with MiniLM's vocabulary.
+/// Its vectors mean nothing; what it checks is that wick's equal llama.cpp's for the same
+/// file (cosine 0.999, where the nearest two different texts are at 0.83) and that its word
+/// pieces are llama.cpp's.
+#[tokio::test]
+async fn random_weights_nomic_bert_matches_llama_cpp() {
+    let fixture = common::repo_file("tests/fixtures/llamacpp-embeddings-random-nomic-bert.json");
+    let fixture: Value =
+        serde_json::from_str(&std::fs::read_to_string(&fixture).expect("fixture")).unwrap();
+    assert!(fixture["note"].as_str().unwrap().contains("RANDOM WEIGHTS"));
+    let path = common::random_nomic_bert_file();
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(std::fs::read(&path).expect("random nomic-bert GGUF"));
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        fixture["gguf_sha256"],
+        hex,
+        "{} is not the GGUF llama.cpp's vectors are for",
+        path.display()
+    );
+    let mut args = wick::config::ServeArgs::local_ephemeral();
+    args.model = Some(path.to_string_lossy().into_owned());
+    args.ctx_size = Some(512);
+    let base = format!("http://{}", common::start_server(args));
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let request = client.post(format!("{base}{path}")).json(&body);
+        async move {
+            let reply: Value = request.send().await.unwrap().json().await.unwrap();
+            reply
+        }
+    };
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 6);
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let reply = post("/v1/embeddings", json!({ "input": texts })).await;
+    let model = reply["model"].as_str().unwrap_or_else(|| panic!("{reply}"));
+    for (i, case) in cases.iter().enumerate() {
+        let mine: Vec<f32> = serde_json::from_value(reply["data"][i]["embedding"].clone())
+            .unwrap_or_else(|_| panic!("{reply}"));
+        let theirs: Vec<f32> = serde_json::from_value(case["embedding"].clone()).unwrap();
+        assert_eq!(mine.len(), 128);
+        let cos = dot(&mine, &theirs) / (norm(&mine) * norm(&theirs));
+        println!(
+            "random nomic-bert, cosine with llama.cpp {cos:.6}: {}",
+            case["text"]
+        );
+        assert!(
+            cos >= 0.999,
+            "{}: cosine {cos} with llama.cpp (RANDOM WEIGHTS nomic-bert)",
+            case["text"]
+        );
+        // llama.cpp's ids are [CLS], the word pieces, [SEP].
+        let ids: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
+        let tokens = post(
+            "/tokenize",
+            json!({"model": model, "content": case["text"], "parse_special": false}),
+        )
+        .await;
+        let ours: Vec<u32> =
+            serde_json::from_value(tokens["tokens"].clone()).unwrap_or_else(|_| panic!("{tokens}"));
+        assert_eq!(ours, ids[1..ids.len() - 1], "{}", case["text"]);
+    }
 }

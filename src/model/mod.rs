@@ -7,8 +7,9 @@
 //! they share (tensor reading, embeddings, attention over the cache) is in [`decoder`]. Hyper-parameters are read from the
 //! keys under the architecture's own prefix (`llama.block_count`, `qwen2.rope.freq_base`, ...).
 //!
-//! Embedding models (`bert`) are encoders: [`Encoder`] takes a batch of whole texts and
-//! returns one pooled vector each ([`bert::Bert`]); they have no KV cache and do not generate.
+//! Embedding models (`bert`, `nomic-bert`) are encoders: [`Encoder`] takes a batch of whole
+//! texts and returns one pooled vector each ([`bert::Bert`], with its own [`bert::Variant`]);
+//! they have no KV cache and do not generate.
 
 pub mod bert;
 pub mod cuda;
@@ -173,7 +174,7 @@ pub struct LoadedEncoder {
 }
 
 /// The `general.architecture` values wick runs as embedding models.
-pub const ENCODER_ARCHITECTURES: [&str; 1] = ["bert"];
+pub const ENCODER_ARCHITECTURES: [&str; 2] = ["bert", "nomic-bert"];
 
 /// Whether the GGUF at `path` is an embedding model (an architecture of
 /// [`ENCODER_ARCHITECTURES`]) rather than a decoder.
@@ -190,6 +191,13 @@ pub fn load_encoder(
     device: &Device,
 ) -> anyhow::Result<LoadedEncoder> {
     let mut gguf = gguf::GgufModel::open(path)?;
+    if is_synthetic(gguf.content()) {
+        // Its vectors are noise: say so where they are served.
+        tracing::warn!(
+            model = %entry.id,
+            "RANDOM WEIGHTS (a test GGUF): its vectors mean nothing; label any figure \"random weights\""
+        );
+    }
     let tokenizer = match &entry.tokenizer_json {
         Some(json) => Tokenizer::from_file(json, Some(gguf.content()))?,
         None => Tokenizer::from_gguf(gguf.content())?,
@@ -226,19 +234,24 @@ pub fn load_encoder(
 /// The `general.architecture` values wick runs.
 pub const ARCHITECTURES: [&str; 6] = ["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"];
 
-/// The metadata key that marks a GGUF of random weights written by `wick synth-gguf`.
+/// The metadata key that marks a GGUF of random weights (written by `wick synth-gguf`, or by
+/// scripts/embedding-gguf/random_nomic_gguf.py for a test).
 pub const SYNTHETIC_KEY: &str = "wick.synthetic";
+
+/// Whether the GGUF says it holds random weights ([`SYNTHETIC_KEY`]).
+fn is_synthetic(content: &gguf_file::Content) -> bool {
+    content
+        .metadata
+        .get(SYNTHETIC_KEY)
+        .is_some_and(|v| v.to_bool().unwrap_or(false))
+}
 
 /// Load a GGUF file for a catalog entry.
 pub fn load(path: &Path, entry: &ModelEntry, device: &Device) -> anyhow::Result<LoadedModel> {
     let mut gguf = gguf::GgufModel::open(path)?;
     let content = gguf.content();
     let config = ModelConfig::from_gguf(content)?;
-    let synthetic = content
-        .metadata
-        .get(SYNTHETIC_KEY)
-        .is_some_and(|v| v.to_bool().unwrap_or(false));
-    if synthetic {
+    if is_synthetic(content) {
         // Its speed is real, its output noise: say so where the measurements are taken.
         tracing::warn!(
             model = %entry.id,

@@ -188,6 +188,31 @@ pub fn embedding_model_file() -> PathBuf {
     model_file(FILE)
 }
 
+/// A small nomic-bert GGUF of RANDOM WEIGHTS (no real nomic-embed-text weights can be had
+/// here) with the embedding model's real WordPiece vocabulary: built on first use by
+/// scripts/embedding-gguf/random_nomic_gguf.py (seeded, the same bytes every run) under the
+/// target dir, too large (9 MB, mostly the vocabulary's embeddings) to keep as a fixture.
+pub fn random_nomic_bert_file() -> PathBuf {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("random-nomic-bert.gguf");
+    if !out.is_file() {
+        let vocabulary = embedding_model_file();
+        let python = python::venv_with("gguf", &["gguf==0.19.0"]);
+        let partial = out.with_extension("gguf.building");
+        python::run(
+            std::process::Command::new(python)
+                .arg(repo_file("scripts/embedding-gguf/random_nomic_gguf.py"))
+                .arg("--vocab-from")
+                .arg(&vocabulary)
+                .arg("--out")
+                .arg(&partial),
+        );
+        std::fs::rename(&partial, &out).expect("GGUF into the target dir");
+    }
+    out
+}
+
 /// The text of one engine request's event stream, which must end in `Done`.
 pub async fn collect_text(mut events: wick::engine::EventStream) -> String {
     use wick::engine::Event;

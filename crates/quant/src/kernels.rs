@@ -351,10 +351,8 @@ mod x86 {
                     let [sa, sb] = x.half_sums(b);
                     let a = _mm512_sub_epi32(half_dot(&w, x, b, 0), _mm512_set1_epi32(sa << 5));
                     let bb = _mm512_sub_epi32(half_dot(&w, x, b, 4), _mm512_set1_epi32(sb << 5));
-                    let dot = _mm512_add_epi32(
-                        _mm512_mullo_epi32(a, sc_a),
-                        _mm512_mullo_epi32(bb, sc_b),
-                    );
+                    let dot =
+                        _mm512_add_epi32(_mm512_mullo_epi32(a, sc_a), _mm512_mullo_epi32(bb, sc_b));
                     let scale = _mm512_mul_ps(d, _mm512_set1_ps(*x.d.get_unchecked(b)));
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
                 }
