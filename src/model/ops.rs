@@ -301,10 +301,13 @@ pub fn visible_keys(position: usize, window: Option<usize>) -> std::ops::Range<u
 }
 
 /// Softmax attention of several queries over the same cache rows, query `a` seeing rows
-/// `first + visible[a]`, into `outs[a]`; each cache row is widened to f32 once for all
-/// of them. Each query's sums run in a fixed order of its own, so its result does not depend
-/// on which other queries share the call (or on the cache's layout: the paged cache's CPU
-/// reference attends with it too).
+/// `first + visible[a]`, into `outs[a]`. The rows are widened to f32 once for all queries
+/// and both products run as small matrix products, four queries at a time, so each cache
+/// value loaded is used four times from registers. A query's result does not depend on
+/// which other queries share the call (or on the cache's layout: the paged cache's CPU
+/// reference attends with it too): each score is its own sum over the head's dimensions in
+/// order, each output value its own sum over the rows in order, and rows a query does not
+/// see enter its output with weight exactly 0, which leaves every sum as it was.
 pub fn attend_many<C: CacheRows + ?Sized>(
     queries: &[&[f32]],
     visible: &[std::ops::Range<usize>],
@@ -320,68 +323,165 @@ pub fn attend_many<C: CacheRows + ?Sized>(
     };
     let head_dim = queries[0].len();
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let mut row = vec![0f32; head_dim];
-    // Scores are kept for rows `least..most`, the union of what the queries see.
+    // Rows `least..most`: the union of what the queries see.
     let span = most - least;
-    let mut scores = vec![0f32; queries.len() * span];
-    for j in least..most {
-        keys.widen_row(first + j, &mut row);
-        for (a, q) in queries.iter().enumerate() {
-            if visible[a].contains(&j) {
-                let score = dot_f32(q, &row) * scale;
-                scores[a * span + j - least] = match softcap {
-                    Some(cap) => cap * (score / cap).tanh(),
-                    None => score,
-                };
+    SCRATCH.with(|scratch| {
+        let scratch = &mut *scratch.borrow_mut();
+        let Scratch {
+            rows,
+            keys_t,
+            scores,
+            probs,
+        } = scratch;
+        // Scores, a tile of keys at a time: the tile widened and transposed
+        // (`[head_dim, KEYS]`, so each dimension's keys are contiguous), then every tile of
+        // queries against it.
+        keys_t.resize(head_dim * KEYS, 0.0);
+        rows.resize(head_dim, 0.0);
+        scores.clear();
+        scores.resize(queries.len() * span, 0.0);
+        let tiles: Vec<[&[f32]; QUERIES]> = queries
+            .chunks(QUERIES)
+            .map(|tile| std::array::from_fn(|i| tile.get(i).copied().unwrap_or(tile[0])))
+            .collect();
+        for j0 in (0..span).step_by(KEYS) {
+            let n = KEYS.min(span - j0);
+            for jj in 0..KEYS {
+                if jj < n {
+                    keys.widen_row(first + least + j0 + jj, &mut rows[..head_dim]);
+                } else {
+                    rows[..head_dim].fill(0.0);
+                }
+                for (d, &x) in rows[..head_dim].iter().enumerate() {
+                    keys_t[d * KEYS + jj] = x;
+                }
             }
-        }
-    }
-    let mut sums = vec![0f32; queries.len()];
-    for (a, sum) in sums.iter_mut().enumerate() {
-        let seen = &visible[a];
-        let scores = &mut scores[a * span + seen.start - least..][..seen.len()];
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        for score in scores.iter_mut() {
-            *score = (*score - max).exp();
-            *sum += *score;
-        }
-    }
-    outs.iter_mut().for_each(|o| o.fill(0.0));
-    for j in least..most {
-        values.widen_row(first + j, &mut row);
-        for (a, out) in outs.iter_mut().enumerate() {
-            if visible[a].contains(&j) {
-                let p = scores[a * span + j - least];
-                for (acc, &x) in out.iter_mut().zip(row.iter()) {
-                    *acc += p * x;
+            for (t, qs) in tiles.iter().enumerate() {
+                let tile = score_tile(qs, keys_t);
+                for (i, tile) in tile.iter().enumerate() {
+                    let a = t * QUERIES + i;
+                    if a < queries.len() {
+                        scores[a * span + j0..][..n].copy_from_slice(&tile[..n]);
+                    }
                 }
             }
         }
-    }
-    for (out, sum) in outs.iter_mut().zip(sums) {
-        let inv = 1.0 / sum;
-        out.iter_mut().for_each(|x| *x *= inv);
-    }
+        // Softmax over what each query sees; rows it does not see keep weight 0.
+        probs.clear();
+        probs.resize(queries.len() * span, 0.0);
+        let mut sums = vec![0f32; queries.len()];
+        for (a, sum) in sums.iter_mut().enumerate() {
+            let seen = visible[a].start - least..visible[a].end - least;
+            let probs = &mut probs[a * span..(a + 1) * span][seen.clone()];
+            for (p, &score) in probs.iter_mut().zip(&scores[a * span..][seen]) {
+                let scaled = score * scale;
+                *p = match softcap {
+                    Some(cap) => cap * (scaled / cap).tanh(),
+                    None => scaled,
+                };
+            }
+            let max = probs.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let mut total = 0f32;
+            for p in probs.iter_mut() {
+                *p = (*p - max).exp();
+                total += *p;
+            }
+            *sum = total;
+        }
+        rows.resize(span * head_dim, 0.0);
+        for (j, row) in rows[..span * head_dim]
+            .chunks_exact_mut(head_dim)
+            .enumerate()
+        {
+            values.widen_row(first + least + j, row);
+        }
+        let mut acc = vec![0f32; QUERIES * head_dim];
+        for (a0, tile) in outs.chunks_mut(QUERIES).enumerate() {
+            let n = tile.len();
+            let ps: [&[f32]; QUERIES] = std::array::from_fn(|i| {
+                let a = a0 * QUERIES + i.min(n - 1);
+                &probs[a * span..(a + 1) * span]
+            });
+            weigh_tile(&ps, &rows[..span * head_dim], head_dim, &mut acc);
+            let sums = &sums[a0 * QUERIES..];
+            for ((out, acc), sum) in tile.iter_mut().zip(acc.chunks_exact(head_dim)).zip(sums) {
+                // Normalised after the product, as the sum of the weights is known only then.
+                let inv = 1.0 / sum;
+                for (o, &x) in out.iter_mut().zip(acc) {
+                    *o = x * inv;
+                }
+            }
+        }
+    });
 }
 
-/// A dot product of two f32 slices in eight independent lanes (vectorised by the compiler,
-/// where a plain ordered sum would be one long dependency chain), summed in a fixed order.
-#[inline]
-pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            lanes[l] += x[l] * y[l];
+/// Per-thread buffers of [`attend_many`], kept between calls: a long context's rows would
+/// otherwise be fresh pages (and page faults) for every task.
+#[derive(Default)]
+struct Scratch {
+    rows: Vec<f32>,
+    keys_t: Vec<f32>,
+    scores: Vec<f32>,
+    probs: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Queries per tile of [`attend_many`]'s products.
+const QUERIES: usize = 4;
+/// Keys per tile of the score product (one 512-bit register, two 256-bit ones).
+const KEYS: usize = 16;
+/// Output values per tile of the value product.
+const DIMS: usize = 32;
+
+/// `scores[a][j] = Σ_d qs[a][d] · keys_t[d][j]` for the [`KEYS`] keys of a tile
+/// (`keys_t`: `[head_dim, KEYS]`), each summed over `d` in order (products rounded, then
+/// added), the four queries' sums held in registers.
+fn score_tile(qs: &[&[f32]; QUERIES], keys_t: &[f32]) -> [[f32; KEYS]; QUERIES] {
+    let mut acc = [[0f32; KEYS]; QUERIES];
+    for (d, k) in keys_t.chunks_exact(KEYS).enumerate() {
+        let k: &[f32; KEYS] = k.try_into().expect("tile");
+        for (acc, q) in acc.iter_mut().zip(qs) {
+            let q = q[d];
+            for l in 0..KEYS {
+                acc[l] += q * k[l];
+            }
         }
     }
-    lanes.iter().sum::<f32>() + tail
+    acc
+}
+
+/// `acc[a][d] = Σ_j ps[a][j] · rows[j][d]` over every row, each summed over `j` in order
+/// from zero (products rounded, then added), [`DIMS`] values of the four queries at a time
+/// held in registers.
+fn weigh_tile(ps: &[&[f32]; QUERIES], rows: &[f32], head_dim: usize, acc: &mut [f32]) {
+    let whole = head_dim / DIMS * DIMS;
+    for c in (0..whole).step_by(DIMS) {
+        let mut tile = [[0f32; DIMS]; QUERIES];
+        for (j, row) in rows.chunks_exact(head_dim).enumerate() {
+            let v: &[f32; DIMS] = row[c..c + DIMS].try_into().expect("tile");
+            for (tile, p) in tile.iter_mut().zip(ps) {
+                let p = p[j];
+                for l in 0..DIMS {
+                    tile[l] += p * v[l];
+                }
+            }
+        }
+        for (a, tile) in tile.iter().enumerate() {
+            acc[a * head_dim + c..][..DIMS].copy_from_slice(tile);
+        }
+    }
+    for d in whole..head_dim {
+        for (a, p) in ps.iter().enumerate() {
+            let mut sum = 0f32;
+            for (row, &p) in rows.chunks_exact(head_dim).zip(p.iter()) {
+                sum += p * row[d];
+            }
+            acc[a * head_dim + d] = sum;
+        }
+    }
 }
 
 /// Rows of a host KV cache (keys or values of one layer, `head_dim` values a row), as the
