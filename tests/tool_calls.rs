@@ -98,7 +98,10 @@ fn tool_request(
         .tool_choice(choice)
         .temperature(1.0)
         .seed(seed)
-        .max_tokens(96u32)
+        // Room for a few parallel calls: `required` lets the 135M model call the tools up to
+        // four times here (110 tokens at seed 2), and a budget that cuts the last call ends
+        // the answer with `length` however valid the calls were.
+        .max_tokens(256u32)
         .build()
         .unwrap()
 }

@@ -5,12 +5,10 @@
 //! 400 that says what the model is for.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
-
-use super::pooled::{answer, EmbedJob, STEP_TOKENS};
+use super::pooled::{self, answer, EmbedJob, STEP_TOKENS};
 use super::{
     Backend, ClientId, EmbedSubmission, EventStream, GenerateRequest, Health, SubmitError,
 };
@@ -117,19 +115,13 @@ impl Backend for Embedder {
     }
 
     fn embed(&self, _client: ClientId, inputs: Vec<Vec<u32>>) -> EmbedSubmission {
-        let (reply, answer) = oneshot::channel();
         self.stats.waiting.fetch_add(1, Ordering::SeqCst);
-        let sent = self.submit.try_send(EmbedJob { inputs, reply });
-        let capacity = self.queue_capacity;
-        if let Err(e) = &sent {
-            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-            let error = match e {
-                TrySendError::Full(_) => SubmitError::QueueFull(capacity),
-                TrySendError::Disconnected(_) => SubmitError::Stopped,
-            };
-            return Box::pin(async move { Err(error) });
-        }
-        Box::pin(async move { answer.await.map_err(|_| SubmitError::Stopped)? })
+        pooled::submit(inputs, self.queue_capacity, |job| self.submit.try_send(job)).unwrap_or_else(
+            |error| {
+                self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+                pooled::refused(error)
+            },
+        )
     }
 
     fn makes_embeddings(&self) -> bool {

@@ -599,21 +599,12 @@ impl Backend for Engine {
 
     fn embed(&self, _client: ClientId, inputs: Vec<Vec<u32>>) -> EmbedSubmission {
         if self.pooled_embeddings.is_none() {
-            return Box::pin(async { Err(SubmitError::WrongLevel) });
+            return pooled::refused(SubmitError::WrongLevel);
         }
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let capacity = self.queue_capacity;
-        if let Err(e) = self
-            .submit
-            .try_send(Work::Embed(EmbedJob { inputs, reply }))
-        {
-            let error = match e {
-                TrySendError::Full(_) => SubmitError::QueueFull(capacity),
-                TrySendError::Disconnected(_) => SubmitError::Stopped,
-            };
-            return Box::pin(async move { Err(error) });
-        }
-        Box::pin(async move { answer.await.map_err(|_| SubmitError::Stopped)? })
+        pooled::submit(inputs, self.queue_capacity, |job| {
+            self.submit.try_send(Work::Embed(job))
+        })
+        .unwrap_or_else(pooled::refused)
     }
 
     fn makes_embeddings(&self) -> bool {

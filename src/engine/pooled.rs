@@ -32,6 +32,29 @@ impl EmbedJob {
     }
 }
 
+/// Hand `inputs` to an engine through `send` (a bounded channel's `try_send`) and wait for
+/// their vectors; a full queue is `QueueFull`, an engine gone `Stopped`.
+pub fn submit<T>(
+    inputs: Vec<Vec<u32>>,
+    capacity: usize,
+    send: impl FnOnce(EmbedJob) -> Result<(), std::sync::mpsc::TrySendError<T>>,
+) -> Result<super::EmbedSubmission, SubmitError> {
+    use std::sync::mpsc::TrySendError;
+    let (reply, answer) = oneshot::channel();
+    send(EmbedJob { inputs, reply }).map_err(|e| match e {
+        TrySendError::Full(_) => SubmitError::QueueFull(capacity),
+        TrySendError::Disconnected(_) => SubmitError::Stopped,
+    })?;
+    Ok(Box::pin(async move {
+        answer.await.map_err(|_| SubmitError::Stopped)?
+    }))
+}
+
+/// An embedding request refused before it was queued.
+pub fn refused(error: SubmitError) -> super::EmbedSubmission {
+    Box::pin(async move { Err(error) })
+}
+
 /// Run the texts of every job of `batch` through `compute` (in steps of at most
 /// [`STEP_TOKENS`]) and answer each job with its own vectors, in order. A job whose client
 /// went away is not computed for. A failure or panic fails the batch's jobs with a 500 and
