@@ -62,17 +62,7 @@ fn norm(a: &[f32]) -> f32 {
 }
 
 async fn embed(input: EmbeddingInput) -> Vec<Vec<f32>> {
-    let request = CreateEmbeddingRequestArgs::default()
-        .model(MODEL)
-        .input(input)
-        .build()
-        .unwrap();
-    let reply = common::client_for(server())
-        .embeddings()
-        .create(request)
-        .await
-        .expect("embeddings");
-    reply.data.into_iter().map(|e| e.embedding).collect()
+    common::embed(server(), MODEL, input).await
 }
 
 #[tokio::test]

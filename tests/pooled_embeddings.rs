@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use async_openai::types::chat::CreateChatCompletionRequest;
-use async_openai::types::embeddings::{CreateEmbeddingRequestArgs, EmbeddingInput};
+use async_openai::types::embeddings::EmbeddingInput;
 use serde_json::{json, Value};
 
 const MODEL: &str = "smollm2-135m-instruct";
@@ -29,17 +29,7 @@ fn server() -> SocketAddr {
 }
 
 async fn embed(input: EmbeddingInput) -> Vec<Vec<f32>> {
-    let request = CreateEmbeddingRequestArgs::default()
-        .model(MODEL)
-        .input(input)
-        .build()
-        .unwrap();
-    let reply = common::client_for(server())
-        .embeddings()
-        .create(request)
-        .await
-        .expect("embeddings");
-    reply.data.into_iter().map(|e| e.embedding).collect()
+    common::embed(server(), MODEL, input).await
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {

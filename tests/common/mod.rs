@@ -91,6 +91,25 @@ pub fn client_for(addr: SocketAddr) -> Client<OpenAIConfig> {
     )
 }
 
+/// `/v1/embeddings` of `input` by `model` through async-openai: the vectors, in order.
+pub async fn embed(
+    addr: SocketAddr,
+    model: &str,
+    input: async_openai::types::embeddings::EmbeddingInput,
+) -> Vec<Vec<f32>> {
+    let request = async_openai::types::embeddings::CreateEmbeddingRequestArgs::default()
+        .model(model)
+        .input(input)
+        .build()
+        .unwrap();
+    let reply = client_for(addr)
+        .embeddings()
+        .create(request)
+        .await
+        .expect("embeddings");
+    reply.data.into_iter().map(|e| e.embedding).collect()
+}
+
 /// Raw HTTP, for what an SDK would refuse to send (malformed JSON, wrong types).
 pub async fn post_raw(path: &str, body: &str) -> (u16, serde_json::Value) {
     let response = reqwest::Client::new()
