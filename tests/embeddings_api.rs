@@ -377,31 +377,12 @@ async fn a_bert_gguf_given_by_path_serves_embeddings() {
     let mut args = wick::config::ServeArgs::local_ephemeral();
     args.model = Some(path.to_string_lossy().into_owned());
     args.ctx_size = Some(512);
-    let base = format!("http://{}", common::start_server(args));
-    let reply: Value = reqwest::Client::new()
-        .post(format!("{base}/v1/embeddings"))
-        .json(&json!({"input": CAT}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let addr = common::start_server(args);
+    let reply = common::post_json_at(addr, "/v1/embeddings", &json!({"input": CAT})).await;
     let v: Vec<f32> = serde_json::from_value(reply["data"][0]["embedding"].clone())
         .unwrap_or_else(|_| panic!("{reply}"));
     assert_eq!(v.len(), WIDTH);
-    let models: Value = reqwest::get(format!("{base}/v1/models"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let served = models["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == reply["model"])
-        .unwrap_or_else(|| panic!("{models}"));
+    let served = common::model_card(addr, reply["model"].as_str().expect("model")).await;
     assert_eq!(served["embedding"], true, "{served}");
 }
 

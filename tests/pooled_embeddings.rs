@@ -73,15 +73,12 @@ async fn last_token_vectors_match_llama_server_s_on_the_same_gguf() {
             case["text"]
         );
         // The ids llama.cpp embedded are the ones wick does (no BOS: SmolLM2's GGUF adds none).
-        let reply: Value = reqwest::Client::new()
-            .post(format!("http://{}/tokenize", server()))
-            .json(&json!({"content": case["text"], "add_special": true}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let reply = common::post_json_at(
+            server(),
+            "/tokenize",
+            &json!({"content": case["text"], "add_special": true}),
+        )
+        .await;
         assert_eq!(reply["tokens"], case["tokens"], "{}", case["text"]);
     }
 }
@@ -131,25 +128,10 @@ async fn the_model_chats_as_before_beside_its_embeddings_and_lists_its_pooling()
     assert!(!content.trim().is_empty(), "{answer:?}");
     assert_eq!(vectors.len(), 16);
 
-    let models: Value = reqwest::get(format!("http://{}/v1/models", server()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let card = models["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == MODEL)
-        .unwrap_or_else(|| panic!("{models}"));
+    let card = common::model_card(server(), MODEL).await;
     assert_eq!(card["pooled_embeddings"], "last", "{card}");
     // The embedding model of the catalog pools as its GGUF says: nothing to turn on.
-    let minilm = models["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["embedding"] == true)
-        .unwrap_or_else(|| panic!("{models}"));
+    let minilm = common::model_card(server(), "all-minilm-l6-v2").await;
+    assert_eq!(minilm["embedding"], true, "{minilm}");
     assert!(minilm.get("pooled_embeddings").is_none(), "{minilm}");
 }

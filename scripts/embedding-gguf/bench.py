@@ -12,15 +12,13 @@ warm-up request, and prints inputs/s and tokens/s (wick's count of prompt tokens
 """
 import argparse
 import concurrent.futures
-import json
 import os
 import random
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
+
+from server_io import free_port, post, wait
 
 WORDS = ("the of and to in is was for on that with as by at from his her an they which one "
          "you had were their are this have be not but what all when there can more if out so "
@@ -33,28 +31,6 @@ def inputs(n):
     rng = random.Random(21)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40))).capitalize() + "."
             for _ in range(n)]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post(url, body):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                 headers={"content-type": "application/json"})
-    return json.load(urllib.request.urlopen(req, timeout=600))
-
-
-def wait(url):
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(url, timeout=5)
-            return
-        except Exception:
-            time.sleep(0.5)
-    raise SystemExit(f"{url} never answered")
 
 
 def measure(name, command, base, model, texts, batch, clients, env=None):

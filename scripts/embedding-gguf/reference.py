@@ -21,10 +21,9 @@ import argparse
 import hashlib
 import json
 import os
-import socket
 import subprocess
-import time
-import urllib.request
+
+from server_io import free_port, post, wait
 
 BUILD = os.environ.get("LLAMA_CPP_BUILD", "/tmp/llamacpp/build/bin")
 
@@ -39,18 +38,6 @@ TEXTS = [
     "Ünïcödé ÀÉÎÕÜ and CJK 東京 text.",
     "a",
 ]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post(url, body):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                 headers={"content-type": "application/json"})
-    return json.load(urllib.request.urlopen(req))
 
 
 def main():
@@ -70,13 +57,8 @@ def main():
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                if json.load(urllib.request.urlopen(base + "/health")).get("status") == "ok":
-                    break
-            except Exception:
-                pass
-            time.sleep(0.5)
+        # llama-server answers /health with 503 until the model is loaded.
+        wait(base + "/health")
         cases = []
         for text in TEXTS:
             reply = post(base + "/v1/embeddings", {"input": text, "model": "m"})

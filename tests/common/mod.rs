@@ -110,6 +110,40 @@ pub async fn embed(
     reply.data.into_iter().map(|e| e.embedding).collect()
 }
 
+/// POST `body` as JSON to `path` of the server at `addr`; the JSON answer.
+pub async fn post_json_at(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .json(body)
+        .send()
+        .await
+        .expect("request sent")
+        .json()
+        .await
+        .expect("JSON body")
+}
+
+/// The `/v1/models` card of model `id` on the server at `addr`.
+pub async fn model_card(addr: SocketAddr, id: &str) -> serde_json::Value {
+    let models: serde_json::Value = reqwest::get(format!("http://{addr}/v1/models"))
+        .await
+        .expect("request sent")
+        .json()
+        .await
+        .expect("JSON body");
+    models["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .find(|m| m["id"] == id)
+        .unwrap_or_else(|| panic!("no card for {id}: {models}"))
+        .clone()
+}
+
 /// Raw HTTP, for what an SDK would refuse to send (malformed JSON, wrong types).
 pub async fn post_raw(path: &str, body: &str) -> (u16, serde_json::Value) {
     let response = reqwest::Client::new()
