@@ -380,13 +380,7 @@ pub fn attend_many<C: CacheRows + ?Sized>(
                     None => scaled,
                 };
             }
-            let max = probs.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-            let mut total = 0f32;
-            for p in probs.iter_mut() {
-                *p = (*p - max).exp();
-                total += *p;
-            }
-            *sum = total;
+            *sum = exp_shifted(probs);
         }
         rows.resize(span * head_dim, 0.0);
         for (j, row) in rows[..span * head_dim]
@@ -413,6 +407,65 @@ pub fn attend_many<C: CacheRows + ?Sized>(
             }
         }
     });
+}
+
+/// Lanes of the vectorised loops below: partial results kept per lane and combined in a
+/// fixed order, so a result depends on its own row alone, never on the instruction set.
+const LANES: usize = 16;
+
+/// `x[i] = exp(x[i] - max x)` over one query's scores; returns their sum. The maximum and
+/// the sum run in [`LANES`] partial lanes (the maximum is exact in any order; the sum's
+/// order is fixed by the row's length), and [`exp_lane`] is plain float arithmetic, so the
+/// loops vectorise and give the same bits on every CPU.
+fn exp_shifted(x: &mut [f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let whole = x.len() / LANES * LANES;
+    for chunk in x[..whole].chunks_exact(LANES) {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(v);
+        }
+    }
+    let max = x[whole..]
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sums = [0f32; LANES];
+    for chunk in x[..whole].chunks_exact_mut(LANES) {
+        for (s, v) in sums.iter_mut().zip(chunk) {
+            *v = exp_lane(*v - max);
+            *s += *v;
+        }
+    }
+    let mut total = sums.iter().sum::<f32>();
+    for v in &mut x[whole..] {
+        *v = exp_lane(*v - max);
+        total += *v;
+    }
+    total
+}
+
+/// `e^x` for `x <= 0` (a score minus its row's maximum), within 2 ulp of the exact value
+/// above e^-87 and a tiny positive number below it: a range reduction to
+/// `2^n · e^r`, |r| <= ln2/2, and Cephes' degree-6 polynomial for `e^r` (the `expf`
+/// coefficients, the same as most vector math libraries), branch-free so it vectorises.
+#[inline(always)]
+fn exp_lane(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so `n · LN2_HI` is exact for the n that occur.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 · 2^23 rounds to the nearest integer (ties to even).
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.max(-87.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4_f32;
+    for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = p * r + c;
+    }
+    let e_r = p * (r * r) + r + 1.0;
+    // 2^n as float bits: n >= -126 here, so the exponent stays normal.
+    e_r * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// Per-thread buffers of [`attend_many`], kept between calls: a long context's rows would
@@ -601,6 +654,36 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exp_lane_is_within_two_ulp_of_exp() {
+        let mut worst = 0f64;
+        for i in 0..=870_000 {
+            let x = -(i as f32) * 1e-4;
+            let got = exp_lane(x) as f64;
+            let want = (x as f64).exp();
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert_eq!(exp_lane(0.0), 1.0);
+        assert!(worst < 2.5e-7, "relative error {worst}");
+        // Far below the range: tiny and positive, never NaN or negative.
+        let tiny = exp_lane(-1e4);
+        assert!(tiny >= 0.0 && tiny < 1e-37);
+    }
+
+    #[test]
+    fn exp_shifted_matches_a_plain_softmax_numerator() {
+        let mut x: Vec<f32> = (0..37)
+            .map(|i| ((i * 17 % 11) as f32 - 5.0) * 0.7)
+            .collect();
+        let want: Vec<f64> = x.iter().map(|&v| ((v - 3.5) as f64).exp()).collect();
+        let total = exp_shifted(&mut x);
+        for (g, w) in x.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() <= 3e-7 * w, "{g} vs {w}");
+        }
+        let sum: f64 = want.iter().sum();
+        assert!((total as f64 - sum).abs() < 1e-5 * sum);
+    }
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)

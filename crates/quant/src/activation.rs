@@ -53,7 +53,9 @@ impl QRow<'_> {
 }
 
 impl QRows {
-    /// Quantize `x` (`rows * k` values, `k` a multiple of 32).
+    /// Quantize `x` (`rows * k` values, `k` a multiple of 32). A prompt's rows are split
+    /// across the kernel pool; each block is quantized on its own, so the split does not
+    /// change a value.
     pub fn quantize(x: &[f32], k: usize) -> Self {
         let blocks = k / BLOCK;
         let n = x.len() / BLOCK;
@@ -65,25 +67,34 @@ impl QRows {
             halves: vec![0; n],
             qs: vec![[0; BLOCK]; n],
         };
-        for (i, chunk) in x.chunks_exact(BLOCK).enumerate() {
-            let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut halves = [0i32; 2];
-            for (j, (q, &v)) in out.qs[i].iter_mut().zip(chunk).enumerate() {
-                let r = round_half_away(v * inv);
-                *q = r as i8;
-                halves[j / 16] += r;
-            }
-            let sum = halves[0] + halves[1];
-            // Each half sum is at most 16·127 in size: it fits an i16.
-            out.halves[i] = (halves[0] as i16 as u16 as u32 | (halves[1] as u32) << 16) as i32;
-            // Scales rounded to f16 as in GGUF's own activation blocks (Q8_0/Q8_1): the
-            // values then match llama.cpp's to the bit, and outputs stay closest to it.
-            out.d[i] = half::f16::from_f32(d).to_f32();
-            out.s[i] = half::f16::from_f32(d * sum as f32).to_f32();
-            out.sum[i] = sum;
-        }
+        let pool = crate::pool::Pool::global();
+        // Below a few thousand blocks (a decode step) the handoff costs more than it saves.
+        let per_task = n.div_ceil(pool.threads() * 2).max(PARALLEL_BLOCKS);
+        let parts: Vec<std::sync::Mutex<Part<'_>>> = x
+            .chunks(per_task * BLOCK)
+            .zip(out.d.chunks_mut(per_task))
+            .zip(out.s.chunks_mut(per_task))
+            .zip(out.sum.chunks_mut(per_task))
+            .zip(out.halves.chunks_mut(per_task))
+            .zip(out.qs.chunks_mut(per_task))
+            .map(|(((((x, d), s), sum), halves), qs)| {
+                std::sync::Mutex::new(Part {
+                    x,
+                    d,
+                    s,
+                    sum,
+                    halves,
+                    qs,
+                })
+            })
+            .collect();
+        pool.run(parts.len(), &|i| {
+            // Each part is taken by exactly one task: the lock is never contended.
+            parts[i]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .quantize();
+        });
         out
     }
 
@@ -99,6 +110,55 @@ impl QRows {
             sum: &self.sum[range.clone()],
             halves: &self.halves[range.clone()],
             qs: &self.qs[range],
+        }
+    }
+}
+
+/// Blocks a task quantizes at least.
+const PARALLEL_BLOCKS: usize = 2048;
+
+/// One task's share of [`QRows::quantize`]: its input blocks and their outputs.
+struct Part<'a> {
+    x: &'a [f32],
+    d: &'a mut [f32],
+    s: &'a mut [f32],
+    sum: &'a mut [i32],
+    halves: &'a mut [i32],
+    qs: &'a mut [[i8; BLOCK]],
+}
+
+impl Part<'_> {
+    fn quantize(&mut self) {
+        for (i, chunk) in self.x.chunks_exact(BLOCK).enumerate() {
+            let chunk: &[f32; BLOCK] = chunk.try_into().expect("block");
+            // Lane-wise maxima (the maximum is exact in any order), so the loop vectorises.
+            let mut lanes = [0f32; 8];
+            for part in chunk.chunks_exact(8) {
+                for (m, v) in lanes.iter_mut().zip(part) {
+                    *m = m.max(v.abs());
+                }
+            }
+            let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let q = &mut self.qs[i];
+            let mut halves = [0i32; 2];
+            for (h, half) in halves.iter_mut().enumerate() {
+                let range = 16 * h..16 * (h + 1);
+                for (q, &v) in q[range.clone()].iter_mut().zip(&chunk[range]) {
+                    let r = round_half_away(v * inv);
+                    *q = r as i8;
+                    *half += r;
+                }
+            }
+            let sum = halves[0] + halves[1];
+            // Each half sum is at most 16·127 in size: it fits an i16.
+            self.halves[i] = (halves[0] as i16 as u16 as u32 | (halves[1] as u32) << 16) as i32;
+            // Scales rounded to f16 as in GGUF's own activation blocks (Q8_0/Q8_1): the
+            // values then match llama.cpp's to the bit, and outputs stay closest to it.
+            self.d[i] = half::f16::from_f32(d).to_f32();
+            self.s[i] = half::f16::from_f32(d * sum as f32).to_f32();
+            self.sum[i] = sum;
         }
     }
 }

@@ -104,6 +104,12 @@ pub fn matmul_many(matrices: &[&QMatrix], x: &QRows, ys: &mut [&mut [f32]]) {
             tasks.push((i, first, (first + per_task).min(m.panels.panels())));
         }
     }
+    // The activation rows in register tiles, built once for every panel of every task
+    // (the last tile's unused entries repeat a row; the kernels see only the first `n`).
+    let tiles: Vec<[QRow<'_>; TOKENS]> = (0..tokens)
+        .step_by(TOKENS)
+        .map(|first| std::array::from_fn(|j| x.row((first + j).min(tokens - 1))))
+        .collect();
     let outs: Vec<SharedOut> = ys.iter_mut().map(|y| SharedOut(y.as_mut_ptr())).collect();
     pool.run(tasks.len(), &|task| {
         let (i, from, to) = tasks[task];
@@ -115,10 +121,9 @@ pub fn matmul_many(matrices: &[&QMatrix], x: &QRows, ys: &mut [&mut [f32]]) {
             let live = PANEL.min(rows - first_row);
             // Tokens in register tiles: each panel block is read and unpacked once per
             // TOKENS tokens (a prompt's tokens reuse the panel from cache).
-            for first in (0..tokens).step_by(TOKENS) {
+            for (t, xs) in tiles.iter().enumerate() {
+                let first = t * TOKENS;
                 let n = (tokens - first).min(TOKENS);
-                let xs: [QRow<'_>; TOKENS] =
-                    std::array::from_fn(|j| x.row((first + j).min(tokens - 1)));
                 let mut v = [[0f32; PANEL]; TOKENS];
                 kernels::panel(isa, format, panel, &xs[..n], &mut v);
                 for (j, v) in v.iter().take(n).enumerate() {
