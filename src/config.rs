@@ -415,6 +415,29 @@ pub fn init_threads(threads: Option<usize>) {
     }
 }
 
+/// Keep freed heap memory in the process instead of handing it back after every step.
+/// A prompt step allocates and frees tens of megabytes of activations per layer; with
+/// glibc's defaults, buffers that size were mapped and unmapped (or the heap's top trimmed)
+/// each time, and the fresh pages' faults and zeroing cost ~5 % of a prompt's time
+/// (`perf` of a 512-token prompt on the 0.5B model). Peak memory is unchanged: the heap
+/// stays at its high-water mark, as llama.cpp's compute buffers do. Set before any thread
+/// starts; the `MALLOC_*_` environment variables glibc reads still take precedence.
+pub fn init_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const MAPPED_ABOVE: libc::c_int = 256 << 20;
+        const TRIM_ABOVE: libc::c_int = 1 << 30;
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            // SAFETY: mallopt only sets allocator parameters; called before other threads.
+            unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MAPPED_ABOVE) };
+        }
+        if std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_none() {
+            // SAFETY: as above.
+            unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_ABOVE) };
+        }
+    }
+}
+
 /// `--router`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RouterKind {

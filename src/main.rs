@@ -89,6 +89,7 @@ fn main() -> anyhow::Result<()> {
     };
     // Before the runtime starts any thread.
     init_threads(threads);
+    wick::config::init_allocator();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         match cli.command {

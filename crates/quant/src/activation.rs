@@ -30,18 +30,19 @@ pub struct QRow<'a> {
 }
 
 /// Round to the nearest integer, halves away from zero (as `f32::round`, which llama.cpp's
-/// reference quantizer uses too), for |x| < 2^31. Truncation and a compare vectorise on any
-/// x86-64, where `f32::round` is a library call per value.
+/// reference quantizer uses too), for a value already scaled into -127..=127 (anything
+/// outside, NaN included, is held to that range first). Plain float steps (truncation, a
+/// compare, the sign copied back) vectorise on any x86-64 or aarch64, where `f32::round`
+/// is a library call per value.
 #[inline(always)]
 fn round_half_away(x: f32) -> i32 {
+    // `max` returns the number when the other operand is NaN.
+    let x = x.max(-127.0).min(127.0);
     let a = x.abs();
-    let t = a as i32;
-    let r = t + ((a - t as f32) >= 0.5) as i32;
-    if x < 0.0 {
-        -r
-    } else {
-        r
-    }
+    let t = a.trunc();
+    let r = t + if a - t >= 0.5 { 1.0 } else { 0.0 };
+    // SAFETY: |r| <= 127, finite: it fits an i32.
+    unsafe { r.copysign(x).to_int_unchecked::<i32>() }
 }
 
 impl QRow<'_> {
@@ -191,8 +192,11 @@ mod tests {
     fn rounding_matches_f32_round() {
         for x in [
             0.0, 0.4, 0.5, 1.5, 2.5, -2.5, -0.5, -0.6, 126.7, -127.0, 0.49999997, 3.5000002,
+            -126.5, 126.49999,
         ] {
             assert_eq!(round_half_away(x), f32::round(x) as i32, "{x}");
         }
+        assert_eq!(round_half_away(f32::NAN), -127);
+        assert_eq!(round_half_away(1e9), 127);
     }
 }
