@@ -37,6 +37,8 @@ pub struct QRow<'a> {
 #[inline(always)]
 fn round_half_away(x: f32) -> i32 {
     // `max` returns the number when the other operand is NaN.
+    // Not `clamp`: it would pass a NaN through (and the int conversion needs a number).
+    #[allow(clippy::manual_clamp)]
     let x = x.max(-127.0).min(127.0);
     let a = x.abs();
     let t = a.trunc();
