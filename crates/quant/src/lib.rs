@@ -8,6 +8,7 @@
 //! architectures (scripts/kernels-aarch64.sh).
 
 pub mod activation;
+pub mod buffer;
 pub mod kernels;
 pub mod panel;
 pub mod pool;

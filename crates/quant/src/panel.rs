@@ -28,6 +28,7 @@
 use half::f16;
 
 use super::activation::BLOCK;
+use super::buffer::Bytes;
 use super::Format;
 
 /// Rows per panel.
@@ -198,18 +199,14 @@ fn decode(format: Format, raw: &[u8], out: &mut [Decoded]) {
     }
 }
 
-/// A cache line, so panel values start on a 64-byte boundary.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
-
 /// A weight matrix `[rows, blocks * 32]` repacked into panels (rows padded with zero
 /// weights to a whole panel).
 pub struct Panels {
     format: Format,
     rows: usize,
     blocks: usize,
-    qs: Vec<Line>,
+    /// Panel values, 64-byte aligned so each group is one cache line.
+    qs: Bytes,
     d: Vec<u16>,
     m: Vec<u16>,
     sc: Vec<u8>,
@@ -319,7 +316,11 @@ impl Panels {
             format,
             rows,
             blocks,
-            qs: vec![Line([0; 64]); panels * blocks * block_bytes / 64],
+            // Padding rows hold the value 0 (Q8_0 stores it plus 128).
+            qs: Bytes::filled(
+                panels * blocks * block_bytes,
+                if format == Format::Q8_0 { 0x80 } else { 0 },
+            ),
             d: vec![0; panels * units * PANEL],
             m: vec![0; if with_m { panels * units * PANEL } else { 0 }],
             sc: vec![0; panels * blocks * PANEL * format.scale_bytes()],
@@ -332,14 +333,7 @@ impl Panels {
                 }
             ],
         };
-        // SAFETY: `Line` is 64 plain bytes; the view covers exactly the vector's storage.
-        let qs = unsafe {
-            std::slice::from_raw_parts_mut(out.qs.as_mut_ptr() as *mut u8, out.qs.len() * 64)
-        };
-        if format == Format::Q8_0 {
-            // Padding rows hold the value 0 too.
-            qs.fill(0x80);
-        }
+        let qs = &mut out.qs;
         let mut decoded = [Decoded::default(); SUPER];
         for (i, raw) in raw.chunks_exact(bytes).enumerate() {
             let row = i / (blocks / per_gguf);
@@ -392,16 +386,13 @@ impl Panels {
 
     /// Bytes this matrix holds.
     pub fn bytes(&self) -> usize {
-        self.qs.len() * 64 + (self.d.len() + self.m.len()) * 2 + self.sc.len() + self.mins.len()
+        self.qs.len() + (self.d.len() + self.m.len()) * 2 + self.sc.len() + self.mins.len()
     }
 
     pub fn panel(&self, i: usize) -> Panel<'_> {
         let nb = self.blocks;
         let bytes = nb * self.format.panel_block_bytes();
-        // SAFETY: `Line` is 64 plain bytes.
-        let all = unsafe {
-            std::slice::from_raw_parts(self.qs.as_ptr() as *const u8, self.qs.len() * 64)
-        };
+        let all = &self.qs[..];
         let units = if self.format.super_blocks() {
             nb / SUPER
         } else {
