@@ -237,40 +237,40 @@ pub fn attention_batch<C: CacheRows + ?Sized>(
     let width = n_heads * head_dim;
     let group = n_heads / n_kv_heads;
     debug_assert!(seqs.iter().all(|s| s.rows.end * width <= out.len()));
-    // Tasks: a few rows of one sequence, for the query heads of one kv head (or one query
-    // head, when that leaves too few tasks to keep the threads busy). A task reads each
-    // cache row once for all its queries.
+    // Tasks: a few rows of one sequence, for the query heads of one kv head, or for part of
+    // them when that leaves too few tasks to keep the threads busy (a decode step of one
+    // sequence). A task widens each cache row once for all its queries, so the fewer tasks
+    // share a kv head, the less of that work is repeated.
     let pool = Pool::global();
     let blocks = |s: &HostSeq<'_, C>| s.rows.len().div_ceil(ROWS_PER_TASK);
     let units: usize = seqs.iter().map(blocks).sum::<usize>() * n_kv_heads;
-    let heads_per_task = if units >= 2 * pool.threads() {
-        group
-    } else {
-        1
-    };
-    let splits = group / heads_per_task;
+    let splits = pool.threads().div_ceil(units).clamp(1, group);
+    let heads_per_task = group.div_ceil(splits);
     let mut tasks = Vec::new();
     for (s, seq) in seqs.iter().enumerate() {
         for b in 0..blocks(seq) {
-            for h in (0..n_heads).step_by(heads_per_task) {
-                tasks.push((s, b * ROWS_PER_TASK, h));
+            for kv in 0..n_kv_heads {
+                let kv_heads = kv * group..(kv + 1) * group;
+                for h in kv_heads.clone().step_by(heads_per_task) {
+                    let n = heads_per_task.min(kv_heads.end - h);
+                    tasks.push((s, b * ROWS_PER_TASK, h, n));
+                }
             }
         }
     }
-    debug_assert_eq!(tasks.len(), units * splits);
     let out_ptr = SharedOut(out.as_mut_ptr());
     pool.run(tasks.len(), &|task| {
         // The whole wrapper (Sync), not its raw pointer field alone.
         let out_ptr = &out_ptr;
-        let (s, first_row, h0) = tasks[task];
+        let (s, first_row, h0, heads_here) = tasks[task];
         let seq = &seqs[s];
         let rows = first_row..(first_row + ROWS_PER_TASK).min(seq.rows.len());
-        let mut queries = Vec::with_capacity(rows.len() * heads_per_task);
+        let mut queries = Vec::with_capacity(rows.len() * heads_here);
         let mut visible = Vec::with_capacity(queries.capacity());
         let mut outs = Vec::with_capacity(queries.capacity());
         for i in rows {
             let row = seq.rows.start + i;
-            for h in h0..h0 + heads_per_task {
+            for h in h0..h0 + heads_here {
                 let at = row * width + h * head_dim;
                 queries.push(&q[at..at + head_dim]);
                 visible.push(visible_keys(seq.start + i, window));
