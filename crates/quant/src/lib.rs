@@ -107,8 +107,15 @@ pub fn matmul_many(matrices: &[&QMatrix], x: &QRows, ys: &mut [&mut [f32]]) {
     }
     // The activation rows in register tiles, built once for every panel of every task
     // (the last tile's unused entries repeat a row; the kernels see only the first `n`).
+    // Tiles as wide as the widest kernel among the matrices; a narrower kernel takes a tile
+    // in several passes (`kernels::panel`).
+    let tile = matrices
+        .iter()
+        .map(|m| kernels::tile_tokens(isa, m.format()))
+        .max()
+        .unwrap_or(TOKENS);
     let tiles: Vec<[QRow<'_>; TOKENS]> = (0..tokens)
-        .step_by(TOKENS)
+        .step_by(tile)
         .map(|first| std::array::from_fn(|j| x.row((first + j).min(tokens - 1))))
         .collect();
     let outs: Vec<SharedOut> = ys.iter_mut().map(|y| SharedOut(y.as_mut_ptr())).collect();
@@ -121,10 +128,10 @@ pub fn matmul_many(matrices: &[&QMatrix], x: &QRows, ys: &mut [&mut [f32]]) {
             let first_row = p * PANEL;
             let live = PANEL.min(rows - first_row);
             // Tokens in register tiles: each panel block is read and unpacked once per
-            // TOKENS tokens (a prompt's tokens reuse the panel from cache).
+            // `tile` tokens (a prompt's tokens reuse the panel from cache).
             for (t, xs) in tiles.iter().enumerate() {
-                let first = t * TOKENS;
-                let n = (tokens - first).min(TOKENS);
+                let first = t * tile;
+                let n = (tokens - first).min(tile);
                 let mut v = [[0f32; PANEL]; TOKENS];
                 kernels::panel(isa, format, panel, &xs[..n], &mut v);
                 for (j, v) in v.iter().take(n).enumerate() {
