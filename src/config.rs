@@ -154,6 +154,18 @@ pub struct ServeArgs {
     /// Do not serve the chat page at `/` (and its files under `/ui/`): `/` is then a 404.
     #[arg(long, env = "WICK_NO_UI", default_value_t = false)]
     pub no_ui: bool,
+    /// Where the safety guard judges chat requests along the six dimensions: `v2`
+    /// (/v2/chat/completions), `all` (/v1/chat/completions too) or `off`.
+    #[arg(long, env = "WICK_GUARD", value_enum, default_value_t = GuardScope::V2)]
+    pub guard: GuardScope,
+    /// The catalog model that judges safety. Default: the cheapest catalog model whose
+    /// measured recall on unsafe prompts (`guard_recall`, scripts/safety/eval.py) is at
+    /// least 0.8.
+    #[arg(long, env = "WICK_GUARD_MODEL")]
+    pub guard_model: Option<String>,
+    /// Safety policy file (TOML). Default: ./safety.toml if present, else the built-in one.
+    #[arg(long, env = "WICK_SAFETY_POLICY")]
+    pub safety_policy: Option<PathBuf>,
     #[command(flatten)]
     pub service: ServiceArgs,
     #[command(flatten)]
@@ -339,6 +351,37 @@ impl ServeArgs {
         }
     }
 
+    /// The safety guard (`--guard`, `--guard-model`, `--safety-policy`, else ./safety.toml,
+    /// else the built-in policy); None when it is off.
+    pub fn load_guard(
+        &self,
+        catalog: &Catalog,
+    ) -> anyhow::Result<Option<crate::api::guarded::GuardSettings>> {
+        use crate::safety::{Guard, Policy};
+        if self.guard == GuardScope::Off {
+            return Ok(None);
+        }
+        let policy = match &self.safety_policy {
+            Some(path) => Policy::load(path)?,
+            None if Path::new("safety.toml").is_file() => Policy::load(Path::new("safety.toml"))?,
+            None => Policy::builtin(),
+        };
+        let model = match &self.guard_model {
+            Some(id) => {
+                crate::safety::check_guard_model(catalog, id)?;
+                id.clone()
+            }
+            None => crate::safety::default_guard_model(catalog).context(
+                "no catalog model can judge safety: name one with --guard-model, or --guard off",
+            )?,
+        };
+        tracing::info!(%model, scope = ?self.guard, "safety guard");
+        Ok(Some(crate::api::guarded::GuardSettings {
+            guard: std::sync::Arc::new(Guard::new(model, policy)),
+            on_v1: self.guard == GuardScope::All,
+        }))
+    }
+
     /// The router for /v2's analysed mechanisms: the learned one (`--router-model FILE`, else
     /// the built-in model, at `--routing-quality`), or the keyword analyser.
     pub fn load_router(&self) -> anyhow::Result<crate::routing::Router> {
@@ -388,6 +431,11 @@ impl ServeArgs {
             router_model: None,
             routing_quality: None,
             no_ui: false,
+            // Tests and the in-process benchmark measure the model; a test that checks the
+            // guard turns it on.
+            guard: GuardScope::Off,
+            guard_model: None,
+            safety_policy: None,
             service: ServiceArgs {
                 max_connections: 512,
                 header_timeout: 10.0,
@@ -436,6 +484,14 @@ pub fn init_allocator() {
             unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_ABOVE) };
         }
     }
+}
+
+/// `--guard`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GuardScope {
+    V2,
+    All,
+    Off,
 }
 
 /// `--router`.

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod reasoning;
 pub mod routing;
+pub mod safety;
 pub mod server;
 pub mod service;
 pub mod synth;

@@ -53,6 +53,13 @@ pub const UPSTREAM_HEALTHY: &str = "wick_upstream_replica_healthy";
 /// Requests this server has running on a replica now.
 pub const UPSTREAM_OUTSTANDING: &str = "wick_upstream_outstanding_requests";
 
+/// Safety verdicts by direction (input, output) and verdict (pass, annotate, refuse).
+pub const SAFETY_VERDICTS: &str = "wick_safety_verdicts_total";
+/// Judgements in which a dimension reached its policy threshold, by direction and dimension.
+pub const SAFETY_FLAGS: &str = "wick_safety_flags_total";
+/// How long one guard judgement took, by direction, seconds.
+pub const GUARD_DURATION: &str = "wick_guard_duration_seconds";
+
 /// Gauge: how long the loaded model took to load, seconds.
 pub const MODEL_LOAD_TIME: &str = "wick_model_load_duration_seconds";
 

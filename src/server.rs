@@ -65,6 +65,7 @@ impl Server {
             }
         }
         let traditions = args.load_traditions()?;
+        let safety = args.load_guard(&catalog)?;
         let router = Arc::new(args.load_router()?);
         let service = &args.service;
         let api_keys = service.load_api_keys()?;
@@ -158,6 +159,7 @@ impl Server {
                     .max(2),
             ),
             ui: !args.no_ui,
+            safety,
         });
         Ok(Self {
             addr,

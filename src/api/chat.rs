@@ -27,12 +27,14 @@ pub(super) use super::caller::Caller;
 use super::error::ApiError;
 use super::fields::GenerationFields;
 use super::generation::{self, fit_context, submit_choices, token_text};
+use super::guarded::{self, OutputWatch};
 use super::request::{parse_json, ChatRequest, ChatSettings};
 use super::stream::{ChoiceOutput, Generation, Step};
 use super::AppState;
 use crate::engine::{Endpoint, EventStream, FinishReason, ServedModel, TokenLogprob, Usage};
 use crate::reasoning::{self, Start};
 use crate::routing::{self, tradition, Family, Mechanism, RoutingFields, Tradition};
+use crate::safety::{self, Assessment, Guard, Verdict};
 use crate::template::TemplateError;
 use crate::tokenizer::Tokenizer;
 use crate::tools::{self, CallFormat, PrepareError, ToolCall};
@@ -120,30 +122,170 @@ async fn handle(
             },
         )
         .await??;
-    let started = start(state, caller, &request, &raw, &fields, version, arrived).await?;
+    let guard = guarded::guard_for(state, version == Version::V2);
+    let goal = Goal::Generate;
+    let started = begin(
+        state,
+        caller,
+        &request,
+        &raw,
+        &fields,
+        version,
+        arrived,
+        goal,
+        guard.as_ref(),
+    )
+    .await?;
+    if let Some(refusal) = started.safety.as_ref().and_then(|s| s.refusal.clone()) {
+        return Ok(refused(&started, refusal));
+    }
     let tokenizer = started.served.frontend.as_ref().map(|f| &f.tokenizer);
     let generation = Generation::new(state, &started.served.entry.id, arrived, started.streams);
+    let n = generation.choices();
     if started.settings.stream {
         let include_usage = started.settings.include_usage;
+        let watch = started.safety.map(|s| {
+            let watch = OutputWatch::new(state, s.guard.clone(), caller.0, n);
+            (watch, s)
+        });
         Ok(Sse::new(stream_chunks(
             started.answer,
             started.served.clone(),
             generation,
             include_usage,
+            watch,
         ))
         .keep_alive(KeepAlive::default())
         .into_response())
     } else {
         let outputs = generation.collect().await?;
         let asked_logprobs = started.settings.generation.sampling.logprobs.is_some();
-        Ok(Json(completion(
-            &started.answer,
-            tokenizer,
-            asked_logprobs,
-            outputs,
-        ))
-        .into_response())
+        let judged = match &started.safety {
+            Some(s) => {
+                let mut judged = Vec::with_capacity(outputs.len());
+                for output in &outputs {
+                    let answer = format!("{}{}", output.reasoning, output.text);
+                    judged.push(
+                        guarded::judge_output(&state.models, &s.guard, caller.0, &answer).await,
+                    );
+                }
+                Some(judged)
+            }
+            None => None,
+        };
+        let mut body = completion(&started.answer, tokenizer, asked_logprobs, outputs);
+        if let (Some(s), Some(judged)) = (&started.safety, judged) {
+            add_output_safety(&mut body, s, &judged);
+        }
+        Ok(Json(body).into_response())
     }
+}
+
+/// The safety state of a guarded chat request: its input's assessment, and the refusal that
+/// replaces the answer when the input was refused.
+pub(super) struct StartedSafety {
+    pub guard: Arc<Guard>,
+    pub input: Assessment,
+    pub refusal: Option<String>,
+    /// The refusal table the request's tradition reads (src/safety/policy.rs).
+    pub refusal_table: Option<&'static str>,
+}
+
+impl StartedSafety {
+    /// The text replacing a refused output.
+    fn output_refusal(&self, output: &Assessment) -> String {
+        self.guard
+            .policy
+            .refusal_text(output.cause, self.refusal_table)
+            .to_string()
+    }
+}
+
+/// A whole answer's output verdicts: each refused choice's message replaced by the refusal
+/// text with `finish_reason: "content_filter"`, and `safety` with the input's assessment and
+/// the strongest output one.
+fn add_output_safety(body: &mut serde_json::Value, s: &StartedSafety, judged: &[Assessment]) {
+    for (index, output) in judged.iter().enumerate() {
+        if output.verdict == Verdict::Refuse {
+            let message = &mut body["choices"][index]["message"];
+            message["content"] = s.output_refusal(output).into();
+            if let Some(m) = message.as_object_mut() {
+                m.remove("tool_calls");
+                m.remove(REASONING_FIELD);
+            }
+            body["choices"][index]["finish_reason"] = "content_filter".into();
+            body["choices"][index]["logprobs"] = serde_json::Value::Null;
+        }
+    }
+    let strongest = judged.iter().max_by_key(|a| a.verdict);
+    body["safety"] = guarded::metadata(Some(&s.input), strongest);
+}
+
+/// The answer to a request whose input the policy refused: the refusal text as the
+/// assistant's message with `finish_reason: "content_filter"`, as JSON or as a stream. The
+/// model saw nothing, so the usage is zero.
+fn refused(started: &Started, refusal: String) -> Response {
+    let answer = &started.answer;
+    let n = started.settings.generation.n;
+    let safety_meta = guarded::metadata(started.safety.as_ref().map(|s| &s.input), None);
+    let with_meta = |base: serde_json::Value| {
+        let mut v = serde_json::to_value(WithMeta {
+            base,
+            meta: answer.meta.as_ref(),
+        })
+        .unwrap_or_default();
+        v["safety"] = safety_meta.clone();
+        v
+    };
+    if !started.settings.stream {
+        let choices: Vec<serde_json::Value> = (0..n)
+            .map(|index| {
+                serde_json::json!({
+                    "index": index,
+                    "message": { "role": "assistant", "content": refusal, "refusal": null },
+                    "logprobs": null,
+                    "finish_reason": "content_filter",
+                })
+            })
+            .collect();
+        let body = with_meta(serde_json::json!({
+            "id": answer.id,
+            "object": "chat.completion",
+            "created": answer.created,
+            "model": answer.model,
+            "choices": choices,
+            "usage": { "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0 },
+        }));
+        return Json(body).into_response();
+    }
+    let chunk_json = |index: usize, delta: serde_json::Value, finish: Option<&str>| {
+        with_meta(serde_json::json!({
+            "id": answer.id,
+            "object": "chat.completion.chunk",
+            "created": answer.created,
+            "model": answer.model,
+            "choices": [{ "index": index, "delta": delta, "logprobs": null, "finish_reason": finish }],
+        }))
+    };
+    let mut events = Vec::new();
+    for index in 0..n {
+        let role = serde_json::json!({ "role": "assistant", "content": "" });
+        events.push(sse_json(&chunk_json(index, role, None)));
+        let text = serde_json::json!({ "content": refusal });
+        events.push(sse_json(&chunk_json(index, text, None)));
+        let end = serde_json::json!({});
+        events.push(sse_json(&chunk_json(index, end, Some("content_filter"))));
+    }
+    if started.settings.include_usage {
+        let mut last = chunk_json(0, serde_json::json!({}), None);
+        last["choices"] = serde_json::json!([]);
+        last["usage"] =
+            serde_json::json!({ "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0 });
+        events.push(sse_json(&last));
+    }
+    events.push(SseEvent::default().data("[DONE]"));
+    let stream = futures::stream::iter(events.into_iter().map(Ok::<_, Infallible>));
+    Sse::new(stream).into_response()
 }
 
 /// A request body as JSON, for what goes upstream as the caller sent it.
@@ -158,6 +300,8 @@ pub(super) struct Started {
     pub streams: Vec<EventStream>,
     /// Tokens in the prompt; None for a model an upstream runs (it tokenizes its own).
     pub prompt_tokens: Option<usize>,
+    /// The guard's assessment of the input, when a guard judges this request.
+    pub safety: Option<StartedSafety>,
 }
 
 /// How far [`begin`] takes a chat request.
@@ -182,7 +326,10 @@ pub(super) async fn start(
     arrived: Instant,
 ) -> Result<Started, ApiError> {
     let goal = Goal::Generate;
-    begin(state, caller, request, raw, fields, version, arrived, goal).await
+    begin(
+        state, caller, request, raw, fields, version, arrived, goal, None,
+    )
+    .await
 }
 
 /// The tokens of the prompt [`start`] would submit for this request (same routing,
@@ -204,6 +351,7 @@ pub(super) async fn count_prompt(
         version,
         now,
         Goal::Count,
+        None,
     )
     .await?;
     started.prompt_tokens.ok_or_else(|| {
@@ -217,7 +365,7 @@ pub(super) async fn count_prompt(
     })
 }
 
-#[allow(clippy::too_many_arguments)] // start's arguments and how far to go
+#[allow(clippy::too_many_arguments)] // start's arguments, how far to go, and the guard
 async fn begin(
     state: &AppState,
     caller: Caller,
@@ -227,6 +375,7 @@ async fn begin(
     version: Version,
     arrived: Instant,
     goal: Goal,
+    guard: Option<&Arc<Guard>>,
 ) -> Result<Started, ApiError> {
     let settings = request.settings(fields)?;
     // Checking tool schemas can be heavy (src/api/cpu_work.rs).
@@ -297,6 +446,27 @@ async fn begin(
     };
     // /v2 speaks from the general perspective unless told otherwise; /v1 only when asked.
     let layer = state.traditions.layer(tradition, version == Version::V2);
+    // The guard reads the conversation as the client sent it, before anything is rendered
+    // or submitted: a refused input never reaches the model.
+    let safety = match guard.filter(|_| goal == Goal::Generate) {
+        Some(guard) => {
+            let input = guarded::judge_input(state, guard, caller.0, &messages).await?;
+            let refusal_table = safety::policy::refusal_table(tradition, version == Version::V2);
+            let refusal = (input.verdict == Verdict::Refuse).then(|| {
+                guard
+                    .policy
+                    .refusal_text(input.cause, refusal_table)
+                    .to_string()
+            });
+            Some(StartedSafety {
+                guard: guard.clone(),
+                input,
+                refusal,
+                refusal_table,
+            })
+        }
+        None => None,
+    };
     let origin = generation::Origin {
         client: caller.0,
         deadline: state.request_timeout.map(|limit| arrived + limit),
@@ -312,6 +482,16 @@ async fn begin(
         calls,
         reasoning,
     };
+    if safety.as_ref().is_some_and(|s| s.refusal.is_some()) {
+        return Ok(Started {
+            answer: answer(&served, meta, None, None),
+            settings,
+            served,
+            streams: Vec::new(),
+            prompt_tokens: None,
+            safety,
+        });
+    }
     if served.backend.takes_whole_requests() {
         if goal == Goal::Count {
             return Ok(Started {
@@ -320,6 +500,7 @@ async fn begin(
                 served,
                 streams: Vec::new(),
                 prompt_tokens: None,
+                safety: None,
             });
         }
         // The upstream renders the prompt and reads its own calls and thinking.
@@ -331,6 +512,7 @@ async fn begin(
             served,
             streams,
             prompt_tokens: None,
+            safety,
         });
     }
     let frontend = generation::local(&served)?;
@@ -357,6 +539,7 @@ async fn begin(
             served,
             streams: Vec::new(),
             prompt_tokens: Some(prompt.len()),
+            safety: None,
         });
     }
     let max_tokens = fit_context(
@@ -380,6 +563,7 @@ async fn begin(
         served,
         streams,
         prompt_tokens: Some(prompt.len()),
+        safety,
     })
 }
 
@@ -655,6 +839,21 @@ fn chunk_event(answer: &Answer, chunk: CreateChatCompletionStreamResponse) -> Ss
     })
 }
 
+/// A chunk with the request's `safety` verdicts beside the /v2 fields.
+fn chunk_with_safety(
+    answer: &Answer,
+    chunk: CreateChatCompletionStreamResponse,
+    safety: &serde_json::Value,
+) -> SseEvent {
+    let mut body = serde_json::to_value(&WithMeta {
+        base: chunk,
+        meta: answer.meta.as_ref(),
+    })
+    .unwrap_or_default();
+    body["safety"] = safety.clone();
+    sse_json(&body)
+}
+
 /// A chunk of thinking: `delta.reasoning_content`, which OpenAI's types lack.
 fn reasoning_event(
     answer: &Answer,
@@ -701,7 +900,13 @@ fn stream_chunks(
     served: Arc<ServedModel>,
     mut generation: Generation,
     include_usage: bool,
+    mut watch: Option<(OutputWatch, StartedSafety)>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    /// What the stream waits on: the next step, or a window verdict of the output guard.
+    enum Next {
+        Step(Option<Step>),
+        Cut(Option<(usize, Assessment)>),
+    }
     async_stream::stream! {
         let tokenizer = served.frontend.as_ref().map(|f| &f.tokenizer);
         let n = generation.choices();
@@ -717,9 +922,39 @@ fn stream_chunks(
         let mut reasoning_tokens = 0;
         let mut calls_sent = vec![0u32; n];
         let mut failed = false;
-        while let Some(step) = generation.next().await {
+        let mut finished = vec![false; n];
+        loop {
+            let next = match watch.as_mut() {
+                Some((w, _)) if w.busy() => tokio::select! {
+                    biased;
+                    verdict = w.next_verdict() => Next::Cut(verdict),
+                    step = generation.next() => Next::Step(step),
+                },
+                _ => Next::Step(generation.next().await),
+            };
+            let step = match next {
+                Next::Step(Some(step)) => step,
+                Next::Step(None) => break,
+                Next::Cut(None) => continue,
+                // A window the policy refuses ends every unfinished choice at once
+                // (dropping `generation` below cancels them in the engine).
+                Next::Cut(Some((_, output))) => {
+                    if let Some((_, s)) = &watch {
+                        let safety = guarded::metadata(Some(&s.input), Some(&output));
+                        for index in (0..n).filter(|&i| !finished[i]) {
+                            let end = chunk(&answer, index, delta(None, None), Some(OpenAiFinish::ContentFilter), None);
+                            yield Ok(chunk_with_safety(&answer, end, &safety));
+                        }
+                    }
+                    failed = true;
+                    break;
+                }
+            };
             match step {
                 Step::Text { index, text, logprobs } => {
+                    if let Some((w, _)) = watch.as_mut() {
+                        w.push(index, &text);
+                    }
                     pending[index].extend(logprobs);
                     let outs = splitters[index].push(&text);
                     for event in out_events(&answer, tokenizer, index, outs, &mut pending[index], &mut calls_sent[index]) {
@@ -733,14 +968,33 @@ fn stream_chunks(
                         yield Ok(event);
                     }
                     let logprobs = take_logprobs(tokenizer, &mut pending[index]);
-                    let reason = finish_reason(finish, calls_sent[index] > 0);
-                    yield Ok(chunk_event(&answer, chunk(&answer, index, delta(None, None), Some(reason), logprobs)));
+                    let mut reason = finish_reason(finish, calls_sent[index] > 0);
+                    finished[index] = true;
+                    // The whole answer is judged before its last chunk, which carries the
+                    // verdicts.
+                    match watch.as_mut() {
+                        Some((w, s)) => {
+                            let output = w.finish(index).await;
+                            if output.verdict == Verdict::Refuse {
+                                reason = OpenAiFinish::ContentFilter;
+                            }
+                            let safety = guarded::metadata(Some(&s.input), Some(&output));
+                            let end = chunk(&answer, index, delta(None, None), Some(reason), logprobs);
+                            yield Ok(chunk_with_safety(&answer, end, &safety));
+                        }
+                        None => {
+                            yield Ok(chunk_event(&answer, chunk(&answer, index, delta(None, None), Some(reason), logprobs)));
+                        }
+                    }
                     if let (Some(split), Some(tokenizer)) = (splitters[index].split(), tokenizer) {
                         reasoning_tokens += split.tokens(tokenizer, usage.completion_tokens);
                     }
                 }
                 // A remote engine's thinking and calls come apart from its text.
                 Step::Reasoning { index, text } => {
+                    if let Some((w, _)) = watch.as_mut() {
+                        w.push(index, &text);
+                    }
                     for event in out_events(&answer, tokenizer, index, vec![Out::Reasoning(text)], &mut pending[index], &mut calls_sent[index]) {
                         yield Ok(event);
                     }

@@ -2,7 +2,7 @@
 //! model is still loading, `error` when an engine has stopped, `degraded` (still 200: it
 //! serves) when an engine caught a fault in the last few minutes; each model with its
 //! state, and the device they run on; each upstream model with its replicas' state, which
-//! never changes the status.
+//! never changes the status; the safety guard's state (src/safety/guard.rs) when it is on.
 
 use std::sync::Arc;
 
@@ -63,13 +63,16 @@ pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
             json!({ "id": m.entry.id, "state": state, "replicas": replicas })
         })
         .collect();
-    (
-        code,
-        Json(json!({
-            "status": status,
-            "device": device,
-            "models": models,
-            "upstreams": upstreams,
-        })),
-    )
+    let mut body = json!({
+        "status": status,
+        "device": device,
+        "models": models,
+        "upstreams": upstreams,
+    });
+    // The guard is reported, never counted against the status: a guard that cannot judge
+    // fails requests closed or lets them through, as the safety policy says.
+    if let Some(safety) = &state.safety {
+        body["guard"] = json!(safety.guard.state());
+    }
+    (code, Json(body))
 }

@@ -11,6 +11,7 @@ mod embeddings;
 pub mod error;
 pub mod fields;
 mod generation;
+pub mod guarded;
 mod health;
 mod layers;
 mod messages;
@@ -71,6 +72,8 @@ pub struct AppState {
     pub cpu_work: cpu_work::CpuWork,
     /// Serve the chat page at `/` (off with `--no-ui`).
     pub ui: bool,
+    /// The safety guard and where it judges (`--guard`); None: off.
+    pub safety: Option<guarded::GuardSettings>,
 }
 
 impl AppState {

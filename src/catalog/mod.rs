@@ -76,6 +76,15 @@ pub struct ModelEntry {
     /// own `pooling_type` (an embedding model such as Qwen3-Embedding) needs none.
     #[serde(default)]
     pub pooled_embeddings: Option<crate::model::bert::Pooling>,
+    /// A guard model's answer format (`json`, `llama_guard3`, `qwen3_guard`); default: one
+    /// recognised from its id or name, else wick's JSON verdict (src/safety/formats.rs).
+    #[serde(default)]
+    pub guard_format: Option<crate::safety::formats::GuardFormat>,
+    /// This model's recall on unsafe prompts as the guard, measured by
+    /// scripts/safety/eval.py: the default `--guard-model` is the cheapest model with 0.8 or
+    /// more.
+    #[serde(default)]
+    pub guard_recall: Option<f32>,
 }
 
 impl ModelEntry {

@@ -266,6 +266,8 @@ fn entry_for_file(path: &Path, options: &ReferenceOptions) -> anyhow::Result<Mod
         upstream: None,
         embedding,
         pooled_embeddings: None,
+        guard_format: None,
+        guard_recall: None,
     };
     super::validate::check_entry(&entry)?;
     Ok(entry)

@@ -1,7 +1,9 @@
 //! Constrained decoding: a grammar (Lark, with JSON schemas embedded as `%json{…}`) compiled
 //! by llguidance over the model's vocabulary. Before each sampling step the grammar's mask
 //! sets every token it forbids to −∞; the chosen token then advances the grammar. The output
-//! is therefore always in the grammar's language, whatever the model's size.
+//! is therefore always in the grammar's language, whatever the model's size. Where the
+//! grammar allows only one continuation, its tokens are appended without sampling
+//! ([`Constraint::force`], src/engine/sequence.rs).
 
 use std::sync::{Arc, OnceLock};
 
@@ -112,6 +114,17 @@ impl Constraint {
     /// Advance the grammar with the token that was sampled.
     pub fn commit(&mut self, token: u32) -> anyhow::Result<()> {
         self.matcher.consume_token(token)
+    }
+
+    /// The tokens the grammar allows as the only continuation from here (at most `room`),
+    /// consumed: the caller appends them without sampling.
+    pub fn force(&mut self, room: usize) -> anyhow::Result<Vec<u32>> {
+        let mut forced = self.matcher.compute_ff_tokens();
+        forced.truncate(room);
+        if !forced.is_empty() {
+            self.matcher.consume_tokens(&forced)?;
+        }
+        Ok(forced)
     }
 
     /// The grammar is complete and allows nothing more.

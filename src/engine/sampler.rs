@@ -110,6 +110,11 @@ impl Sampler {
         }
     }
 
+    /// Whether the request asked for log-probabilities.
+    pub fn wants_logprobs(&self) -> bool {
+        self.params.logprobs.is_some()
+    }
+
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
         self.adjust(logits);
         let greedy = self.params.temperature <= 0.0 || self.params.top_k == 1;

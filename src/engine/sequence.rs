@@ -147,21 +147,31 @@ impl Sequence {
         if let Some(Err(e)) = self.constraint.as_mut().map(|c| c.commit(token)) {
             return self.fail(format!("constrained decoding failed: {e}"));
         }
-        self.tokens.push(token);
-        if let Some(logprob) = logprob {
-            let _ = self.events.send(Event::Logprob(logprob));
+        if let Some(finished) = self.emit(token, logprob, tokenizer) {
+            return finished;
         }
-        let text = match self.decoder.push(tokenizer, token) {
-            Ok(text) => text,
-            Err(e) => return self.fail(format!("detokenizing failed: {e}")),
+        // What the grammar forces next (the keys and punctuation of a JSON answer, the
+        // name of a forced tool) is appended at once: the next step feeds it as a chunk,
+        // as it feeds a prompt, instead of one decode step per forced token.
+        let room = self
+            .max_tokens
+            .saturating_sub(self.generated())
+            .min(context_length.saturating_sub(self.tokens.len()));
+        let forced = match self.constraint.as_mut().map(|c| c.force(room)) {
+            Some(Err(e)) => return self.fail(format!("constrained decoding failed: {e}")),
+            Some(Ok(forced)) => forced,
+            None => Vec::new(),
         };
-        if !text.is_empty() {
-            match self.stop.push(&text) {
-                StopOutcome::Emit(t) => self.send_text(t),
-                StopOutcome::Stopped(t, which) => {
-                    self.send_text(t);
-                    return self.finish(FinishReason::StopSequence(which));
-                }
+        for token in forced {
+            self.sampler.record(token);
+            // Under the grammar a forced token is certain: log-probability 0, no alternative.
+            let certain = self.sampler.wants_logprobs().then(|| super::TokenLogprob {
+                token,
+                logprob: 0.0,
+                top: vec![(token, 0.0)],
+            });
+            if let Some(finished) = self.emit(token, certain, tokenizer) {
+                return finished;
             }
         }
         if self
@@ -179,6 +189,34 @@ impl Sequence {
             return self.finish(FinishReason::Length);
         }
         Progress::Continue
+    }
+
+    /// Append a generated token and send what it produces; `Some` when a stop string ended
+    /// the sequence (or detokenizing failed).
+    fn emit(
+        &mut self,
+        token: u32,
+        logprob: Option<super::TokenLogprob>,
+        tokenizer: &Tokenizer,
+    ) -> Option<Progress> {
+        self.tokens.push(token);
+        if let Some(logprob) = logprob {
+            let _ = self.events.send(Event::Logprob(logprob));
+        }
+        let text = match self.decoder.push(tokenizer, token) {
+            Ok(text) => text,
+            Err(e) => return Some(self.fail(format!("detokenizing failed: {e}"))),
+        };
+        if !text.is_empty() {
+            match self.stop.push(&text) {
+                StopOutcome::Emit(t) => self.send_text(t),
+                StopOutcome::Stopped(t, which) => {
+                    self.send_text(t);
+                    return Some(self.finish(FinishReason::StopSequence(which)));
+                }
+            }
+        }
+        None
     }
 
     fn send_text(&self, text: String) {
