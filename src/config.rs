@@ -158,9 +158,9 @@ pub struct ServeArgs {
     /// (/v2/chat/completions), `all` (/v1/chat/completions too) or `off`.
     #[arg(long, env = "WICK_GUARD", value_enum, default_value_t = GuardScope::V2)]
     pub guard: GuardScope,
-    /// The catalog model that judges safety. Default: the cheapest catalog model whose
-    /// measured recall on unsafe prompts (`guard_recall`, scripts/safety/eval.py) is at
-    /// least 0.8.
+    /// The model that judges safety: a catalog id, a .gguf path or an `hf:` reference (as
+    /// --model takes them). Default: the cheapest catalog model whose measured recall on
+    /// unsafe prompts (`guard_recall`, scripts/safety/eval.py) is at least 0.8.
     #[arg(long, env = "WICK_GUARD_MODEL")]
     pub guard_model: Option<String>,
     /// Safety policy file (TOML). Default: ./safety.toml if present, else the built-in one.
@@ -353,9 +353,12 @@ impl ServeArgs {
 
     /// The safety guard (`--guard`, `--guard-model`, `--safety-policy`, else ./safety.toml,
     /// else the built-in policy); None when it is off.
+    /// `guard_model`: `--guard-model` resolved to a catalog id (a path or `hf:` reference
+    /// added to the catalog first).
     pub fn load_guard(
         &self,
         catalog: &Catalog,
+        guard_model: Option<&str>,
     ) -> anyhow::Result<Option<crate::api::guarded::GuardSettings>> {
         use crate::safety::{Guard, Policy};
         if self.guard == GuardScope::Off {
@@ -366,10 +369,10 @@ impl ServeArgs {
             None if Path::new("safety.toml").is_file() => Policy::load(Path::new("safety.toml"))?,
             None => Policy::builtin(),
         };
-        let model = match &self.guard_model {
+        let model = match guard_model {
             Some(id) => {
                 crate::safety::check_guard_model(catalog, id)?;
-                id.clone()
+                id.to_string()
             }
             None => crate::safety::default_guard_model(catalog).context(
                 "no catalog model can judge safety: name one with --guard-model, or --guard off",

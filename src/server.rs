@@ -65,7 +65,18 @@ impl Server {
             }
         }
         let traditions = args.load_traditions()?;
-        let safety = args.load_guard(&catalog)?;
+        // A guard given by path or hub reference joins the catalog as `--model`'s does.
+        let guard_model = match (&args.guard, &args.guard_model) {
+            (crate::config::GuardScope::Off, _) | (_, None) => None,
+            (_, Some(reference)) => {
+                let options = crate::catalog::ReferenceOptions {
+                    context: args.ctx_size,
+                    ..Default::default()
+                };
+                Some(catalog.resolve(reference, &options, progress).await?)
+            }
+        };
+        let safety = args.load_guard(&catalog, guard_model.as_deref())?;
         let router = Arc::new(args.load_router()?);
         let service = &args.service;
         let api_keys = service.load_api_keys()?;

@@ -340,7 +340,7 @@ async fn a_malformed_policy_file_is_a_clear_start_up_error() {
         Err(e) => format!("{e:#}"),
     };
     assert!(
-        error.contains("--guard-model 'no-such-model' is not in the catalog"),
+        error.contains("model 'no-such-model' is not in the catalog"),
         "{error}"
     );
 }

@@ -127,6 +127,8 @@ pub(super) struct OutputWatch {
     models: Arc<ModelRegistry>,
     client: ClientId,
     texts: Vec<String>,
+    /// Characters in each choice's text.
+    chars: Vec<usize>,
     /// Characters of each choice's text when its last window was sent.
     judged: Vec<usize>,
     running: Vec<bool>,
@@ -143,6 +145,7 @@ impl OutputWatch {
             models: state.models.clone(),
             client,
             texts: vec![String::new(); n],
+            chars: vec![0; n],
             judged: vec![0; n],
             running: vec![false; n],
             tasks: FuturesUnordered::new(),
@@ -154,7 +157,8 @@ impl OutputWatch {
     /// Choice `index` produced `text`: send a window to the guard when enough is new.
     pub(super) fn push(&mut self, index: usize, text: &str) {
         self.texts[index].push_str(text);
-        let chars = self.texts[index].chars().count();
+        self.chars[index] += text.chars().count();
+        let chars = self.chars[index];
         let window = self.guard.policy.stream;
         if self.running[index] || chars - self.judged[index] < window.every_chars {
             return;
@@ -179,7 +183,10 @@ impl OutputWatch {
     pub(super) async fn next_verdict(&mut self) -> Option<(usize, Assessment)> {
         let (index, outcome, ms) = match self.tasks.next().await? {
             Ok(judged) => judged,
-            Err(e) => return self.failed(format!("the guard task failed: {e}")),
+            Err(e) => {
+                tracing::warn!(error = %e, "a window of the output guard failed");
+                return None;
+            }
         };
         self.running[index] = false;
         self.guard_ms[index] += ms;
@@ -202,11 +209,6 @@ impl OutputWatch {
             // decides, and fails as the policy says.
             Err(_) => None,
         }
-    }
-
-    fn failed(&mut self, error: String) -> Option<(usize, Assessment)> {
-        tracing::warn!(%error, "a window of the output guard failed");
-        None
     }
 
     /// Choice `index` finished: its whole answer judged (its strongest window counts too).

@@ -1,9 +1,13 @@
 //! Constrained decoding: a grammar (Lark, with JSON schemas embedded as `%json{…}`) compiled
 //! by llguidance over the model's vocabulary. Before each sampling step the grammar's mask
 //! sets every token it forbids to −∞; the chosen token then advances the grammar. The output
-//! is therefore always in the grammar's language, whatever the model's size. Where the
-//! grammar allows only one continuation, its tokens are appended without sampling
-//! ([`Constraint::force`], src/engine/sequence.rs).
+//! is therefore always in the grammar's language, whatever the model's size. A constraint
+//! may fast-forward: where the grammar allows only one continuation, its tokens are appended
+//! without sampling ([`Constraint::force`], src/engine/sequence.rs). Only the safety guard
+//! asks for that (src/safety/guard.rs): the forced text is tokenized canonically, which is
+//! not always how the model would have split it, and a 135M model answering a forced tool
+//! call loses its way on the difference (tests/tool_calls.rs), while the guard's verdicts
+//! come out the same (scripts/safety/eval.py on 60 prompts, either way).
 
 use std::sync::{Arc, OnceLock};
 
@@ -37,7 +41,10 @@ impl GrammarCompiler {
         if let Some(e) = matcher.get_error() {
             return Err(anyhow!(e));
         }
-        Ok(Constraint { matcher })
+        Ok(Constraint {
+            matcher,
+            fast_forward: false,
+        })
     }
 }
 
@@ -96,6 +103,8 @@ impl TokenizerEnv for WickTokEnv {
 #[derive(Clone)]
 pub struct Constraint {
     matcher: Matcher,
+    /// Append forced tokens without sampling them ([`Constraint::force`]).
+    fast_forward: bool,
 }
 
 impl Constraint {
@@ -116,9 +125,18 @@ impl Constraint {
         self.matcher.consume_token(token)
     }
 
+    /// This constraint, fast-forwarding what the grammar forces.
+    pub fn fast_forwarding(mut self) -> Self {
+        self.fast_forward = true;
+        self
+    }
+
     /// The tokens the grammar allows as the only continuation from here (at most `room`),
     /// consumed: the caller appends them without sampling.
     pub fn force(&mut self, room: usize) -> anyhow::Result<Vec<u32>> {
+        if !self.fast_forward {
+            return Ok(Vec::new());
+        }
         let mut forced = self.matcher.compute_ff_tokens();
         forced.truncate(room);
         if !forced.is_empty() {

@@ -150,8 +150,8 @@ impl Sequence {
         if let Some(finished) = self.emit(token, logprob, tokenizer) {
             return finished;
         }
-        // What the grammar forces next (the keys and punctuation of a JSON answer, the
-        // name of a forced tool) is appended at once: the next step feeds it as a chunk,
+        // What the grammar forces next (the keys and punctuation of a JSON answer), for a
+        // constraint that fast-forwards, is appended at once: the next step feeds it as a chunk,
         // as it feeds a prompt, instead of one decode step per forced token.
         let room = self
             .max_tokens

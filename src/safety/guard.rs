@@ -272,5 +272,8 @@ fn prompt(served: &ServedModel, messages: Vec<ChatMessage>, json: bool) -> Resul
         .tokenizer
         .encode_prompt(&prepared.prompt)
         .map_err(|e| format!("tokenizing the guard prompt failed: {e}"))?;
-    Ok((tokens, prepared.constraint))
+    // The JSON's keys and punctuation are forced: fed as one chunk, not a step per token
+    // (src/engine/constraint.rs).
+    let constraint = prepared.constraint.map(|c| c.fast_forwarding());
+    Ok((tokens, constraint))
 }

@@ -233,6 +233,51 @@ mod tests {
         assert_eq!(j.as_object().unwrap().len(), 6);
     }
 
+    fn catalog(entries: &str) -> crate::catalog::Catalog {
+        toml::from_str(&format!("default = \"a\"\n{entries}")).expect("catalog")
+    }
+
+    #[test]
+    fn the_default_guard_is_the_cheapest_with_enough_recall() {
+        let entry = |id: &str, tier: &str, size: u64, recall: Option<f32>| {
+            let recall = recall.map_or(String::new(), |r| format!("guard_recall = {r}\n"));
+            format!(
+                "[[model]]\nid = \"{id}\"\nfamily = \"open source\"\ntier = \"{tier}\"\n\
+                 context_length = 2048\nfile = \"{id}.gguf\"\nsize = {size}\n{recall}"
+            )
+        };
+        let c = catalog(
+            &[
+                entry("a", "tier_1", 100, Some(0.5)),
+                entry("b", "tier_3", 900, Some(0.93)),
+                entry("c", "tier_2", 400, Some(0.81)),
+                entry("d", "tier_2", 300, None),
+            ]
+            .concat(),
+        );
+        assert_eq!(default_guard_model(&c).as_deref(), Some("c"));
+        // None good enough: the best measured.
+        let c = catalog(
+            &[
+                entry("a", "tier_1", 100, Some(0.5)),
+                entry("b", "tier_3", 900, Some(0.7)),
+            ]
+            .concat(),
+        );
+        assert_eq!(default_guard_model(&c).as_deref(), Some("b"));
+        // None measured: the most capable.
+        let c = catalog(
+            &[
+                entry("a", "tier_1", 100, None),
+                entry("b", "tier_2", 900, None),
+            ]
+            .concat(),
+        );
+        assert_eq!(default_guard_model(&c).as_deref(), Some("b"));
+        assert!(check_guard_model(&c, "a").is_ok());
+        assert!(check_guard_model(&c, "z").is_err());
+    }
+
     #[test]
     fn every_dimension_parses_back_from_its_name() {
         for d in DIMENSIONS {
