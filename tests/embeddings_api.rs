@@ -43,14 +43,7 @@ fn base() -> String {
 }
 
 async fn post(path: &str, body: &Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{}{path}", base()))
-        .json(body)
-        .send()
-        .await
-        .expect("request sent");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON body"))
+    common::post_status_at(server(), path, body).await
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -58,14 +58,7 @@ fn guarded_args(guard_model: &str, policy: Option<PathBuf>) -> ServeArgs {
 }
 
 async fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("http://{addr}{path}"))
-        .json(body)
-        .send()
-        .await
-        .expect("request sent");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON body"))
+    common::post_status_at(addr, path, body).await
 }
 
 /// The data events of a streamed request, parsed, up to `[DONE]` (which must come).
@@ -207,11 +200,7 @@ async fn an_unsafe_input_is_refused_with_the_policy_text_and_never_reaches_the_m
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
-    let response = reqwest::get(format!("http://{addr}{path}"))
-        .await
-        .expect("request sent");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON body"))
+    common::get_status_at(addr, path).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

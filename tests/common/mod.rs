@@ -127,6 +127,31 @@ pub async fn post_json_at(
         .expect("JSON body")
 }
 
+/// POST `body` as JSON to `path` of the server at `addr`; the status and the JSON answer.
+pub async fn post_status_at(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .json(body)
+        .send()
+        .await
+        .expect("request sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
+/// GET `path` of the server at `addr`; the status and the JSON answer.
+pub async fn get_status_at(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .expect("request sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
 /// The `/v1/models` card of model `id` on the server at `addr`.
 pub async fn model_card(addr: SocketAddr, id: &str) -> serde_json::Value {
     let models: serde_json::Value = reqwest::get(format!("http://{addr}/v1/models"))
