@@ -307,7 +307,7 @@ async fn a_refused_output_ends_the_stream_with_content_filter_and_is_replaced_in
 async fn a_malformed_policy_file_is_a_clear_start_up_error() {
     let text = std::fs::read_to_string(common::repo_file("safety.toml"))
         .unwrap()
-        .replacen("threshold = 0.7", "threshold = 7", 1);
+        .replacen("threshold = 0.6", "threshold = 6", 1);
     let path = std::env::temp_dir().join(format!("wick-safety-bad-{}.toml", std::process::id()));
     std::fs::write(&path, text).unwrap();
     let mut args = guarded_args(SMOL, Some(path.clone()));
@@ -318,7 +318,7 @@ async fn a_malformed_policy_file_is_a_clear_start_up_error() {
     };
     assert!(error.contains(&path.display().to_string()), "{error}");
     assert!(
-        error.contains("physical: threshold must be within 0..=1, not 7"),
+        error.contains("physical: threshold must be within 0..=1, not 6"),
         "{error}"
     );
 

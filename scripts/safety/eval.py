@@ -133,7 +133,7 @@ def main():
     p.add_argument("--limit", type=int, help="a seeded sample of this many prompts")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--single", type=int, default=30, help="prompts judged one at a time, for the 1-stream latency")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=float, default=0.6)
     p.add_argument("--out", help="results, one JSON line per prompt")
     a = p.parse_args()
 

@@ -322,7 +322,7 @@ mod tests {
         let e = format!("{:#}", Policy::parse(&bad_action).unwrap_err());
         assert!(e.contains("block"), "{e}");
         let missing = good.replacen(
-            "security    = { action = \"refuse\",   threshold = 0.7 }\n",
+            "security    = { action = \"refuse\",   threshold = 0.6 }\n",
             "",
             1,
         );
