@@ -218,7 +218,7 @@ fn add_output_safety(body: &mut serde_json::Value, s: &StartedSafety, judged: &[
         }
     }
     let strongest = judged.iter().max_by_key(|a| a.verdict);
-    body["safety"] = guarded::metadata(Some(&s.input), strongest);
+    body["safety"] = safety::metadata(Some(&s.input), strongest);
 }
 
 /// The answer to a request whose input the policy refused: the refusal text as the
@@ -227,7 +227,7 @@ fn add_output_safety(body: &mut serde_json::Value, s: &StartedSafety, judged: &[
 fn refused(started: &Started, refusal: String) -> Response {
     let answer = &started.answer;
     let n = started.settings.generation.n;
-    let safety_meta = guarded::metadata(started.safety.as_ref().map(|s| &s.input), None);
+    let safety_meta = safety::metadata(started.safety.as_ref().map(|s| &s.input), None);
     let with_meta = |base: serde_json::Value| {
         let mut v = serde_json::to_value(WithMeta {
             base,
@@ -482,7 +482,11 @@ async fn begin(
         calls,
         reasoning,
     };
-    if safety.as_ref().is_some_and(|s| s.refusal.is_some()) {
+    let refused = safety.as_ref().is_some_and(|s| s.refusal.is_some());
+    let whole = served.backend.takes_whole_requests();
+    // Nothing to submit: a refused input, or counting an upstream's prompt (it tokenizes
+    // its own).
+    if refused || (whole && goal == Goal::Count) {
         return Ok(Started {
             answer: answer(&served, meta, None, None),
             settings,
@@ -492,17 +496,7 @@ async fn begin(
             safety,
         });
     }
-    if served.backend.takes_whole_requests() {
-        if goal == Goal::Count {
-            return Ok(Started {
-                answer: answer(&served, meta, None, None),
-                settings,
-                served,
-                streams: Vec::new(),
-                prompt_tokens: None,
-                safety: None,
-            });
-        }
+    if whole {
         // The upstream renders the prompt and reads its own calls and thinking.
         let n = settings.generation.n;
         let streams = generation::forward(&served, Endpoint::Chat, raw, layer, n, origin).await?;
@@ -940,7 +934,7 @@ fn stream_chunks(
                 // (dropping `generation` below cancels them in the engine).
                 Next::Cut(Some((_, output))) => {
                     if let Some((_, s)) = &watch {
-                        let safety = guarded::metadata(Some(&s.input), Some(&output));
+                        let safety = safety::metadata(Some(&s.input), Some(&output));
                         for index in (0..n).filter(|&i| !finished[i]) {
                             let end = chunk(&answer, index, delta(None, None), Some(OpenAiFinish::ContentFilter), None);
                             yield Ok(chunk_with_safety(&answer, end, &safety));
@@ -978,7 +972,7 @@ fn stream_chunks(
                             if output.verdict == Verdict::Refuse {
                                 reason = OpenAiFinish::ContentFilter;
                             }
-                            let safety = guarded::metadata(Some(&s.input), Some(&output));
+                            let safety = safety::metadata(Some(&s.input), Some(&output));
                             let end = chunk(&answer, index, delta(None, None), Some(reason), logprobs);
                             yield Ok(chunk_with_safety(&answer, end, &safety));
                         }

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use super::error::ApiError;
 use super::AppState;
 use crate::engine::{ClientId, ModelRegistry};
-use crate::safety::{self, transcript, Assessment, Direction, FailureMode, Guard, Scores, Verdict};
+use crate::safety::{transcript, Assessment, Direction, FailureMode, Guard, Scores, Verdict};
 use crate::template::ChatMessage;
 
 /// Where the guard runs: /v2 always when it is on, /v1 when the operator says so.
@@ -226,12 +226,4 @@ impl OutputWatch {
             self.guard_ms[index] + ms,
         )
     }
-}
-
-/// The `safety` field of a response.
-pub(super) fn metadata(
-    input: Option<&Assessment>,
-    output: Option<&Assessment>,
-) -> serde_json::Value {
-    safety::metadata(input, output)
 }
