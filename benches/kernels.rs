@@ -62,8 +62,8 @@ fn main() {
                     .expect("a format with wick kernels")
             })
             .collect();
-        for tokens in [1, 8, 64] {
-            if tokens == 64 && rows > 100_000 {
+        for tokens in [1, 8, 64, 512] {
+            if tokens >= 64 && rows > 100_000 {
                 continue;
             }
             let x: Vec<f32> = (0..tokens * k)

@@ -174,30 +174,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Measure the targets one after another, never at once: on a small machine they would
-/// share the cores and both figures would be wrong.
+/// Measure the targets, never at once (on a small machine they would share the cores and
+/// both figures would be wrong) but run by run in turn (`scenario::measure`).
 async fn measure_all(
     targets: &[Target],
     plan: &Plan,
     wick_in_process: bool,
     compare_pid: Option<u32>,
 ) -> anyhow::Result<Vec<scenario::Figures>> {
-    let mut all = Vec::new();
-    for (i, target) in targets.iter().enumerate() {
-        let mut figures = scenario::measure(target, plan).await?;
-        // VmHWM is this process's: it says something about wick only when wick runs here.
-        if i == 0 && wick_in_process {
-            figures.peak_rss_mib = rss::peak_rss_mib();
-        }
-        if i == 1 {
-            figures.peak_rss_mib = compare_pid.and_then(rss::peak_rss_mib_of);
-        }
-        if i == 0 {
-            if let Some(engine) = target.engine_health().await {
-                figures.read_engine_health(&engine);
-            }
-        }
-        all.push(figures);
+    let mut all = scenario::measure(targets, plan).await?;
+    // VmHWM is this process's: it says something about wick only when wick runs here.
+    if wick_in_process {
+        all[0].peak_rss_mib = rss::peak_rss_mib();
+    }
+    if let Some(other) = all.get_mut(1) {
+        other.peak_rss_mib = compare_pid.and_then(rss::peak_rss_mib_of);
+    }
+    if let Some(engine) = targets[0].engine_health().await {
+        all[0].read_engine_health(&engine);
     }
     Ok(all)
 }

@@ -66,6 +66,16 @@ fn rows(figures: &[Figures]) -> Vec<Row> {
             values: at(|c| c.ttft_p95_ms),
             decimals: 0,
         });
+        rows.push(Row {
+            label: format!("TTFT p50 ms, {streams} x {prompt:.0}-token prompts"),
+            values: at(|c| c.long_ttft_p50_ms),
+            decimals: 0,
+        });
+        rows.push(Row {
+            label: format!("TTFT p95 ms, {streams} x {prompt:.0}-token prompts"),
+            values: at(|c| c.long_ttft_p95_ms),
+            decimals: 0,
+        });
     }
     if figures.iter().any(|f| f.peak_rss_mib.is_some()) {
         rows.push(Row {
@@ -239,6 +249,8 @@ mod tests {
             aggregate_tok_s: 150.0,
             ttft_p50_ms: 120.0,
             ttft_p95_ms: 170.0,
+            long_ttft_p50_ms: 900.0,
+            long_ttft_p95_ms: 1500.0,
         });
         let table = render(&["wick".into()], &[f]);
         let labels: Vec<&str> = table
@@ -255,6 +267,8 @@ mod tests {
                 "decode tok/s, 4 streams (sum)",
                 "TTFT p50 ms, 4 streams",
                 "TTFT p95 ms, 4 streams",
+                "TTFT p50 ms, 4 x 509-token prompts",
+                "TTFT p95 ms, 4 x 509-token prompts",
             ]
         );
     }

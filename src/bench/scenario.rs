@@ -61,6 +61,10 @@ pub struct ConcurrentFigures {
     pub aggregate_tok_s: f64,
     pub ttft_p50_ms: f64,
     pub ttft_p95_ms: f64,
+    /// Time to first token when `streams` long prompts (the prompt-processing size) arrive
+    /// at once: what a burst of pasted documents waits.
+    pub long_ttft_p50_ms: f64,
+    pub long_ttft_p95_ms: f64,
 }
 
 /// Hands out run numbers for prompt prefixes. It starts from the clock (milliseconds mod
@@ -83,54 +87,79 @@ impl RunNumbers {
     }
 }
 
-pub async fn measure(target: &Target, plan: &Plan) -> anyhow::Result<Figures> {
+/// Every measurement on every target, interleaved: each timed run goes to each target in
+/// turn (the order alternating from run to run), so a shared machine's speed drifting over
+/// minutes moves every target's figures alike. `figures[i]` is `targets[i]`'s.
+pub async fn measure(targets: &[Target], plan: &Plan) -> anyhow::Result<Vec<Figures>> {
     let runs = RunNumbers::new();
-    let mut figures = Figures::default();
-    (figures.pp_prompt_tokens, figures.pp_tok_s) = prompt_processing(target, plan, &runs).await?;
-    (
-        figures.decode_tok_s,
-        figures.ttft_ms,
-        figures.ttft_prompt_tokens,
-    ) = decode(target, plan, &runs).await?;
+    let mut figures = vec![Figures::default(); targets.len()];
+    let sentences = prompt_processing(targets, plan, &runs, &mut figures).await?;
+    decode(targets, plan, &runs, &mut figures).await?;
     for &streams in plan.concurrency.iter().filter(|&&n| n > 1) {
-        figures
-            .concurrent
-            .push(concurrent(target, plan, &runs, streams).await?);
+        let levels = concurrent(targets, plan, &runs, streams).await?;
+        let long = long_prompts_at_once(targets, plan, &runs, streams, &sentences).await?;
+        for ((f, mut level), (p50, p95)) in figures.iter_mut().zip(levels).zip(long) {
+            (level.long_ttft_p50_ms, level.long_ttft_p95_ms) = (p50, p95);
+            f.concurrent.push(level);
+        }
     }
     Ok(figures)
 }
 
-/// One-token answers to a long prompt: prompt tokens / time to the first token.
+/// The targets' indices in the order run `run` visits them: forwards on even runs,
+/// backwards on odd ones, so neither target always goes first.
+fn turn_order(targets: usize, run: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..targets).collect();
+    if run % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+/// One-token answers to a long prompt: prompt tokens / time to the first token. Returns
+/// each target's sentence count that makes the long prompt `plan.prompt_tokens` long (its
+/// own tokenizer's count).
 async fn prompt_processing(
-    target: &Target,
+    targets: &[Target],
     plan: &Plan,
     runs: &RunNumbers,
-) -> anyhow::Result<(f64, f64)> {
+    figures: &mut [Figures],
+) -> anyhow::Result<Vec<usize>> {
     eprintln!(
-        "[{}] prompt processing, ~{} tokens, {} runs",
-        target.name, plan.prompt_tokens, plan.runs
+        "prompt processing, ~{} tokens, {} runs",
+        plan.prompt_tokens, plan.runs
     );
     // The warm-up also calibrates the sentence count against the server's tokenizer.
-    let mut sentences = prompt::initial_sentences(plan.prompt_tokens);
-    let warm = target
-        .stream_chat(prompt::long_prompt(runs.next(), sentences), 1)
-        .await?;
-    let measured = prompt_tokens(target, &warm)?;
-    sentences = prompt::rescale_sentences(sentences, measured, plan.prompt_tokens);
-
-    let (mut counts, mut rates) = (Vec::new(), Vec::new());
-    for _ in 0..plan.runs {
-        let t = target
-            .stream_chat(prompt::long_prompt(runs.next(), sentences), 1)
+    let mut sentences = Vec::with_capacity(targets.len());
+    for target in targets {
+        let first = prompt::initial_sentences(plan.prompt_tokens);
+        let warm = target
+            .stream_chat(prompt::long_prompt(runs.next(), first), 1)
             .await?;
-        let n = prompt_tokens(target, &t)? as f64;
-        counts.push(n);
-        rates.push(n / t.first_token().as_secs_f64());
+        let measured = prompt_tokens(target, &warm)?;
+        sentences.push(prompt::rescale_sentences(
+            first,
+            measured,
+            plan.prompt_tokens,
+        ));
     }
-    Ok((
-        median(&counts).unwrap_or(0.0),
-        median(&rates).unwrap_or(0.0),
-    ))
+    let mut counts = vec![Vec::new(); targets.len()];
+    let mut rates = vec![Vec::new(); targets.len()];
+    for run in 0..plan.runs {
+        for i in turn_order(targets.len(), run) {
+            let t = targets[i]
+                .stream_chat(prompt::long_prompt(runs.next(), sentences[i]), 1)
+                .await?;
+            let n = prompt_tokens(&targets[i], &t)? as f64;
+            counts[i].push(n);
+            rates[i].push(n / t.first_token().as_secs_f64());
+        }
+    }
+    for (i, f) in figures.iter_mut().enumerate() {
+        f.pp_prompt_tokens = median(&counts[i]).unwrap_or(0.0);
+        f.pp_tok_s = median(&rates[i]).unwrap_or(0.0);
+    }
+    Ok(sentences)
 }
 
 fn prompt_tokens(target: &Target, t: &StreamTiming) -> anyhow::Result<u64> {
@@ -148,39 +177,47 @@ fn prompt_tokens(target: &Target, t: &StreamTiming) -> anyhow::Result<u64> {
 /// from the first to the last; the same requests give the time to first token (and the
 /// short prompt's token count, to label it).
 async fn decode(
-    target: &Target,
+    targets: &[Target],
     plan: &Plan,
     runs: &RunNumbers,
-) -> anyhow::Result<(f64, f64, f64)> {
-    eprintln!(
-        "[{}] decode, {} tokens, {} runs",
-        target.name, plan.gen_tokens, plan.runs
-    );
-    target
-        .stream_chat(prompt::short_prompt(runs.next()), plan.gen_tokens)
-        .await?;
-    let (mut rates, mut ttfts, mut prompts) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..plan.runs {
-        let t = target
+    figures: &mut [Figures],
+) -> anyhow::Result<()> {
+    eprintln!("decode, {} tokens, {} runs", plan.gen_tokens, plan.runs);
+    for target in targets {
+        target
             .stream_chat(prompt::short_prompt(runs.next()), plan.gen_tokens)
             .await?;
-        ttfts.push(t.first_token().as_secs_f64() * 1000.0);
-        prompts.extend(t.usage.map(|u| u.prompt_tokens as f64));
-        if let Some(rate) = decode_rate(&t) {
-            rates.push(rate);
+    }
+    let n = targets.len();
+    let (mut rates, mut ttfts, mut prompts) = (
+        vec![Vec::new(); n],
+        vec![Vec::new(); n],
+        vec![Vec::new(); n],
+    );
+    for run in 0..plan.runs {
+        for i in turn_order(n, run) {
+            let t = targets[i]
+                .stream_chat(prompt::short_prompt(runs.next()), plan.gen_tokens)
+                .await?;
+            ttfts[i].push(t.first_token().as_secs_f64() * 1000.0);
+            prompts[i].extend(t.usage.map(|u| u.prompt_tokens as f64));
+            if let Some(rate) = decode_rate(&t) {
+                rates[i].push(rate);
+            }
         }
     }
-    if rates.is_empty() {
-        bail!(
-            "{} streamed too few tokens to time decoding (is --gen-tokens at least 2?)",
-            target.name
-        );
+    for (i, f) in figures.iter_mut().enumerate() {
+        if rates[i].is_empty() {
+            bail!(
+                "{} streamed too few tokens to time decoding (is --gen-tokens at least 2?)",
+                targets[i].name
+            );
+        }
+        f.decode_tok_s = median(&rates[i]).unwrap_or(0.0);
+        f.ttft_ms = median(&ttfts[i]).unwrap_or(0.0);
+        f.ttft_prompt_tokens = median(&prompts[i]).unwrap_or(0.0);
     }
-    Ok((
-        median(&rates).unwrap_or(0.0),
-        median(&ttfts).unwrap_or(0.0),
-        median(&prompts).unwrap_or(0.0),
-    ))
+    Ok(())
 }
 
 /// Tokens after the first per second between the first and the last content.
@@ -191,36 +228,78 @@ fn decode_rate(t: &StreamTiming) -> Option<f64> {
     (span > 0.0 && tokens > 0).then(|| tokens as f64 / span)
 }
 
-/// `streams` decodes sent at once.
+/// `streams` decodes sent at once, to each target in turn.
 async fn concurrent(
-    target: &Target,
+    targets: &[Target],
     plan: &Plan,
     runs: &RunNumbers,
     streams: usize,
-) -> anyhow::Result<ConcurrentFigures> {
+) -> anyhow::Result<Vec<ConcurrentFigures>> {
     eprintln!(
-        "[{}] decode, {streams} concurrent streams of {} tokens, {} runs",
-        target.name, plan.gen_tokens, plan.runs
+        "decode, {streams} concurrent streams of {} tokens, {} runs",
+        plan.gen_tokens, plan.runs
     );
-    let (mut rates, mut ttfts) = (Vec::new(), Vec::new());
-    for _ in 0..plan.runs {
-        let start = Instant::now();
-        let batch = try_join_all(
-            (0..streams)
-                .map(|_| target.stream_chat(prompt::short_prompt(runs.next()), plan.gen_tokens)),
-        )
-        .await?;
-        let wall = start.elapsed().as_secs_f64();
-        let tokens: u64 = batch.iter().map(StreamTiming::completion_tokens).sum();
-        rates.push(tokens as f64 / wall);
-        ttfts.extend(batch.iter().map(|t| t.first_token().as_secs_f64() * 1000.0));
+    let n = targets.len();
+    let (mut rates, mut ttfts) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+    for run in 0..plan.runs {
+        for i in turn_order(n, run) {
+            let start = Instant::now();
+            let batch = try_join_all((0..streams).map(|_| {
+                targets[i].stream_chat(prompt::short_prompt(runs.next()), plan.gen_tokens)
+            }))
+            .await?;
+            let wall = start.elapsed().as_secs_f64();
+            let tokens: u64 = batch.iter().map(StreamTiming::completion_tokens).sum();
+            rates[i].push(tokens as f64 / wall);
+            ttfts[i].extend(batch.iter().map(|t| t.first_token().as_secs_f64() * 1000.0));
+        }
     }
-    Ok(ConcurrentFigures {
-        streams,
-        aggregate_tok_s: median(&rates).unwrap_or(0.0),
-        ttft_p50_ms: percentile(&ttfts, 50.0).unwrap_or(0.0),
-        ttft_p95_ms: percentile(&ttfts, 95.0).unwrap_or(0.0),
-    })
+    Ok((0..n)
+        .map(|i| ConcurrentFigures {
+            streams,
+            aggregate_tok_s: median(&rates[i]).unwrap_or(0.0),
+            ttft_p50_ms: percentile(&ttfts[i], 50.0).unwrap_or(0.0),
+            ttft_p95_ms: percentile(&ttfts[i], 95.0).unwrap_or(0.0),
+            long_ttft_p50_ms: 0.0,
+            long_ttft_p95_ms: 0.0,
+        })
+        .collect())
+}
+
+/// `streams` long prompts (each its own run, so no prefix cache serves them; `sentences`
+/// per target as calibrated) sent at once with one-token answers, to each target in turn:
+/// each target's time-to-first-token p50 and p95.
+async fn long_prompts_at_once(
+    targets: &[Target],
+    plan: &Plan,
+    runs: &RunNumbers,
+    streams: usize,
+    sentences: &[usize],
+) -> anyhow::Result<Vec<(f64, f64)>> {
+    eprintln!(
+        "time to first token, {streams} concurrent ~{}-token prompts, {} runs",
+        plan.prompt_tokens, plan.runs
+    );
+    let n = targets.len();
+    let mut ttfts = vec![Vec::new(); n];
+    for run in 0..plan.runs {
+        for i in turn_order(n, run) {
+            let batch = try_join_all((0..streams).map(|_| {
+                targets[i].stream_chat(prompt::long_prompt(runs.next(), sentences[i]), 1)
+            }))
+            .await?;
+            ttfts[i].extend(batch.iter().map(|t| t.first_token().as_secs_f64() * 1000.0));
+        }
+    }
+    Ok(ttfts
+        .iter()
+        .map(|t| {
+            (
+                percentile(t, 50.0).unwrap_or(0.0),
+                percentile(t, 95.0).unwrap_or(0.0),
+            )
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -229,6 +308,13 @@ mod tests {
 
     use super::super::sse::Usage;
     use super::*;
+
+    #[test]
+    fn runs_alternate_which_target_goes_first() {
+        assert_eq!(turn_order(2, 0), [0, 1]);
+        assert_eq!(turn_order(2, 1), [1, 0]);
+        assert_eq!(turn_order(1, 1), [0]);
+    }
 
     #[test]
     fn decode_rate_excludes_the_first_token() {
