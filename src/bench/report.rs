@@ -43,39 +43,49 @@ fn rows(figures: &[Figures]) -> Vec<Row> {
     ];
     // Every target measured the same stream counts, in the same order.
     let levels = figures.first().map(|f| f.concurrent.len()).unwrap_or(0);
+    type Pick = fn(&super::scenario::ConcurrentFigures) -> f64;
     for i in 0..levels {
         let streams = figures[0].concurrent[i].streams;
-        let at = |pick: fn(&super::scenario::ConcurrentFigures) -> f64| {
+        let at = |pick: Pick| {
             figures
                 .iter()
                 .map(|f| f.concurrent.get(i).map(pick))
                 .collect::<Vec<_>>()
         };
-        rows.push(Row {
-            label: format!("decode tok/s, {streams} streams (sum)"),
-            values: at(|c| c.aggregate_tok_s),
-            decimals: 1,
-        });
-        rows.push(Row {
-            label: format!("TTFT p50 ms, {streams} streams"),
-            values: at(|c| c.ttft_p50_ms),
-            decimals: 0,
-        });
-        rows.push(Row {
-            label: format!("TTFT p95 ms, {streams} streams"),
-            values: at(|c| c.ttft_p95_ms),
-            decimals: 0,
-        });
-        rows.push(Row {
-            label: format!("TTFT p50 ms, {streams} x {prompt:.0}-token prompts"),
-            values: at(|c| c.long_ttft_p50_ms),
-            decimals: 0,
-        });
-        rows.push(Row {
-            label: format!("TTFT p95 ms, {streams} x {prompt:.0}-token prompts"),
-            values: at(|c| c.long_ttft_p95_ms),
-            decimals: 0,
-        });
+        let per_level: [(String, Pick, usize); 5] = [
+            (
+                format!("decode tok/s, {streams} streams (sum)"),
+                |c| c.aggregate_tok_s,
+                1,
+            ),
+            (
+                format!("TTFT p50 ms, {streams} streams"),
+                |c| c.ttft_p50_ms,
+                0,
+            ),
+            (
+                format!("TTFT p95 ms, {streams} streams"),
+                |c| c.ttft_p95_ms,
+                0,
+            ),
+            (
+                format!("TTFT p50 ms, {streams} x {prompt:.0}-token prompts"),
+                |c| c.long_ttft_p50_ms,
+                0,
+            ),
+            (
+                format!("TTFT p95 ms, {streams} x {prompt:.0}-token prompts"),
+                |c| c.long_ttft_p95_ms,
+                0,
+            ),
+        ];
+        for (label, pick, decimals) in per_level {
+            rows.push(Row {
+                label,
+                values: at(pick),
+                decimals,
+            });
+        }
     }
     if figures.iter().any(|f| f.peak_rss_mib.is_some()) {
         rows.push(Row {
