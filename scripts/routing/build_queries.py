@@ -17,6 +17,13 @@ changes when rows are added.
 
     python3 scripts/routing/build_queries.py --gsm8k train.jsonl --mmlu-val DIR \
         --mbpp mbpp.jsonl --seed-tasks seed_tasks.jsonl --out data/routing/queries.jsonl
+
+`--extend` keeps the rows already in --out and appends new ones from the sources given
+(none already there), each source sampled with its own seed, so labels already measured
+stay valid:
+
+    python3 scripts/routing/build_queries.py --extend --extend-seed 1 --gsm8k train.jsonl \
+        --math 150 --seed-tasks seed_tasks.jsonl --everyday 75
 """
 import argparse
 import csv
@@ -57,9 +64,10 @@ def split_of(row_id: str) -> str:
     return "heldout" if h % 4 == 0 else "train"
 
 
-def math_rows(path, n, rng):
+def math_rows(path, n, rng, exclude=frozenset()):
     rows = [json.loads(l) for l in open(path) if l.strip()]
-    picked = rng.sample(range(len(rows)), n)
+    candidates = [i for i in range(len(rows)) if f"gsm8k-train-{i}" not in exclude]
+    picked = rng.sample(candidates, min(n, len(candidates)))
     for i in sorted(picked):
         r = rows[i]
         answer = r["answer"].split("####")[-1].strip().replace(",", "")
@@ -111,9 +119,10 @@ def mbpp_rows(path, n, rng):
         }
 
 
-def everyday_rows(seed_tasks, n_seed, rng):
+def everyday_rows(seed_tasks, n_seed, rng, exclude=frozenset()):
     tasks = [json.loads(l) for l in open(seed_tasks) if l.strip()]
-    for t in sorted(rng.sample(tasks, n_seed), key=lambda t: t["id"]):
+    tasks = [t for t in tasks if f"selfinstruct-seed-{t['id']}" not in exclude]
+    for t in sorted(rng.sample(tasks, min(n_seed, len(tasks))), key=lambda t: t["id"]):
         inst = t["instances"][0]
         prompt = t["instruction"] + (f"\n\n{inst['input']}" if inst["input"].strip() else "")
         reference = inst["output"].strip()
@@ -124,6 +133,8 @@ def everyday_rows(seed_tasks, n_seed, rng):
             grader["contains"] = reference
         yield {"id": f"selfinstruct-seed-{t['id']}", "kind": "everyday", "prompt": prompt,
                "grader": grader}
+    if exclude:
+        return  # extending: the greetings and thanks are in already
     for i, g in enumerate(GREETINGS):
         yield {"id": f"greeting-{i}", "kind": "everyday", "prompt": g,
                "grader": {"type": "everyday", "max_words": 120}}
@@ -135,10 +146,14 @@ def everyday_rows(seed_tasks, n_seed, rng):
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gsm8k", required=True)
-    p.add_argument("--mmlu-val", required=True, help="folder of MMLU's *_val.csv")
-    p.add_argument("--mbpp", required=True)
-    p.add_argument("--seed-tasks", required=True)
+    p.add_argument("--gsm8k")
+    p.add_argument("--mmlu-val", help="folder of MMLU's *_val.csv")
+    p.add_argument("--mbpp")
+    p.add_argument("--seed-tasks")
+    p.add_argument("--extend", action="store_true",
+                   help="keep --out's rows and append new ones from the sources given")
+    p.add_argument("--extend-seed", type=int, default=1,
+                   help="with --extend: mixed into each source's seed")
     p.add_argument("--math", type=int, default=120)
     p.add_argument("--knowledge", type=int, default=200)
     p.add_argument("--code", type=int, default=40)
@@ -146,14 +161,31 @@ def main():
     p.add_argument("--seed", type=int, default=20261204)
     p.add_argument("--out", default="data/routing/queries.jsonl")
     a = p.parse_args()
-    rng = random.Random(a.seed)
-    rows = [
-        *math_rows(a.gsm8k, a.math, rng),
-        *mmlu_rows(a.mmlu_val, a.knowledge, rng),
-        *mbpp_rows(a.mbpp, a.code, rng),
-        *everyday_rows(a.seed_tasks, a.everyday, rng),
-    ]
+    if a.extend:
+        old = [json.loads(l) for l in open(a.out)]
+        have = frozenset(r["id"] for r in old)
+        rng = lambda name: random.Random(f"{a.seed}:{a.extend_seed}:{name}")
+        rows = []
+        if a.gsm8k:
+            rows += math_rows(a.gsm8k, a.math, rng("math"), have)
+        if a.seed_tasks:
+            rows += everyday_rows(a.seed_tasks, a.everyday, rng("everyday"), have)
+        if a.mmlu_val or a.mbpp:
+            p.error("--extend reads --gsm8k and --seed-tasks only")
+    else:
+        if not (a.gsm8k and a.mmlu_val and a.mbpp and a.seed_tasks):
+            p.error("--gsm8k, --mmlu-val, --mbpp and --seed-tasks are all needed")
+        old = []
+        rng = random.Random(a.seed)
+        rows = [
+            *math_rows(a.gsm8k, a.math, rng),
+            *mmlu_rows(a.mmlu_val, a.knowledge, rng),
+            *mbpp_rows(a.mbpp, a.code, rng),
+            *everyday_rows(a.seed_tasks, a.everyday, rng),
+        ]
     with open(a.out, "w") as f:
+        for r in old:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
         for r in rows:
             r["split"] = split_of(r["id"])
             r["message"] = r["prompt"] + SUFFIX[r["kind"]]
@@ -162,7 +194,7 @@ def main():
     for r in rows:
         kinds.setdefault((r["kind"], r["split"]), 0)
         kinds[(r["kind"], r["split"])] += 1
-    print(f"{len(rows)} rows -> {a.out}")
+    print(f"{len(rows)} new rows ({len(old)} kept) -> {a.out}")
     for k in sorted(kinds):
         print(f"  {k[0]:<10} {k[1]:<8} {kinds[k]}")
 

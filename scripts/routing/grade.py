@@ -19,6 +19,10 @@ server would see them, and grades:
   has one.
 Queries go in a fixed shuffled order, so a partial run covers every kind alike; rows
 already graded for the model are skipped, so an interrupted run resumes.
+
+Each answer's text goes to data/routing/outputs.jsonl, so a grader fixed later re-grades
+without running the models again (`--regrade`). `--kinds knowledge --redo` forgets the
+model's labels of those kinds and answers them again.
 """
 import argparse
 import hashlib
@@ -70,16 +74,24 @@ def grade_math(text, answer):
     return bool(found) and same_number(found[-1], answer)
 
 
+# Ways a reply states its choice: "the answer is B", "Answer: (C)", "**Answer: D**"; "the
+# correct definition is: B." and "option C" (capital letters only: "it is a ..." is not a
+# choice); LaTeX's "\boxed{C}".
+STATED_CHOICE = [
+    re.compile(r"answer(?:\s+is)?(?:\s*option)?\s*[:\-]?\s*\**\(?([ABCD])\b", re.I),
+    re.compile(r"\b(?:is|option|choice)\s*:?\s*\**\(?([ABCD])(?:[.):*]|\s*$)", re.M),
+    re.compile(r"\\boxed\{\s*(?:\\text\{)?\(?([ABCD])\b"),
+]
+
+
 def grade_choice(text, answer):
-    # The last stated choice ("the answer is B", "Answer: (C)", "**Answer: D**"), else a
-    # reply that starts with the letter; a letter met in passing ("A. Mosses are ...") is
-    # not taken for an answer.
-    stated = re.findall(r"answer(?:\s+is)?(?:\s*option)?\s*[:\-]?\s*\**\(?([ABCD])\b", text,
-                        re.I)
+    # The last choice stated, else the one option letter that opens a line ("B. An
+    # idealized ..."): a reply that lists several options that way states none.
+    stated = [(m.start(), m.group(1).upper()) for p in STATED_CHOICE for m in p.finditer(text)]
     if stated:
-        return stated[-1].upper() == answer
-    m = re.match(r"\s*\**\(?([ABCD])(?:[.):*]|\s*$)", text)
-    return bool(m) and m.group(1) == answer
+        return max(stated)[1] == answer
+    openers = set(re.findall(r"^\s*\**\(?([ABCD])(?:[.):*]|\s*$)", text, re.M))
+    return openers == {answer}
 
 
 def grade_code(text, grader):
@@ -151,18 +163,71 @@ def ask(url, model, row):
     }, text
 
 
+def read_jsonl(path):
+    if not os.path.exists(path):
+        return []
+    return [json.loads(l) for l in open(path) if l.strip()]
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def regrade(queries, labels_path, outputs_path):
+    """Grade every stored answer again with today's graders; labels without a stored
+    answer keep their verdict."""
+    rows = {r["id"]: r for r in queries}
+    texts = {(o["id"], o["model"]): o["text"] for o in read_jsonl(outputs_path)}
+    labels = read_jsonl(labels_path)
+    changed = 0
+    for label in labels:
+        text = texts.get((label["id"], label["model"]))
+        if text is None or label["id"] not in rows:
+            continue
+        ok = grade(rows[label["id"]], text, label.get("finish"))
+        changed += ok != label["ok"]
+        label["ok"] = ok
+    write_jsonl(labels_path, labels)
+    print(f"re-graded {sum((l['id'], l['model']) in texts for l in labels)} labels, "
+          f"{changed} changed")
+
+
+def forget(path, model, ids):
+    kept = [r for r in read_jsonl(path) if not (r["model"] == model and r["id"] in ids)]
+    write_jsonl(path, kept)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", help="the catalog model to run (all but --regrade)")
     p.add_argument("--url", help="a running wick; default: start one")
     p.add_argument("--queries", default="data/routing/queries.jsonl")
     p.add_argument("--labels", default="data/routing/labels.jsonl")
-    p.add_argument("--outputs", help="also write each answer's text here (jsonl)")
+    p.add_argument("--outputs", default="data/routing/outputs.jsonl",
+                   help="each answer's text (jsonl)")
+    p.add_argument("--kinds", nargs="+", help="only queries of these kinds")
+    p.add_argument("--redo", action="store_true",
+                   help="forget the model's labels of the selected queries and ask again")
+    p.add_argument("--regrade", action="store_true",
+                   help="re-grade the stored answers of every model; run no model")
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--limit", type=int, help="only the first N queries not yet graded")
     a = p.parse_args()
     rows = [json.loads(l) for l in open(a.queries)]
+    if a.regrade:
+        regrade(rows, a.labels, a.outputs)
+        return
+    if not a.model:
+        p.error("--model is required unless --regrade")
+    if a.kinds:
+        rows = [r for r in rows if r["kind"] in a.kinds]
+    if a.redo:
+        ids = {r["id"] for r in rows}
+        forget(a.labels, a.model, ids)
+        forget(a.outputs, a.model, ids)
     done = set()
     if os.path.exists(a.labels):
         for l in open(a.labels):
@@ -189,7 +254,7 @@ def main():
                 break
             except OSError:
                 time.sleep(1)
-    outputs = open(a.outputs, "a") if a.outputs else None
+    outputs = open(a.outputs, "a")
     passed = 0
     try:
         with open(a.labels, "a") as labels, cf.ThreadPoolExecutor(a.concurrency) as pool:
@@ -199,12 +264,13 @@ def main():
                 passed += label["ok"]
                 labels.write(json.dumps(label) + "\n")
                 labels.flush()
-                if outputs:
-                    outputs.write(json.dumps({"id": label["id"], "model": a.model,
-                                              "text": text}) + "\n")
+                outputs.write(json.dumps({"id": label["id"], "model": a.model,
+                                          "text": text}, ensure_ascii=False) + "\n")
+                outputs.flush()
                 if i % 25 == 0:
                     print(f"  {i}/{len(todo)} graded, {passed} acceptable", flush=True)
     finally:
+        outputs.close()
         if server:
             server.terminate()
             server.wait()

@@ -65,6 +65,11 @@ def fit_logistic(X, y, l2=1.0, iters=30):
     return w, b
 
 
+def logit(p):
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
 def log_loss(z, y):
     return float(np.mean(np.logaddexp(0, z) - y * z))
 
@@ -246,16 +251,46 @@ def main():
             default = float(q)
             break
 
+    # The score ranked for "tier_1 fails where the top tier succeeds": the two calibrated
+    # probabilities' difference, or the event's probability if the tiers failed
+    # independently; whichever ranks better out of fold on train (the held-out split only
+    # reports).
+    scores = {
+        "difference": lambda P: P[:, -1] - P[:, 0],
+        "independent": lambda P: P[:, -1] * (1.0 - P[:, 0]),
+    }
+    fails_small_tr = ((Ytr[:, 0] == 0) & (Ytr[:, -1] == 1)).astype(float)
+    oof_auc = {k: auc(f(Ptr), fails_small_tr) for k, f in scores.items()}
+    score_name = max(oof_auc, key=oof_auc.get)
+    print("out-of-fold AUC by score: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in oof_auc.items()))
     Yhe, She = Y[he], S[he]
     fails_small = ((Yhe[:, 0] == 0) & (Yhe[:, -1] == 1)).astype(float)
-    auc_small = auc(Phe[:, -1] - Phe[:, 0], fails_small)
+    auc_small = auc(scores[score_name](Phe), fails_small)
+    # A reference, not a router: told each query's kind (math, knowledge, code, everyday)
+    # and scoring it by that kind's rate of the event on train.
+    kinds = np.array([queries[i].get("kind", "") for i in rows])
+    rate = {k: fails_small_tr[kinds[tr] == k].mean() for k in set(kinds[tr])}
+    auc_kind = auc(np.array([rate.get(k, 0.0) for k in kinds[he]]), fails_small)
+    # The chosen tier's probability runs optimistic (a tier is chosen when its probability
+    # reads high), so the reported confidence is Platt-scaled once more, on the out-of-fold
+    # decisions at the default operating point.
+    c_tr = route(Ptr, default)
+    rows_tr = np.arange(len(c_tr))
+    ca, cb = fit_platt(logit(Ptr[rows_tr, c_tr]), Ytr[rows_tr, c_tr])
     c = route(Phe, default)
     idx = np.arange(len(c))
-    conf, hit = Phe[idx, c], Yhe[idx, c]
+    raw_conf, hit = Phe[idx, c], Yhe[idx, c]
+    conf = sigmoid(ca * logit(raw_conf) + cb)
     report = {
         "heldout_rows": int(he.sum()),
         "auc_tier1_fails_top_succeeds": round(float(auc_small), 3),
+        "auc_score": score_name,
+        "auc_train_out_of_fold": round(float(oof_auc[score_name]), 3),
+        "auc_told_the_kind": round(float(auc_kind), 3),
         "ece_confidence": round(float(ece(conf, hit)), 3),
+        "ece_chosen_tier_probability": round(float(ece(raw_conf, hit)), 3),
+        "confidence_platt": [round(ca, 6), round(cb, 6)],
         # What a perfectly calibrated router would score on this many rows: outcomes drawn
         # from its own probabilities (the sampling noise of ECE at this size).
         "ece_if_perfectly_calibrated": round(float(np.mean(
@@ -304,6 +339,7 @@ def main():
                    "buckets": dense_names["buckets"], "default_quality": default,
                    "trained_on": {"rows": int(tr.sum()), "tiers": measured,
                                   "heldout": report},
+                   "confidence_platt": [round(ca, 6), round(cb, 6)],
                    "tiers": models}, f)
     print(f"wrote {a.out}")
 

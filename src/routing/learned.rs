@@ -8,7 +8,10 @@
 //! an acceptable answer is within `margin` of the most capable tier's, where
 //! `margin = 1 - quality` (`--routing-quality`: 1 routes down only when the smaller model
 //! is predicted as good, 0 always takes the smallest). The confidence reported is the
-//! calibrated probability that the chosen tier answers acceptably.
+//! calibrated probability that the chosen tier answers acceptably: the chosen tier's own
+//! probability, recalibrated for having been chosen (`confidence_platt`, fitted by the
+//! trainer on out-of-fold decisions at the default operating point: a tier is picked
+//! when its probability reads high, so its raw probability runs optimistic).
 
 use std::path::Path;
 
@@ -32,6 +35,9 @@ struct ModelFile {
     buckets: usize,
     default_quality: f32,
     tiers: Vec<TierModel>,
+    /// `confidence = sigmoid(a · logit(p) + b)` of the chosen tier's `p`; none: `p`.
+    #[serde(default)]
+    confidence_platt: Option<[f32; 2]>,
 }
 
 #[derive(Deserialize)]
@@ -48,6 +54,7 @@ struct TierModel {
 pub struct LearnedRouter {
     tiers: Vec<TierModel>,
     quality: f32,
+    confidence_platt: [f32; 2],
 }
 
 /// The router's verdict for the candidates it was given.
@@ -103,6 +110,7 @@ impl LearnedRouter {
         Ok(Self {
             tiers,
             quality: file.default_quality.clamp(0.0, 1.0),
+            confidence_platt: file.confidence_platt.unwrap_or([1.0, 0.0]),
         })
     }
 
@@ -168,9 +176,11 @@ impl LearnedRouter {
             .iter()
             .position(|&pt| pt >= best - margin)
             .unwrap_or(p.len() - 1);
+        let [a, b] = self.confidence_platt;
+        let confidence = sigmoid(a.mul_add(logit(p[at]), b));
         Verdict {
             tier: tiers[at],
-            confidence: (p[at] * 1000.0).round() / 1000.0,
+            confidence: (confidence * 1000.0).round() / 1000.0,
             reasons: tiers
                 .iter()
                 .zip(&p)
@@ -178,6 +188,12 @@ impl LearnedRouter {
                 .collect(),
         }
     }
+}
+
+/// The inverse of [`sigmoid`], finite at 0 and 1.
+fn logit(p: f32) -> f32 {
+    let p = p.clamp(1e-6, 1.0 - 1e-6);
+    (p / (1.0 - p)).ln()
 }
 
 fn sigmoid(z: f32) -> f32 {
@@ -235,6 +251,17 @@ mod tests {
             .unwrap()
             .with_quality(0.0);
         assert_eq!(decide(&cheap, &long, &[1, 2]).tier, 1);
+    }
+
+    #[test]
+    fn the_confidence_is_recalibrated_for_the_choice() {
+        let mut file: serde_json::Value = serde_json::from_str(&model(&features::DENSE)).unwrap();
+        // logit(0.881) = 2.0: a = 0.5, b = -0.5 gives σ(0.5) ≈ 0.622.
+        file["confidence_platt"] = serde_json::json!([0.5, -0.5]);
+        let router = LearnedRouter::parse(&file.to_string()).unwrap();
+        let verdict = decide(&router, &"word ".repeat(600), &[1, 2]);
+        assert_eq!(verdict.tier, 2, "{verdict:?}");
+        assert!((verdict.confidence - 0.622).abs() < 0.002, "{verdict:?}");
     }
 
     #[test]
