@@ -528,21 +528,79 @@ mod x86 {
     const Q6K: u8 = 5;
 
     /// The formats built on 4-bit chunks (plus high bits), `F` one of the constants above.
+    /// One token reads each panel block once for both half panels, so the weights stream
+    /// through once, in order (one-token products are what decode runs: at one pass per
+    /// half each block's cache lines were visited twice); more tokens take a half panel at a
+    /// time, their sums needing the registers.
     #[inline(always)]
     unsafe fn nibbles<const T: usize, const F: u8>(
         p: Panel<'_>,
         xs: &[QRow<'_>; T],
         out: &mut [[f32; PANEL]; TOKENS],
     ) {
-        let format = match F {
+        if T == 1 {
+            let mut acc = [[_mm256_setzero_ps(); T]; 2];
+            let bytes = format_of::<F>().panel_block_bytes();
+            for b in 0..p.blocks {
+                prefetch_ahead(p, b, bytes);
+                nibble_block::<T, F>(p, xs, b, 0, &mut acc[0]);
+                nibble_block::<T, F>(p, xs, b, 1, &mut acc[1]);
+            }
+            for (half, acc) in acc.iter().enumerate() {
+                for (o, acc) in out.iter_mut().zip(acc) {
+                    _mm256_storeu_ps(o.as_mut_ptr().add(half * 8), *acc);
+                }
+            }
+            return;
+        }
+        for half in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..p.blocks {
+                nibble_block::<T, F>(p, xs, b, half, &mut acc);
+            }
+            for (o, acc) in out.iter_mut().zip(acc) {
+                _mm256_storeu_ps(o.as_mut_ptr().add(half * 8), acc);
+            }
+        }
+    }
+
+    /// Blocks ahead of the one being read that a one-token product asks the cache for. The
+    /// hardware prefetcher alone left one-token Q4_K products at 22-24 GB/s where the
+    /// machine reads 33 (Zen 3, `cargo bench --bench kernels -- 1.5b`); asking four blocks
+    /// (about 1 KiB) ahead gives 26-30. Two and eight measured alike within the noise.
+    const AHEAD: usize = 4;
+
+    /// Ask for panel block `b + AHEAD`'s weights (past the panel's end: the next panel's,
+    /// which are next in memory; a prefetch never faults).
+    #[inline(always)]
+    unsafe fn prefetch_ahead(p: Panel<'_>, b: usize, bytes: usize) {
+        let ahead = p.qs.as_ptr().wrapping_add((b + AHEAD) * bytes) as *const i8;
+        for line in (0..bytes).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
+        }
+    }
+
+    fn format_of<const F: u8>() -> Format {
+        match F {
             Q4_0 => Format::Q4_0,
             Q4_1 => Format::Q4_1,
             Q5_0 => Format::Q5_0,
             Q4K => Format::Q4K,
             Q5K => Format::Q5K,
             _ => Format::Q6K,
-        };
-        let bytes = format.panel_block_bytes();
+        }
+    }
+
+    /// Block `b` of one half panel (eight rows) with every token, added to `acc`.
+    #[inline(always)]
+    unsafe fn nibble_block<const T: usize, const F: u8>(
+        p: Panel<'_>,
+        xs: &[QRow<'_>; T],
+        b: usize,
+        half: usize,
+        acc: &mut [__m256; T],
+    ) {
+        let bytes = format_of::<F>().panel_block_bytes();
         let kquant = F == Q4K || F == Q5K;
         let mask = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
@@ -553,126 +611,151 @@ mod x86 {
             0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13,
         );
         let pick_b = _mm256_add_epi8(pick_a, _mm256_set1_epi8(2));
+        let q = p.qs.as_ptr().add(b * bytes + half * 32);
+        let unit = if F >= Q4K { b / SUPER } else { b };
+        let at = unit * PANEL + half * 8;
+        let d = half_scales(p.d.as_ptr().add(at));
+        // Q6_K: `[scA, scB]` as two i16 in each row's lane.
+        let pairs = if F == Q6K {
+            let at = (b * PANEL + half * 8) * 2;
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(p.sc.as_ptr().add(at) as _))
+        } else {
+            _mm256_setzero_si256()
+        };
+        let (mul_lo, mul_hi) = if kquant {
+            let sc = _mm_loadl_epi64(p.sc.as_ptr().add(b * PANEL + half * 8) as _);
+            let sc = _mm256_cvtepu8_epi32(sc);
+            let sc = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
+            (sc, sc)
+        } else if F == Q6K {
+            (
+                _mm256_shuffle_epi8(pairs, pick_a),
+                _mm256_shuffle_epi8(pairs, pick_b),
+            )
+        } else {
+            (ones, ones)
+        };
+        let high = q.add(4 * GROUP);
+        let h0 = if F == Q5_0 || F == Q5K || F == Q6K {
+            _mm256_loadu_si256(high as *const __m256i)
+        } else {
+            _mm256_setzero_si256()
+        };
+        let h1 = if F == Q6K {
+            _mm256_loadu_si256(high.add(GROUP) as *const __m256i)
+        } else {
+            _mm256_setzero_si256()
+        };
+        let mut dot = [_mm256_setzero_si256(); T];
+        // Byte-pair products are summed as i16 for as many chunks as cannot wrap
+        // (activations lie in -127..=127, so a pair is at most 2·127·u_max), and
+        // only then widened by `vpmaddwd` with the lane's multiplier: 4-bit values,
+        // all eight products of a block (8·3810); 5-bit, four (4·7874); 6-bit, two
+        // per half (2·16002). The integer sum is the same, with fewer instructions.
+        let mut sum_lo = [_mm256_setzero_si256(); T];
+        let mut sum_hi = [_mm256_setzero_si256(); T];
+        for c in 0..4 {
+            let v = _mm256_loadu_si256(q.add(c * GROUP) as *const __m256i);
+            let mut lo = _mm256_and_si256(v, mask);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+            if F == Q5_0 || F == Q5K {
+                let bit = _mm256_set1_epi8(0x10);
+                lo = _mm256_or_si256(lo, _mm256_and_si256(shift(h0, 4 - c as i32), bit));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(shift(h0, -(c as i32)), bit));
+            } else if F == Q6K {
+                let bits = _mm256_set1_epi8(0x30);
+                let n = 4 - 2 * c as i32;
+                lo = _mm256_or_si256(lo, _mm256_and_si256(shift(h0, n), bits));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(shift(h1, n), bits));
+            }
+            for t in 0..T {
+                let x = &xs[t];
+                let a_lo = _mm256_set1_epi32(group(x, b, c));
+                let a_hi = _mm256_set1_epi32(group(x, b, c + 4));
+                let p_lo = _mm256_maddubs_epi16(lo, a_lo);
+                let p_hi = _mm256_maddubs_epi16(hi, a_hi);
+                if F == Q6K {
+                    sum_lo[t] = _mm256_add_epi16(sum_lo[t], p_lo);
+                    sum_hi[t] = _mm256_add_epi16(sum_hi[t], p_hi);
+                } else {
+                    sum_lo[t] = _mm256_add_epi16(sum_lo[t], _mm256_add_epi16(p_lo, p_hi));
+                }
+            }
+            let flush = match F {
+                Q4_0 | Q4_1 | Q4K => c == 3,
+                _ => c % 2 == 1,
+            };
+            if flush {
+                for t in 0..T {
+                    dot[t] = _mm256_add_epi32(dot[t], _mm256_madd_epi16(sum_lo[t], mul_lo));
+                    if F == Q6K {
+                        let hi = _mm256_madd_epi16(sum_hi[t], mul_hi);
+                        dot[t] = _mm256_add_epi32(dot[t], hi);
+                    }
+                    sum_lo[t] = _mm256_setzero_si256();
+                    sum_hi[t] = _mm256_setzero_si256();
+                }
+            }
+        }
+        let mins = if kquant {
+            let m = _mm_loadl_epi64(p.mins.as_ptr().add(b * PANEL + half * 8) as _);
+            let m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m));
+            _mm256_mul_ps(half_scales(p.m.as_ptr().add(at)), m)
+        } else if F == Q4_1 {
+            half_scales(p.m.as_ptr().add(at))
+        } else {
+            _mm256_setzero_ps()
+        };
+        for ((acc, dot), x) in acc.iter_mut().zip(dot).zip(xs) {
+            let sum = *x.sum.get_unchecked(b);
+            let dot = match F {
+                Q4_0 => _mm256_sub_epi32(dot, _mm256_set1_epi32(sum << 3)),
+                Q5_0 => _mm256_sub_epi32(dot, _mm256_set1_epi32(sum << 4)),
+                Q6K => {
+                    // scA·ΣAq + scB·ΣBq per lane, from the packed half sums.
+                    let sums = _mm256_set1_epi32(*x.halves.get_unchecked(b));
+                    let offset = _mm256_madd_epi16(pairs, sums);
+                    _mm256_sub_epi32(dot, _mm256_slli_epi32(offset, 5))
+                }
+                _ => dot,
+            };
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x.d.get_unchecked(b)));
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, *acc);
+            let sx = _mm256_set1_ps(*x.s.get_unchecked(b));
+            if kquant {
+                *acc = _mm256_fnmadd_ps(mins, sx, *acc);
+            } else if F == Q4_1 {
+                *acc = _mm256_fmadd_ps(mins, sx, *acc);
+            }
+        }
+    }
+
+    /// Q8_0, laid out and ordered as [`nibbles`] (one pass for one token).
+    #[inline(always)]
+    unsafe fn q8_0<const T: usize>(
+        p: Panel<'_>,
+        xs: &[QRow<'_>; T],
+        out: &mut [[f32; PANEL]; TOKENS],
+    ) {
+        if T == 1 {
+            let bytes = Format::Q8_0.panel_block_bytes();
+            let mut acc = [[_mm256_setzero_ps(); T]; 2];
+            for b in 0..p.blocks {
+                prefetch_ahead(p, b, bytes);
+                q8_0_block::<T>(p, xs, b, 0, &mut acc[0]);
+                q8_0_block::<T>(p, xs, b, 1, &mut acc[1]);
+            }
+            for (half, acc) in acc.iter().enumerate() {
+                for (o, acc) in out.iter_mut().zip(acc) {
+                    _mm256_storeu_ps(o.as_mut_ptr().add(half * 8), *acc);
+                }
+            }
+            return;
+        }
         for half in 0..2 {
             let mut acc = [_mm256_setzero_ps(); T];
             for b in 0..p.blocks {
-                let q = p.qs.as_ptr().add(b * bytes + half * 32);
-                let unit = if F >= Q4K { b / SUPER } else { b };
-                let at = unit * PANEL + half * 8;
-                let d = half_scales(p.d.as_ptr().add(at));
-                // Q6_K: `[scA, scB]` as two i16 in each row's lane.
-                let pairs = if F == Q6K {
-                    let at = (b * PANEL + half * 8) * 2;
-                    _mm256_cvtepi8_epi16(_mm_loadu_si128(p.sc.as_ptr().add(at) as _))
-                } else {
-                    _mm256_setzero_si256()
-                };
-                let (mul_lo, mul_hi) = if kquant {
-                    let sc = _mm_loadl_epi64(p.sc.as_ptr().add(b * PANEL + half * 8) as _);
-                    let sc = _mm256_cvtepu8_epi32(sc);
-                    let sc = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
-                    (sc, sc)
-                } else if F == Q6K {
-                    (
-                        _mm256_shuffle_epi8(pairs, pick_a),
-                        _mm256_shuffle_epi8(pairs, pick_b),
-                    )
-                } else {
-                    (ones, ones)
-                };
-                let high = q.add(4 * GROUP);
-                let h0 = if F == Q5_0 || F == Q5K || F == Q6K {
-                    _mm256_loadu_si256(high as *const __m256i)
-                } else {
-                    _mm256_setzero_si256()
-                };
-                let h1 = if F == Q6K {
-                    _mm256_loadu_si256(high.add(GROUP) as *const __m256i)
-                } else {
-                    _mm256_setzero_si256()
-                };
-                let mut dot = [_mm256_setzero_si256(); T];
-                // Byte-pair products are summed as i16 for as many chunks as cannot wrap
-                // (activations lie in -127..=127, so a pair is at most 2·127·u_max), and
-                // only then widened by `vpmaddwd` with the lane's multiplier: 4-bit values,
-                // all eight products of a block (8·3810); 5-bit, four (4·7874); 6-bit, two
-                // per half (2·16002). The integer sum is the same, with fewer instructions.
-                let mut sum_lo = [_mm256_setzero_si256(); T];
-                let mut sum_hi = [_mm256_setzero_si256(); T];
-                for c in 0..4 {
-                    let v = _mm256_loadu_si256(q.add(c * GROUP) as *const __m256i);
-                    let mut lo = _mm256_and_si256(v, mask);
-                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-                    if F == Q5_0 || F == Q5K {
-                        let bit = _mm256_set1_epi8(0x10);
-                        lo = _mm256_or_si256(lo, _mm256_and_si256(shift(h0, 4 - c as i32), bit));
-                        hi = _mm256_or_si256(hi, _mm256_and_si256(shift(h0, -(c as i32)), bit));
-                    } else if F == Q6K {
-                        let bits = _mm256_set1_epi8(0x30);
-                        let n = 4 - 2 * c as i32;
-                        lo = _mm256_or_si256(lo, _mm256_and_si256(shift(h0, n), bits));
-                        hi = _mm256_or_si256(hi, _mm256_and_si256(shift(h1, n), bits));
-                    }
-                    for t in 0..T {
-                        let x = &xs[t];
-                        let a_lo = _mm256_set1_epi32(group(x, b, c));
-                        let a_hi = _mm256_set1_epi32(group(x, b, c + 4));
-                        let p_lo = _mm256_maddubs_epi16(lo, a_lo);
-                        let p_hi = _mm256_maddubs_epi16(hi, a_hi);
-                        if F == Q6K {
-                            sum_lo[t] = _mm256_add_epi16(sum_lo[t], p_lo);
-                            sum_hi[t] = _mm256_add_epi16(sum_hi[t], p_hi);
-                        } else {
-                            sum_lo[t] = _mm256_add_epi16(sum_lo[t], _mm256_add_epi16(p_lo, p_hi));
-                        }
-                    }
-                    let flush = match F {
-                        Q4_0 | Q4_1 | Q4K => c == 3,
-                        _ => c % 2 == 1,
-                    };
-                    if flush {
-                        for t in 0..T {
-                            dot[t] = _mm256_add_epi32(dot[t], _mm256_madd_epi16(sum_lo[t], mul_lo));
-                            if F == Q6K {
-                                let hi = _mm256_madd_epi16(sum_hi[t], mul_hi);
-                                dot[t] = _mm256_add_epi32(dot[t], hi);
-                            }
-                            sum_lo[t] = _mm256_setzero_si256();
-                            sum_hi[t] = _mm256_setzero_si256();
-                        }
-                    }
-                }
-                let mins = if kquant {
-                    let m = _mm_loadl_epi64(p.mins.as_ptr().add(b * PANEL + half * 8) as _);
-                    let m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m));
-                    _mm256_mul_ps(half_scales(p.m.as_ptr().add(at)), m)
-                } else if F == Q4_1 {
-                    half_scales(p.m.as_ptr().add(at))
-                } else {
-                    _mm256_setzero_ps()
-                };
-                for ((acc, dot), x) in acc.iter_mut().zip(dot).zip(xs) {
-                    let sum = *x.sum.get_unchecked(b);
-                    let dot = match F {
-                        Q4_0 => _mm256_sub_epi32(dot, _mm256_set1_epi32(sum << 3)),
-                        Q5_0 => _mm256_sub_epi32(dot, _mm256_set1_epi32(sum << 4)),
-                        Q6K => {
-                            // scA·ΣAq + scB·ΣBq per lane, from the packed half sums.
-                            let sums = _mm256_set1_epi32(*x.halves.get_unchecked(b));
-                            let offset = _mm256_madd_epi16(pairs, sums);
-                            _mm256_sub_epi32(dot, _mm256_slli_epi32(offset, 5))
-                        }
-                        _ => dot,
-                    };
-                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x.d.get_unchecked(b)));
-                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, *acc);
-                    let sx = _mm256_set1_ps(*x.s.get_unchecked(b));
-                    if kquant {
-                        *acc = _mm256_fnmadd_ps(mins, sx, *acc);
-                    } else if F == Q4_1 {
-                        *acc = _mm256_fmadd_ps(mins, sx, *acc);
-                    }
-                }
+                q8_0_block::<T>(p, xs, b, half, &mut acc);
             }
             for (o, acc) in out.iter_mut().zip(acc) {
                 _mm256_storeu_ps(o.as_mut_ptr().add(half * 8), acc);
@@ -680,44 +763,36 @@ mod x86 {
         }
     }
 
+    /// Q8_0 block `b` of one half panel with every token, added to `acc`.
     #[inline(always)]
-    unsafe fn q8_0<const T: usize>(
+    unsafe fn q8_0_block<const T: usize>(
         p: Panel<'_>,
         xs: &[QRow<'_>; T],
-        out: &mut [[f32; PANEL]; TOKENS],
+        b: usize,
+        half: usize,
+        acc: &mut [__m256; T],
     ) {
         let bytes = Format::Q8_0.panel_block_bytes();
         let flip = _mm256_set1_epi8(-128);
         let ones = _mm256_set1_epi16(1);
-        for half in 0..2 {
-            let mut acc = [_mm256_setzero_ps(); T];
-            for b in 0..p.blocks {
-                let q = p.qs.as_ptr().add(b * bytes + half * 32);
-                let mut dot = [_mm256_setzero_si256(); T];
-                for g in 0..8 {
-                    // Back to signed values, then the weight's sign moves onto the activation
-                    // so the byte products take unsigned × signed (activations never hold
-                    // -128, so negating is exact).
-                    let w = _mm256_xor_si256(
-                        _mm256_loadu_si256(q.add(g * GROUP) as *const __m256i),
-                        flip,
-                    );
-                    let w_abs = _mm256_sign_epi8(w, w);
-                    for (dot, x) in dot.iter_mut().zip(xs) {
-                        let a = _mm256_set1_epi32(group(x, b, g));
-                        let prod = dot_u8_i8(w_abs, _mm256_sign_epi8(a, w), ones);
-                        *dot = _mm256_add_epi32(*dot, prod);
-                    }
-                }
-                let d = half_scales(p.d.as_ptr().add(b * PANEL + half * 8));
-                for ((acc, dot), x) in acc.iter_mut().zip(dot).zip(xs) {
-                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x.d.get_unchecked(b)));
-                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, *acc);
-                }
+        let q = p.qs.as_ptr().add(b * bytes + half * 32);
+        let mut dot = [_mm256_setzero_si256(); T];
+        for g in 0..8 {
+            // Back to signed values, then the weight's sign moves onto the activation so the
+            // byte products take unsigned × signed (activations never hold -128, so negating
+            // is exact).
+            let w = _mm256_xor_si256(_mm256_loadu_si256(q.add(g * GROUP) as *const __m256i), flip);
+            let w_abs = _mm256_sign_epi8(w, w);
+            for (dot, x) in dot.iter_mut().zip(xs) {
+                let a = _mm256_set1_epi32(group(x, b, g));
+                let prod = dot_u8_i8(w_abs, _mm256_sign_epi8(a, w), ones);
+                *dot = _mm256_add_epi32(*dot, prod);
             }
-            for (o, acc) in out.iter_mut().zip(acc) {
-                _mm256_storeu_ps(o.as_mut_ptr().add(half * 8), acc);
-            }
+        }
+        let d = half_scales(p.d.as_ptr().add(b * PANEL + half * 8));
+        for ((acc, dot), x) in acc.iter_mut().zip(dot).zip(xs) {
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x.d.get_unchecked(b)));
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, *acc);
         }
     }
 }
