@@ -75,7 +75,7 @@ fn main() {
             for m in &mats {
                 m.matmul_quantized(&q, &mut y);
             }
-            let reps = (1_000_000_000.0 / (rows * k) as f64 / tokens as f64) as usize + 2;
+            let reps = ((1_000_000_000.0 / (rows * k) as f64 / tokens as f64) as usize).max(10);
             let start = Instant::now();
             for i in 0..reps {
                 mats[i % copies].matmul_quantized(&q, &mut y);
