@@ -30,8 +30,8 @@ pub const TOKENS: usize = 8;
 /// panel. Eight on AVX-512 VNNI for the formats whose unpacking costs most (64-token
 /// products, `cargo bench --bench kernels`: Q6_K 157 → 232 GMAC/s, Q5_0 +10 %, Q4_K +5 %);
 /// Q4_1 and Q8_0, which unpack in one step, measured no faster with eight and keep four.
-/// Eight on AVX2 for Q8_0, whose block sums need no i16 partials, so eight tokens' sums fit
-/// the registers: the output projection of an 8-stream decode step (151936×896 on the
+/// Eight on AVX2 for Q8_0, whose block sums need no i16 partials, so eight tokens' integer
+/// sums fit the registers: the output projection of an 8-stream decode step (151936×896 on the
 /// 0.5B, Zen 3) went from 18.5 to 14.5 ms, and to 13.0 with the prefetch of [`x86`]'s
 /// first pass (medians of five interleaved `cargo bench --bench kernels -- 0.5b` runs).
 pub fn tile_tokens(isa: Isa, format: Format) -> usize {
@@ -555,7 +555,8 @@ mod x86 {
     /// through once, in order (one-token products are what decode runs: at one pass per
     /// half each block's cache lines were visited twice); more tokens take a half panel at a
     /// time, their sums needing the registers; the first of those passes asks for the
-    /// weights ahead too (the second finds them in cache).
+    /// weights ahead too (the second finds them in cache). That prefetch measured neutral
+    /// within the noise for these formats and helped Q8_0 (see [`tile_tokens`]).
     #[inline(always)]
     unsafe fn nibbles<const T: usize, const F: u8>(
         p: Panel<'_>,
