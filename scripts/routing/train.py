@@ -422,6 +422,12 @@ def main():
                    "trained_on": {"rows": int(tr.sum()), "tiers": measured,
                                   "heldout": report},
                    "confidence_platt": [round(v, 6) for v in fit["confidence_platt"]],
+                   # Requests outside what was measured are clamped into it by the server
+                   # (src/routing/learned.rs) rather than extrapolated.
+                   "dense_range": [[float(np.floor(lo * 1e6) / 1e6), float(np.ceil(hi * 1e6) / 1e6)]
+                                   for lo, hi in
+                                   zip(X[tr][:, :dense].min(axis=0),
+                                       X[tr][:, :dense].max(axis=0))],
                    "tiers": models}, f)
     print(f"wrote {a.out}")
 

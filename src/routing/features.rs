@@ -9,7 +9,7 @@
 //!   [`WINDOW`] bytes), each setting one of [`BUCKETS`] slots (FNV-1a), so the vocabulary
 //!   needs no file of its own.
 
-use super::analyser::{self, Query};
+use super::analyser::{self, head, Query, SCAN};
 
 /// Names of the dense features, in vector order (the model file repeats them, so a model
 /// trained on another layout is refused at load).
@@ -49,8 +49,14 @@ pub fn features(query: &Query, has_schema: bool) -> Vec<f32> {
         .iter()
         .rposition(|m| m.role == "user")
         .or(messages.len().checked_sub(1));
-    let text = last.map(|i| messages[i].content.as_str()).unwrap_or("");
+    let whole = last.map(|i| messages[i].content.as_str()).unwrap_or("");
+    // Sizes are counted on the turn's first SCAN bytes and scaled to its length, so a
+    // decision costs the same on any request (benches/routing.rs). Every training query is
+    // shorter than that, so their features are exact.
+    let text = head(whole, SCAN);
+    let scale = whole.len() as f32 / text.len().max(1) as f32;
     let ln = |n: usize| (n as f32).ln_1p();
+    let sized = |n: usize| (n as f32 * scale).ln_1p();
     let words = text.split_whitespace().count();
     let digits = text.bytes().filter(u8::is_ascii_digit).count();
     let numbers = text
@@ -60,13 +66,13 @@ pub fn features(query: &Query, has_schema: bool) -> Vec<f32> {
     let math = text.bytes().filter(|b| b"+-*/=^%<>".contains(b)).count();
     let verdict = analyser::analyse(query);
     let dense = [
-        ln(text.chars().count()),
-        ln(words),
-        ln(digits),
-        ln(numbers),
-        ln(text.lines().count()),
+        sized(text.chars().count()),
+        sized(words),
+        sized(digits),
+        sized(numbers),
+        sized(text.lines().count()),
         f32::from(u8::from(text.contains("```"))),
-        ln(math),
+        sized(math),
         text.matches('?').count().min(5) as f32,
         ln(messages.len()),
         f32::from(u8::from(messages.iter().any(|m| m.role == "system"))),
@@ -134,15 +140,6 @@ pub fn dump_layout(mut out: impl std::io::Write) -> anyhow::Result<()> {
     let layout = serde_json::json!({"dense": DENSE, "buckets": BUCKETS});
     writeln!(out, "{layout}")?;
     Ok(())
-}
-
-/// The first `max` bytes of `text`, cut at a character boundary.
-fn head(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// FNV-1a over the words joined by a space, folded into [`BUCKETS`].

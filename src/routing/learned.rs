@@ -38,6 +38,13 @@ struct ModelFile {
     /// `confidence = sigmoid(a · logit(p) + b)` of the chosen tier's `p`; none: `p`.
     #[serde(default)]
     confidence_platt: Option<[f32; 2]>,
+    /// Each dense feature's `[lowest, highest]` on the training rows; a request's features
+    /// are clamped into it, so one far outside what was measured (a 4 MiB prompt, where
+    /// training saw at most a few KB) reads as the nearest measured value instead of being
+    /// extrapolated by the linear model into a probability of 0 for every tier. None: no
+    /// clamping (files written before the trainer recorded it).
+    #[serde(default)]
+    dense_range: Option<Vec<[f32; 2]>>,
 }
 
 #[derive(Deserialize)]
@@ -55,6 +62,7 @@ pub struct LearnedRouter {
     tiers: Vec<TierModel>,
     quality: f32,
     confidence_platt: [f32; 2],
+    dense_range: Option<Vec<[f32; 2]>>,
 }
 
 /// The router's verdict for the candidates it was given.
@@ -105,12 +113,21 @@ impl LearnedRouter {
                 );
             }
         }
+        if let Some(range) = &file.dense_range {
+            if range.len() != features::DENSE.len() || range.iter().any(|[lo, hi]| lo > hi) {
+                bail!(
+                    "dense_range needs one [lowest, highest] pair per dense feature ({})",
+                    features::DENSE.len()
+                );
+            }
+        }
         let mut tiers = file.tiers;
         tiers.sort_by_key(|t| t.tier);
         Ok(Self {
             tiers,
             quality: file.default_quality.clamp(0.0, 1.0),
             confidence_platt: file.confidence_platt.unwrap_or([1.0, 0.0]),
+            dense_range: file.dense_range,
         })
     }
 
@@ -168,7 +185,12 @@ impl LearnedRouter {
                 reasons: vec!["one tier".into()],
             };
         }
-        let x = features::features(query, has_schema);
+        let mut x = features::features(query, has_schema);
+        if let Some(range) = &self.dense_range {
+            for (v, [lo, hi]) in x.iter_mut().zip(range) {
+                *v = v.clamp(*lo, *hi);
+            }
+        }
         let p: Vec<f32> = tiers.iter().map(|&t| self.probability(&x, t)).collect();
         let best = p[p.len() - 1];
         let margin = 1.0 - self.quality;
@@ -292,6 +314,27 @@ mod tests {
     }
 
     #[test]
+    fn features_beyond_the_training_range_read_as_its_edge() {
+        let mut file: serde_json::Value = serde_json::from_str(&model(&features::DENSE)).unwrap();
+        // Training saw log_chars up to ln(1 + 5) ≈ 1.79: p1 = σ(6 - 1.79) ≈ 0.985 at most.
+        let mut range = vec![[0.0f32, 100.0]; features::DENSE.len()];
+        range[0] = [0.0, 1.8];
+        file["dense_range"] = serde_json::json!(range);
+        let router = LearnedRouter::parse(&file.to_string()).unwrap();
+        // 3,000 characters would read p1 ≈ 0.12 unclamped (above); clamped it reads as the
+        // longest measured query, which tier 1 answered.
+        let verdict = decide(&router, &"word ".repeat(600), &[1, 2]);
+        assert_eq!(verdict.tier, 1, "{verdict:?}");
+        assert_eq!(verdict, decide(&router, &"word ".repeat(60_000), &[1, 2]));
+        // A range per dense feature, lowest first, or the file is refused.
+        file["dense_range"] = serde_json::json!([[0.0, 1.0]]);
+        assert!(LearnedRouter::parse(&file.to_string()).is_err());
+        range[0] = [2.0, 1.0];
+        file["dense_range"] = serde_json::json!(range);
+        assert!(LearnedRouter::parse(&file.to_string()).is_err());
+    }
+
+    #[test]
     fn the_built_in_model_loads_and_sends_word_problems_above_greetings() {
         let router = LearnedRouter::builtin();
         assert!((0.0..=1.0).contains(&router.quality()));
@@ -314,6 +357,10 @@ mod tests {
             router.probability(&features::features(&query, false), tier)
         };
         assert!(p(problem, 1) < p("Hello! How are you today?", 1));
+        // A prompt far longer than any measured one reads as the longest measured ones
+        // (dense_range), not as a certain failure of every tier.
+        let huge = decide(&router, &problem.repeat(20_000), &[1, 2, 3]);
+        assert!(huge.confidence > 0.05, "{huge:?}");
     }
 
     #[test]
