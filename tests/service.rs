@@ -504,9 +504,13 @@ impl Endpoint {
                 }
                 body
             }
-            // Responses passes no ignore_eos on: a story asked for is long enough.
+            // Responses passes no ignore_eos on: a story asked for is long enough. Greedy, so
+            // the four tokens are the same every run: sampled (the default temperature, 1),
+            // one CI run saw them reach the client with no inter-token gap recorded, most
+            // likely as one piece (byte tokens of one character are held until it is whole);
+            // 25 sampled tries here did not repeat it.
             Endpoint::Responses => json!({
-                "input": "Write a long story.",
+                "input": "Write a long story.", "temperature": 0,
                 "max_output_tokens": max_tokens, "stream": stream, "store": false,
             }),
         }
