@@ -9,6 +9,10 @@ datasets' training or dev splits, never their test splits:
 - everyday:  the Self-Instruct seed tasks (tatsu-lab/stanford_alpaca `seed_tasks.jsonl`),
              human-written everyday instructions, plus greetings and thanks written here,
              graded by rule checks (see grade.py)
+- tools:     Seal-Tools' dev split (fairyshine/Seal-Tools, Apache-2.0): its single-call
+             ("easy") tasks, each offered the five APIs the dataset lists with it as
+             OpenAI `tools`, graded on the call against the dataset's own (`Seal-Tools_Dataset/`
+             folder: `dev.jsonl` and `dataset_for_finetune/dev.json`)
 
 Each source is read from a local copy (the files above, downloaded from their public
 repositories). Sampling is seeded, so the same inputs give the same set; every row gets a
@@ -24,12 +28,16 @@ stay valid:
 
     python3 scripts/routing/build_queries.py --extend --extend-seed 1 --gsm8k train.jsonl \
         --math 150 --seed-tasks seed_tasks.jsonl --everyday 75
+    python3 scripts/routing/build_queries.py --extend --extend-seed 3 \
+        --seal-tools Seal-Tools/Seal-Tools_Dataset --tools 120
 """
 import argparse
+import ast
 import csv
 import hashlib
 import json
 import random
+import re
 from pathlib import Path
 
 GREETINGS = [
@@ -56,7 +64,12 @@ SUFFIX = {
     "knowledge": "\n\nAnswer with the letter (A, B, C or D) of the correct option.",
     "code": "\n\nWrite the Python function in a ```python code block.",
     "everyday": "",
+    "tools": "",
 }
+
+# Seal-Tools' parameter types as JSON Schema types.
+SCHEMA_TYPE = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
+               "list": "array", "dict": "object"}
 
 
 def split_of(row_id: str) -> str:
@@ -143,6 +156,72 @@ def everyday_rows(seed_tasks, n_seed, rng, exclude=frozenset()):
                "grader": {"type": "everyday", "max_words": 120}}
 
 
+def openai_tool(api):
+    """One Seal-Tools API description as an OpenAI function tool."""
+    properties = {
+        name: {"type": SCHEMA_TYPE.get(p.get("type"), "string"),
+               "description": p.get("description", "")}
+        for name, p in api["parameters"].items()
+    }
+    return {"type": "function", "function": {
+        "name": api["api_name"],
+        "description": api["api_description"],
+        "parameters": {"type": "object", "properties": properties,
+                       "required": list(api.get("required", []))},
+    }}
+
+
+def plain(value):
+    return re.sub(r"[\W_]+", "", str(value)).casefold()
+
+
+def stated(value, query):
+    """Whether the task's text states this argument value (numbers by value)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return any(abs(float(n) - float(value)) < 1e-6
+                   for n in re.findall(r"-?\d+(?:\.\d+)?", query.replace(",", "")))
+    return bool(plain(value)) and plain(value) in plain(query)
+
+
+def tools_rows(folder, n, rng, exclude=frozenset()):
+    # dev.jsonl holds each task and its reference calls; dataset_for_finetune/dev.json the
+    # APIs offered with it (the reference's among four others), as a Python literal inside
+    # the instruction ("api_list = [...]\ntask_instruction = ...").
+    folder = Path(folder)
+    calls = {r["id"]: r for r in map(json.loads, open(folder / "dev.jsonl")) if r}
+    offered = {}
+    for r in json.load(open(folder / "dataset_for_finetune" / "dev.json")):
+        text = r["conversations"][0]["value"]
+        start = text.index("api_list = ") + len("api_list = ")
+        offered[r["id"]] = ast.literal_eval(text[start:text.index("\ntask_instruction = ")])
+
+    # The reference's arguments that the task states are graded; the others (generated
+    # with the dataset, like an OCR language the task never names) cannot be known from it.
+    # A task that states none of its reference's arguments ("Github repository") is left
+    # out: nothing in it says which call is meant.
+    def graded(i):
+        call = calls[i]["calling"][0]
+        return {k: v for k, v in call["parameters"].items()
+                if stated(v, calls[i]["query"])}
+
+    easy = [i for i, r in calls.items()
+            if len(r["calling"]) == 1 and i in offered
+            and f"sealtools-{i}" not in exclude
+            and r["calling"][0]["api"] in {a["api_name"] for a in offered[i]}
+            and (graded(i) or not r["calling"][0]["parameters"])]
+    for i in sorted(rng.sample(easy, min(n, len(easy))), key=lambda i: int(i.split("-")[-1])):
+        yield {
+            "id": f"sealtools-{i}",
+            "kind": "tools",
+            "prompt": calls[i]["query"],
+            "tools": [openai_tool(a) for a in offered[i]],
+            "grader": {"type": "tool_call", "name": calls[i]["calling"][0]["api"],
+                       "arguments": graded(i)},
+        }
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,6 +229,7 @@ def main():
     p.add_argument("--mmlu-val", help="folder of MMLU's *_val.csv")
     p.add_argument("--mbpp")
     p.add_argument("--seed-tasks")
+    p.add_argument("--seal-tools", help="Seal-Tools' Seal-Tools_Dataset folder")
     p.add_argument("--extend", action="store_true",
                    help="keep --out's rows and append new ones from the sources given")
     p.add_argument("--extend-seed", type=int, default=1,
@@ -158,6 +238,7 @@ def main():
     p.add_argument("--knowledge", type=int, default=200)
     p.add_argument("--code", type=int, default=40)
     p.add_argument("--everyday", type=int, default=100)
+    p.add_argument("--tools", type=int, default=120)
     p.add_argument("--seed", type=int, default=20261204)
     p.add_argument("--out", default="data/routing/queries.jsonl")
     a = p.parse_args()
@@ -170,8 +251,10 @@ def main():
             rows += math_rows(a.gsm8k, a.math, rng("math"), have)
         if a.seed_tasks:
             rows += everyday_rows(a.seed_tasks, a.everyday, rng("everyday"), have)
+        if a.seal_tools:
+            rows += tools_rows(a.seal_tools, a.tools, rng("tools"), have)
         if a.mmlu_val or a.mbpp:
-            p.error("--extend reads --gsm8k and --seed-tasks only")
+            p.error("--extend reads --gsm8k, --seed-tasks and --seal-tools only")
     else:
         if not (a.gsm8k and a.mmlu_val and a.mbpp and a.seed_tasks):
             p.error("--gsm8k, --mmlu-val, --mbpp and --seed-tasks are all needed")
@@ -182,6 +265,7 @@ def main():
             *mmlu_rows(a.mmlu_val, a.knowledge, rng),
             *mbpp_rows(a.mbpp, a.code, rng),
             *everyday_rows(a.seed_tasks, a.everyday, rng),
+            *(tools_rows(a.seal_tools, a.tools, rng) if a.seal_tools else []),
         ]
     with open(a.out, "w") as f:
         for r in old:

@@ -16,7 +16,12 @@ server would see them, and grades:
 - code: the fenced Python code passes every MBPP assert (a subprocess, 10 s limit);
 - everyday: rule checks: an answer that ended on its own, within the word limit, not
   looping, with no control-token text, and containing the reference label when the task
-  has one.
+  has one;
+- tools: the query goes with its `tools` (tool_choice auto); acceptable is exactly one
+  call, to the reference's function, with arguments that parse, name only the function's
+  parameters, include its required ones and every argument of the reference that the task
+  states, each with the reference's value (numbers by value, text ignoring case, spaces
+  and punctuation).
 Queries go in a fixed shuffled order, so a partial run covers every kind alike; rows
 already graded for the model are skipped, so an interrupted run resumes.
 
@@ -44,7 +49,7 @@ from pathlib import Path
 # questions: at 320 and 256 tokens, 159 of 540 Qwen math answers and 110 of 400 knowledge
 # answers were cut off before stating one, and graded as wrong. Everyday answers keep 256:
 # not ending within it fails the task's length rule anyway.
-MAX_TOKENS = {"math": 768, "knowledge": 640, "code": 768, "everyday": 256}
+MAX_TOKENS = {"math": 768, "knowledge": 640, "code": 768, "everyday": 256, "tools": 256}
 
 
 def free_port():
@@ -134,9 +139,51 @@ def grade_everyday(text, finish, grader):
     )
 
 
+def same_value(got, want):
+    """A call's argument against the reference's: numbers by value (5 == "5" == 5.0),
+    booleans as such, text ignoring case, spaces and punctuation, lists item by item."""
+    if isinstance(want, bool) or isinstance(got, bool):
+        return str(got).lower() == str(want).lower()
+    if isinstance(want, list):
+        return isinstance(got, list) and len(got) == len(want) and all(
+            same_value(g, w) for g, w in zip(got, want))
+    if isinstance(want, (int, float)) or isinstance(got, (int, float)):
+        try:
+            return abs(float(got) - float(want)) < 1e-6
+        except (TypeError, ValueError):
+            return False
+    plain = lambda v: re.sub(r"[\W_]+", "", str(v)).casefold()
+    return plain(got) == plain(want)
+
+
+def grade_tool_call(text, grader, tools):
+    # `text` is what ask() stored for a tools query: the reply's content and tool_calls.
+    try:
+        reply = json.loads(text)
+    except ValueError:
+        return False
+    calls = reply.get("tool_calls") or []
+    if len(calls) != 1 or calls[0].get("function", {}).get("name") != grader["name"]:
+        return False
+    try:
+        args = json.loads(calls[0]["function"].get("arguments") or "{}")
+    except ValueError:
+        return False
+    schema = next(t["function"]["parameters"] for t in tools
+                  if t["function"]["name"] == grader["name"])
+    return (
+        isinstance(args, dict)
+        and all(k in schema["properties"] for k in args)
+        and all(k in args for k in schema.get("required", []))
+        and all(k in args and same_value(args[k], v) for k, v in grader["arguments"].items())
+    )
+
+
 def grade(row, text, finish):
     g = row["grader"]
     kind = g["type"]
+    if kind == "tool_call":
+        return grade_tool_call(text, g, row["tools"])
     if kind == "number":
         return grade_math(text, g["answer"])
     if kind == "choice":
@@ -153,11 +200,17 @@ def ask(url, model, row):
         "max_tokens": MAX_TOKENS[row["kind"]],
         "temperature": 0,
     }
+    if row.get("tools"):
+        body["tools"] = row["tools"]
     start = time.monotonic()
     reply = post(f"{url}/v1/chat/completions", body)
     seconds = time.monotonic() - start
     choice = reply["choices"][0]
     text = choice["message"].get("content") or ""
+    if row.get("tools"):
+        # The calls are the answer: keep them with the text, for grading and --regrade.
+        text = json.dumps({"content": text, "tool_calls": choice["message"].get("tool_calls")},
+                          ensure_ascii=False)
     return {
         "id": row["id"],
         "model": model,

@@ -132,11 +132,30 @@ def ece(p, y, bins=10):
     return total
 
 
-def route(P, quality):
-    """Index of the chosen tier per row: the smallest within 1 - quality of the top's p."""
+def route(P, quality, floor=None):
+    """Index of the chosen tier per row: the smallest within 1 - quality of the top's p,
+    and at least the row's `floor` (a column index per row: the tools floor for requests
+    with tools, 0 for the others), as src/routing/learned.rs decides."""
     best = P[:, -1:]
     ok = P >= best - (1.0 - quality)
+    if floor is not None:
+        ok &= np.arange(P.shape[1])[None, :] >= floor[:, None]
     return ok.argmax(axis=1)
+
+
+def tools_floor(Y):
+    """The smallest tier (column index) whose tool calls graded within 2 points of the top
+    tier's on these rows (requests with tools); None without such rows."""
+    if len(Y) == 0:
+        return None
+    acc = Y.mean(axis=0)
+    return next(j for j in range(Y.shape[1]) if acc[j] >= acc[-1] - 0.02)
+
+
+def row_floors(X, tools_col, floor):
+    """Per row, the lowest column the server may route it to (route's `floor`)."""
+    tools = X[:, tools_col] > 0.5
+    return np.where(tools, floor if floor is not None else 0, 0)
 
 
 SCORES = {
@@ -148,7 +167,7 @@ SCORES = {
 }
 
 
-def fit_router(X, Y, S, dense, l2s, seed=0, log=print):
+def fit_router(X, Y, S, dense, l2s, tools_col, seed=0, log=print):
     """Everything the shipped router is fitted to, from these rows alone: per tier the L2
     strength of least out-of-fold log loss, the logistic weights (the mean of the five fold
     models, in raw-feature weights) and their Platt scaling; the default operating point and
@@ -190,11 +209,15 @@ def fit_router(X, Y, S, dense, l2s, seed=0, log=print):
         P[:, j] = sigmoid(pa * z + pb)
         tiers.append({"w": w, "b": b, "platt": (pa, pb)})
 
+    # Requests with tools start at the smallest tier that calls tools about as well as the
+    # top one, measured on these rows.
+    floor = tools_floor(Y[X[:, tools_col] > 0.5])
+    floors = row_floors(X, tools_col, floor)
     # The default operating point: the lowest out-of-fold mean latency whose accuracy is
     # within 2 points of always taking the top tier.
     default = 1.0
     top = Y[:, -1].mean()
-    for q, acc, lat, *_ in sorted(curve(P, Y, S), key=lambda p: p[2]):
+    for q, acc, lat, *_ in sorted(curve(P, Y, S, floors), key=lambda p: p[2]):
         if acc >= top - 0.02:
             default = float(q)
             break
@@ -204,11 +227,11 @@ def fit_router(X, Y, S, dense, l2s, seed=0, log=print):
     # The chosen tier's probability runs optimistic (a tier is chosen when its probability
     # reads high), so the reported confidence is Platt-scaled once more, on the out-of-fold
     # decisions at the default operating point.
-    c = route(P, default)
+    c = route(P, default, floors)
     idx = np.arange(len(c))
     conf_platt = fit_platt(logit(P[idx, c]), Y[idx, c])
     return {"tiers": tiers, "default": default, "score": score_name, "oof_auc": oof_auc,
-            "confidence_platt": conf_platt}, P
+            "confidence_platt": conf_platt, "tools_floor": floor}, P
 
 
 def probabilities(fit, X):
@@ -226,10 +249,10 @@ def confidence(fit, P, c):
 QUALITIES = np.round(np.linspace(0, 1, 41), 3)
 
 
-def curve(P, Y, S):
+def curve(P, Y, S, floor=None):
     pts = []
     for q in QUALITIES:
-        c = route(P, q)
+        c = route(P, q, floor)
         idx = np.arange(len(c))
         pts.append((q, Y[idx, c].mean(), S[idx, c].mean(),
                     [float((c == j).mean()) for j in range(Y.shape[1])]))
@@ -335,15 +358,17 @@ def main():
         [a.wick, "routing-features", "--names"], capture_output=True, text=True,
         check=True).stdout)
     dense = len(layout["dense"])
+    tools_col = layout["dense"].index("has_tools")
 
     # The shipped router: fitted on the train split only; the held-out split is touched
     # only for the report.
-    fit, Ptr = fit_router(X[tr], Y[tr], S[tr], dense, a.l2)
+    fit, Ptr = fit_router(X[tr], Y[tr], S[tr], dense, a.l2, tools_col)
     print("out-of-fold AUC by score: "
           + ", ".join(f"{k} {v:.3f}" for k, v in fit["oof_auc"].items()))
     Yhe, She = Y[he], S[he]
     Phe = probabilities(fit, X[he])
-    c = route(Phe, fit["default"])
+    floors_he = row_floors(X[he], tools_col, fit["tools_floor"])
+    c = route(Phe, fit["default"], floors_he)
     idx = np.arange(len(c))
     conf = confidence(fit, Phe, c)
     score = SCORES[fit["score"]](Phe)
@@ -382,8 +407,16 @@ def main():
         "top_mean_seconds": round(float(She[:, -1].mean()), 2),
         "latency_share_95": ci["latency_share"],
     }
+    is_tools = X[:, tools_col] > 0.5
+    if is_tools.any():
+        # What the tools floor rests on: tool calls graded per tier, on each split.
+        report["tools_floor"] = measured[fit["tools_floor"]]
+        report["tools_accuracy_train"] = [round(float(v), 3) for v in Y[tr & is_tools].mean(axis=0)]
+        report["tools_accuracy_heldout"] = [round(float(v), 3)
+                                            for v in Y[he & is_tools].mean(axis=0)]
+        report["tools_rows"] = [int((tr & is_tools).sum()), int((he & is_tools).sum())]
     if not a.no_cross_validation:
-        report["cross_validated"] = cross_validate(X, Y, S, dense, a.l2)
+        report["cross_validated"] = cross_validate(X, Y, S, dense, a.l2, tools_col)
     # Baselines on the held-out split.
     an = X[he][:, 12:16].argmax(axis=1) + 1  # analyser one-hot tier (features.rs DENSE)
     an_idx = np.array([next((j for j, t in enumerate(measured) if t >= n), len(measured) - 1)
@@ -399,7 +432,7 @@ def main():
     }
     lines = ["| router | quality | accuracy | mean latency (s) | share per tier "
              f"({', '.join(f'tier_{t}' for t in measured)}) |", "|---|---|---|---|---|"]
-    for q, acc, lat, share in curve(Phe, Yhe, She)[::4]:
+    for q, acc, lat, share in curve(Phe, Yhe, She, floors_he)[::4]:
         lines.append(f"| learned | {q:.2f} | {acc:.3f} | {lat:.2f} | "
                      f"{', '.join(f'{s:.2f}' for s in share)} |")
     for name, (acc, lat, share) in baselines.items():
@@ -428,6 +461,8 @@ def main():
                                    for lo, hi in
                                    zip(X[tr][:, :dense].min(axis=0),
                                        X[tr][:, :dense].max(axis=0))],
+                   **({} if fit["tools_floor"] is None
+                      else {"tools_floor": measured[fit["tools_floor"]]}),
                    "tiers": models}, f)
     print(f"wrote {a.out}")
 
@@ -435,7 +470,7 @@ def main():
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        pts = curve(Phe, Yhe, She)
+        pts = curve(Phe, Yhe, She, floors_he)
         plt.figure(figsize=(6, 4))
         plt.plot([p[2] for p in pts], [p[1] for p in pts], "o-", ms=3, label="learned router")
         for name, (acc, lat, _) in baselines.items():
@@ -449,7 +484,7 @@ def main():
         print(f"wrote {a.plot}")
 
 
-def cross_validate(X, Y, S, dense, l2s, k=5, seed=1):
+def cross_validate(X, Y, S, dense, l2s, tools_col, k=5, seed=1):
     """Nested cross-validation over every row, train and held-out alike: k outer folds, each
     scored by a router fitted (L2 strengths, Platt scalings, default point, confidence
     scaling: all of fit_router) on the other folds only. Every row is then scored by a
@@ -461,10 +496,11 @@ def cross_validate(X, Y, S, dense, l2s, k=5, seed=1):
     defaults = []
     for f in range(k):
         fit_rows, val_rows = folds != f, folds == f
-        fit, _ = fit_router(X[fit_rows], Y[fit_rows], S[fit_rows], dense, l2s,
+        fit, _ = fit_router(X[fit_rows], Y[fit_rows], S[fit_rows], dense, l2s, tools_col,
                             log=lambda *_: None)
         P = probabilities(fit, X[val_rows])
-        c[val_rows] = route(P, fit["default"])
+        c[val_rows] = route(P, fit["default"],
+                            row_floors(X[val_rows], tools_col, fit["tools_floor"]))
         conf[val_rows] = confidence(fit, P, c[val_rows])
         score[val_rows] = SCORES[fit["score"]](P)
         defaults.append(fit["default"])

@@ -102,7 +102,8 @@ pub fn features(query: &Query, has_schema: bool) -> Vec<f32> {
 }
 
 /// For training: one JSON line `{"id", "x"}` per row of a JSON-lines query set, each row
-/// taken as a one-turn user conversation without tools. The text is the row's `prompt` when
+/// taken as a one-turn user conversation, offering tools when the row has a non-empty
+/// `tools` array (as the request it stands for did). The text is the row's `prompt` when
 /// it has one, else its `message`: in data/routing/queries.jsonl `message` is the prompt plus
 /// the instruction that makes the answer gradable ("... on a last line 'Answer: <number>'"),
 /// which users do not write, so a router that learned from it would key on the instruction.
@@ -122,10 +123,11 @@ pub fn dump(queries: &std::path::Path, mut out: impl std::io::Write) -> anyhow::
             .or(row["message"].as_str())
             .with_context(|| format!("line {}: no `prompt` or `message`", n + 1))?;
         let messages = [crate::template::ChatMessage::new("user", message)];
+        let has_tools = row["tools"].as_array().is_some_and(|t| !t.is_empty());
         let x = features(
             &Query {
                 messages: &messages,
-                has_tools: false,
+                has_tools,
             },
             false,
         );

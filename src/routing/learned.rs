@@ -23,10 +23,10 @@ use super::features;
 
 const FORMAT: &str = "wick-router-1";
 
-/// The smallest tier a request with tools goes to. The measured set has no tool calls, so
-/// this floor is the analyser's (src/routing/analyser.rs: tier 3 is the smallest whose
-/// catalog model calls tools reliably), not learned.
-const TOOLS_FLOOR: u8 = 3;
+/// The smallest tier a request with tools goes to when the model file does not say
+/// (`tools_floor`): the analyser's (src/routing/analyser.rs: tier 3 is the smallest whose
+/// catalog model calls tools reliably), for files trained without tool-call queries.
+const DEFAULT_TOOLS_FLOOR: u8 = 3;
 
 #[derive(Deserialize)]
 struct ModelFile {
@@ -45,6 +45,11 @@ struct ModelFile {
     /// clamping (files written before the trainer recorded it).
     #[serde(default)]
     dense_range: Option<Vec<[f32; 2]>>,
+    /// The smallest tier a request with tools goes to, measured: the trainer writes the
+    /// smallest tier whose tool calls graded within 2 points of the top tier's on the
+    /// training split (scripts/routing/train.py). None: [`DEFAULT_TOOLS_FLOOR`].
+    #[serde(default)]
+    tools_floor: Option<u8>,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +68,7 @@ pub struct LearnedRouter {
     quality: f32,
     confidence_platt: [f32; 2],
     dense_range: Option<Vec<[f32; 2]>>,
+    tools_floor: u8,
 }
 
 /// The router's verdict for the candidates it was given.
@@ -128,6 +134,7 @@ impl LearnedRouter {
             quality: file.default_quality.clamp(0.0, 1.0),
             confidence_platt: file.confidence_platt.unwrap_or([1.0, 0.0]),
             dense_range: file.dense_range,
+            tools_floor: file.tools_floor.unwrap_or(DEFAULT_TOOLS_FLOOR),
         })
     }
 
@@ -166,7 +173,7 @@ impl LearnedRouter {
         if query.has_tools {
             // Below the floor only when nothing else is there: then the most capable.
             let top = tiers.last().copied();
-            tiers.retain(|&t| t >= TOOLS_FLOOR);
+            tiers.retain(|&t| t >= self.tools_floor);
             if tiers.is_empty() {
                 tiers.extend(top);
             }
@@ -311,6 +318,14 @@ mod tests {
         // A catalog without a tier at the floor: its most capable model, with certainty.
         let verdict = router.decide(&query, false, &[1, 2]);
         assert_eq!((verdict.tier, verdict.confidence), (2, 1.0));
+        // A model file that measured tool calls sets its own floor.
+        let mut file: serde_json::Value = serde_json::from_str(&model(&features::DENSE)).unwrap();
+        file["tools_floor"] = serde_json::json!(2);
+        let measured = LearnedRouter::parse(&file.to_string()).unwrap();
+        assert_eq!(measured.decide(&query, false, &[1, 2, 3]).tier, 2);
+        file["tools_floor"] = serde_json::json!(1);
+        let measured = LearnedRouter::parse(&file.to_string()).unwrap();
+        assert_eq!(measured.decide(&query, false, &[1, 2, 3]).tier, 1);
     }
 
     #[test]
