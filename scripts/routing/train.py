@@ -415,6 +415,12 @@ def main():
         report["tools_accuracy_heldout"] = [round(float(v), 3)
                                             for v in Y[he & is_tools].mean(axis=0)]
         report["tools_rows"] = [int((tr & is_tools).sum()), int((he & is_tools).sum())]
+        # tier_1 never calls tools, so those rows are the event whenever the top tier's
+        # call is right, and `has_tools` alone ranks them: the AUC on the other rows is
+        # the one comparable with sets measured without tool calls.
+        plain_he = ~is_tools[he]
+        report["auc_without_tools_rows"] = round(float(auc(score[plain_he],
+                                                           fails_small[plain_he])), 3)
     if not a.no_cross_validation:
         report["cross_validated"] = cross_validate(X, Y, S, dense, a.l2, tools_col)
     # Baselines on the held-out split.
@@ -507,7 +513,10 @@ def cross_validate(X, Y, S, dense, l2s, tools_col, k=5, seed=1):
     m = metrics(score, conf, c, Y, S)
     ci = bootstrap(score, conf, c, Y, S)
     rng = np.random.default_rng(0)
+    plain = X[:, tools_col] < 0.5
+    event = ((Y[:, 0] == 0) & (Y[:, -1] == 1)).astype(float)
     return {
+        "auc_without_tools_rows": round(float(auc(score[plain], event[plain])), 3),
         "rows": int(len(Y)),
         "folds": k,
         "default_quality_per_fold": defaults,
