@@ -144,12 +144,14 @@ def route(P, quality, floor=None):
 
 
 def tools_floor(Y):
-    """The smallest tier (column index) whose tool calls graded within 2 points of the top
-    tier's on these rows (requests with tools); None without such rows."""
+    """The smallest tier (column index) whose tool calls graded right at least half as often
+    as the top tier's on these rows (requests with tools); None without such rows. Which of
+    the tiers at or above it answers is then the quality setting's choice, like for any
+    request; the floor only keeps out tiers that cannot do the job."""
     if len(Y) == 0:
         return None
     acc = Y.mean(axis=0)
-    return next(j for j in range(Y.shape[1]) if acc[j] >= acc[-1] - 0.02)
+    return next(j for j in range(Y.shape[1]) if acc[j] >= 0.5 * acc[-1])
 
 
 def row_floors(X, tools_col, floor):
