@@ -137,12 +137,16 @@ impl ChatRequest {
         .map_err(|e| ApiError::invalid(e.message, Some(&e.param)))
     }
 
-    /// Whether the request offers the model any tools.
+    /// Whether the request offers the model tools it may call. With `tool_choice: "none"`
+    /// the tools are only context and the answer is text, so routing treats the request as
+    /// one without tools (no tools floor: src/routing/learned.rs).
     pub fn has_tools(&self) -> bool {
-        self.tools
+        let offered = self
+            .tools
             .as_ref()
             .and_then(|t| t.as_array())
-            .is_some_and(|t| !t.is_empty())
+            .is_some_and(|t| !t.is_empty());
+        offered && self.tool_choice.as_ref().and_then(|c| c.as_str()) != Some("none")
     }
 
     /// Whether `response_format` asks for structured output (a JSON schema or JSON mode).
@@ -268,4 +272,25 @@ fn convert_message(index: usize, m: &RequestMessage) -> Result<ChatMessage, ApiE
         // Either name is accepted; templates read llama.cpp's.
         reasoning_content: m.reasoning_content.clone().or_else(|| m.reasoning.clone()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(extra: &str) -> ChatRequest {
+        let body = format!(r#"{{"messages": [{{"role": "user", "content": "hi"}}]{extra}}}"#);
+        parse_json(body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn tools_count_for_routing_unless_the_choice_is_none() {
+        let tools = r#", "tools": [{"type": "function", "function": {"name": "f"}}]"#;
+        assert!(!chat("").has_tools());
+        assert!(!chat(r#", "tools": []"#).has_tools());
+        assert!(chat(tools).has_tools());
+        assert!(chat(&format!(r#"{tools}, "tool_choice": "auto""#)).has_tools());
+        assert!(chat(&format!(r#"{tools}, "tool_choice": "required""#)).has_tools());
+        assert!(!chat(&format!(r#"{tools}, "tool_choice": "none""#)).has_tools());
+    }
 }
