@@ -172,6 +172,7 @@ def openai_tool(api):
 
 
 def plain(value):
+    """Text for comparing argument values: lower-cased, without spaces or punctuation."""
     return re.sub(r"[\W_]+", "", str(value)).casefold()
 
 

@@ -45,6 +45,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+# The same text normalisation that chose which reference arguments a task states.
+from build_queries import plain
+
 # Room for the step-by-step answers the Qwen models give to math and to multiple-choice
 # questions: at 320 and 256 tokens, 159 of 540 Qwen math answers and 110 of 400 knowledge
 # answers were cut off before stating one, and graded as wrong. Everyday answers keep 256:
@@ -152,7 +155,6 @@ def same_value(got, want):
             return abs(float(got) - float(want)) < 1e-6
         except (TypeError, ValueError):
             return False
-    plain = lambda v: re.sub(r"[\W_]+", "", str(v)).casefold()
     return plain(got) == plain(want)
 
 

@@ -211,8 +211,8 @@ def fit_router(X, Y, S, dense, l2s, tools_col, seed=0, log=print):
         P[:, j] = sigmoid(pa * z + pb)
         tiers.append({"w": w, "b": b, "platt": (pa, pb)})
 
-    # Requests with tools start at the smallest tier that calls tools about as well as the
-    # top one, measured on these rows.
+    # Requests with tools start at the smallest tier that can make tool calls at all
+    # (tools_floor), measured on these rows.
     floor = tools_floor(Y[X[:, tools_col] > 0.5])
     floors = row_floors(X, tools_col, floor)
     # The default operating point: the lowest out-of-fold mean latency whose accuracy is
