@@ -554,3 +554,82 @@ async fn auto_reads_the_call_the_model_chose_to_make() {
     let calls = checked_calls(&r);
     assert_eq!(calls[0].0, "get_weather", "{r:?}");
 }
+
+/// Under `tool_choice: auto` the call grammar is lazy: text stays free, and a call, marked or
+/// opening the answer as (fenced) JSON, is held to an offered function with arguments its
+/// schema declares. Walked token by token over SmolLM2's real vocabulary.
+#[test]
+fn an_auto_call_is_held_to_the_offered_functions_once_it_starts() {
+    use wick::engine::{Preamble, Trigger};
+    use wick::tools::{lazy_call_grammar, CallFormat, ToolSpec};
+    let model = common::load_smollm2(512);
+    let tokenizer = &model.frontend.tokenizer;
+    let compiler = wick::engine::GrammarCompiler::default();
+    let offered = serde_json::to_value(tools()).unwrap();
+    let spec = ToolSpec::parse(Some(&offered), Some(&json!("auto")), None, None).unwrap();
+    let lark = lazy_call_grammar(&spec, CallFormat::HERMES).expect("auto with tools is lazy");
+    let trigger = Trigger {
+        text: "<tool_call>".into(),
+        opening_call: true,
+        preamble: Preamble::None,
+    };
+    // Walk `text`'s tokens: for each, whether the grammar allowed it and whether it held
+    // the output (masked anything); then the same for ending the answer there.
+    let end = tokenizer.stop_ids()[0];
+    let walk = |text: &str| -> (Vec<(bool, bool)>, (bool, bool)) {
+        let mut c = compiler
+            .compile_lazy(tokenizer, &lark, &trigger)
+            .expect("grammar compiles");
+        let mut step = |c: &mut wick::engine::Constraint, id: u32| {
+            let mut logits = vec![0.0f32; tokenizer.vocab_size()];
+            c.mask(&mut logits).unwrap();
+            let held = logits.iter().any(|l| l.is_infinite());
+            (logits[id as usize].is_finite(), held)
+        };
+        let mut steps = Vec::new();
+        for id in tokenizer.encode(text).unwrap() {
+            steps.push(step(&mut c, id));
+            if !steps.last().unwrap().0 {
+                return (steps, (false, true));
+            }
+            c.commit(id).unwrap();
+        }
+        let ending = step(&mut c, end);
+        (steps, ending)
+    };
+    let allowed = |text: &str| walk(text).0.iter().all(|s| s.0);
+    // Text alone, JSON that is not a call, and code: nothing is ever masked.
+    for text in [
+        "It is sunny in Paris, no <tool> needed.",
+        "{\"names\": [\"Paris\"]}",
+        "```python\nprint({\"name\": 1})\n```",
+    ] {
+        let (steps, ending) = walk(text);
+        assert!(steps.iter().all(|&s| s == (true, false)), "{text}: {steps:?}");
+        assert_eq!(ending, (true, false));
+    }
+    // Text, then a marked call: free until the marker, held after it, complete at the end.
+    let marked = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"celsius\"}}\n</tool_call>";
+    let (steps, ending) = walk(&format!("Let me look.\n{marked}"));
+    assert!(steps.iter().all(|s| s.0), "{steps:?}");
+    assert!(!steps[0].1 && steps.last().unwrap().1, "{steps:?}");
+    assert_eq!(ending, (true, true));
+    // An answer that opens as a call, fenced and indented as Qwen2.5-Coder writes it, or bare.
+    let fenced = "```json\n{\n  \"name\": \"get_weather\",\n  \"arguments\": {\n    \"city\": \"Paris\",\n    \"unit\": \"celsius\"\n  }\n}\n```";
+    let bare = "{\"name\": \"get_time\", \"arguments\": {\"timezone\": \"UTC\"}}";
+    for text in [fenced, bare] {
+        let (steps, ending) = walk(text);
+        assert!(steps.iter().all(|s| s.0), "{text}: {steps:?}");
+        assert_eq!(ending, (true, true), "{text}");
+    }
+    // A function that was not offered, or an argument the schema does not declare, is not
+    // allowed, in either form.
+    for text in [
+        "<tool_call>\n{\"name\": \"get_news\", \"arguments\": {}}\n</tool_call>",
+        "```json\n{\n  \"name\": \"get_news\",\n  \"arguments\": {}\n}\n```",
+        "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"properties\": {}}}\n</tool_call>",
+        "```json\n{\n  \"name\": \"get_weather\",\n  \"arguments\": {\n    \"properties\": {}\n  }\n}\n```",
+    ] {
+        assert!(!allowed(text), "{text}");
+    }
+}

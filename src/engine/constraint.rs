@@ -8,6 +8,11 @@
 //! not always how the model would have split it, and a 135M model answering a forced tool
 //! call loses its way on the difference (tests/tool_calls.rs), while the guard's verdicts
 //! come out the same (scripts/safety/eval.py on 60 prompts, either way).
+//!
+//! A constraint may also be lazy ([`GrammarCompiler::compile_lazy`]): it leaves the output
+//! free until a trigger text appears (src/engine/trigger.rs), then holds the rest to the
+//! grammar. That is how a call under `tool_choice: auto` is kept to the offered functions
+//! while the model stays free to answer in text.
 
 use std::sync::{Arc, OnceLock};
 
@@ -16,6 +21,7 @@ use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
 
+use super::trigger::{Trigger, Waiting};
 use crate::tokenizer::Tokenizer;
 
 /// Compiles grammars for one model. Building it (the vocabulary's token trie and
@@ -30,6 +36,31 @@ impl GrammarCompiler {
     /// Compile a Lark grammar into a fresh per-sequence constraint. Errors say what in the
     /// grammar (or an embedded schema) llguidance could not compile.
     pub fn compile(&self, tokenizer: &Tokenizer, lark: &str) -> anyhow::Result<Constraint> {
+        let matcher = self.matcher(tokenizer, lark)?;
+        Ok(Constraint {
+            matcher,
+            state: State::Engaged,
+            fast_forward: false,
+        })
+    }
+
+    /// Compile a grammar that holds the output only from the first appearance of
+    /// `trigger` on; the grammar describes the output from the trigger's first byte.
+    pub fn compile_lazy(
+        &self,
+        tokenizer: &Tokenizer,
+        lark: &str,
+        trigger: &Trigger,
+    ) -> anyhow::Result<Constraint> {
+        let matcher = self.matcher(tokenizer, lark)?;
+        Ok(Constraint {
+            matcher,
+            state: State::Waiting(Waiting::new(trigger)),
+            fast_forward: false,
+        })
+    }
+
+    fn matcher(&self, tokenizer: &Tokenizer, lark: &str) -> anyhow::Result<Matcher> {
         let factory = self
             .factory
             .get_or_init(|| build_factory(tokenizer).map_err(|e| format!("{e:#}")))
@@ -41,10 +72,7 @@ impl GrammarCompiler {
         if let Some(e) = matcher.get_error() {
             return Err(anyhow!(e));
         }
-        Ok(Constraint {
-            matcher,
-            fast_forward: false,
-        })
+        Ok(matcher)
     }
 }
 
@@ -103,14 +131,37 @@ impl TokenizerEnv for WickTokEnv {
 #[derive(Clone)]
 pub struct Constraint {
     matcher: Matcher,
+    state: State,
     /// Append forced tokens without sampling them ([`Constraint::force`]).
     fast_forward: bool,
 }
 
+/// Whether the grammar holds the output yet.
+#[derive(Clone)]
+enum State {
+    /// Lazy, and its trigger has not appeared: the output is free.
+    Waiting(Waiting),
+    /// Every token from here on must follow the grammar.
+    Engaged,
+    /// Lazy, and what followed its trigger in the same token was not in the grammar (a
+    /// model that writes the marker and then something else): the output stays free, and
+    /// the answer is read as it is (src/tools/parse.rs keeps a bad call block as text).
+    Released,
+}
+
 impl Constraint {
+    /// Whether the grammar holds the next token (a lazy constraint before its trigger
+    /// does not, so the sequence may sample as if unconstrained).
+    pub fn is_engaged(&self) -> bool {
+        matches!(self.state, State::Engaged)
+    }
+
     /// Forbid (−∞) every token the grammar does not allow next. Logits past the vocabulary
     /// (padding rows some models have) are forbidden too.
     pub fn mask(&mut self, logits: &mut [f32]) -> anyhow::Result<()> {
+        if !self.is_engaged() {
+            return Ok(());
+        }
         let allowed = self.matcher.compute_mask_or_eos()?;
         for (id, logit) in logits.iter_mut().enumerate() {
             if id >= allowed.len() || !allowed.is_allowed(id as TokenId) {
@@ -122,7 +173,24 @@ impl Constraint {
 
     /// Advance the grammar with the token that was sampled.
     pub fn commit(&mut self, token: u32) -> anyhow::Result<()> {
-        self.matcher.consume_token(token)
+        let State::Waiting(waiting) = &mut self.state else {
+            return match self.state {
+                State::Engaged => self.matcher.consume_token(token),
+                _ => Ok(()),
+            };
+        };
+        let env = self.matcher.tok_env()?;
+        let Some(tail) = waiting.push(&env.tok_trie().decode_ext(&[token], false)) else {
+            return Ok(());
+        };
+        // The grammar starts at the trigger, which may begin inside this token: it takes
+        // the bytes from there, as tokens of their own (it reads bytes, not ids).
+        let tokens = env.tokenize_bytes(&tail);
+        self.state = match self.matcher.consume_tokens(&tokens) {
+            Ok(()) => State::Engaged,
+            Err(_) => State::Released,
+        };
+        Ok(())
     }
 
     /// This constraint, fast-forwarding what the grammar forces.
@@ -134,7 +202,7 @@ impl Constraint {
     /// The tokens the grammar allows as the only continuation from here (at most `room`),
     /// consumed: the caller appends them without sampling.
     pub fn force(&mut self, room: usize) -> anyhow::Result<Vec<u32>> {
-        if !self.fast_forward {
+        if !self.fast_forward || !self.is_engaged() {
             return Ok(Vec::new());
         }
         let mut forced = self.matcher.compute_ff_tokens();
@@ -147,7 +215,7 @@ impl Constraint {
 
     /// The grammar is complete and allows nothing more.
     pub fn is_finished(&self) -> bool {
-        self.matcher.is_stopped()
+        self.is_engaged() && self.matcher.is_stopped()
     }
 }
 

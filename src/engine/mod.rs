@@ -12,6 +12,7 @@ pub(crate) mod sampler;
 mod scheduler;
 mod sequence;
 mod stop;
+pub mod trigger;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -24,6 +25,7 @@ pub use crate::model::kv_cache::{KvType, Q8_BLOCK};
 use crate::model::{KvPool, KvShape, LoadedModel};
 pub use admission::{client_share, ClientId, ANONYMOUS};
 pub use constraint::{Constraint, GrammarCompiler};
+pub use trigger::{Preamble, Trigger};
 use pooled::EmbedJob;
 pub use registry::{LoadError, ModelRegistry, RegistryLimits, ServedModel};
 pub use sampler::{SamplingParams, TokenLogprob};

@@ -108,7 +108,8 @@ impl Sequence {
     /// sequence needs its logits on the host (a grammar does, and so do penalties, bias and
     /// log-probabilities); then [`Self::accept`] takes the token it picks.
     pub fn device_row(&mut self) -> Option<RowSampling> {
-        if self.constraint.is_some() {
+        // A lazy grammar still waiting for its trigger masks nothing (src/engine/trigger.rs).
+        if self.constraint.as_ref().is_some_and(Constraint::is_engaged) {
             return None;
         }
         self.sampler.device_row()

@@ -93,6 +93,33 @@ pub fn grammar(spec: &ToolSpec, format: CallFormat) -> Option<String> {
     }
 }
 
+/// Under `tool_choice: auto` with free-text output: the calls the model may start, as a
+/// grammar for a lazy constraint that engages where a call starts (src/engine/trigger.rs),
+/// so the model still chooses between text and a call, but a call it starts names an
+/// offered function with arguments its schema allows (as OpenAI's do). None otherwise.
+///
+/// A call starts at the marker (then it is the format's blocks, as when forced) or as an
+/// answer that opens with `{"name"`, bare or in a code fence: one call, in the layout the
+/// model chose (Qwen2.5-Coder indents it), up to 32 blank characters at a time.
+pub fn lazy_calls(spec: &ToolSpec, format: CallFormat) -> Option<String> {
+    let auto = matches!(spec.choice, ToolChoice::Auto);
+    let text = matches!(spec.format, ResponseFormat::Text);
+    if !(spec.offers_tools() && auto && text) {
+        return None;
+    }
+    let functions = spec.callable();
+    let marked = calls_grammar(&functions, format, spec.parallel);
+    let marked = marked.replacen("start:", "wick_marked:", 1);
+    let mut loose = call_schema(&functions);
+    loose["x-guidance"] = json!({ "whitespace_pattern": "[\\x20\\x0A\\x0D\\x09]{1,32}" });
+    Some(format!(
+        "start: wick_marked | wick_bare\n{marked}\
+         wick_bare: wick_call | \"```\" WICK_LANG? \"\\n\" wick_call \"\\n```\"\n\
+         WICK_LANG: /[A-Za-z]+/\n\
+         wick_call: %json {loose}\n"
+    ))
+}
+
 /// Exactly one JSON value valid against `schema`.
 pub fn json_grammar(schema: &Value) -> String {
     format!("start: %json {}\n", with_layout(closed(schema.clone())))

@@ -12,11 +12,11 @@ mod parse;
 mod spec;
 
 pub use format::CallFormat;
-pub use grammar::{grammar as output_grammar, json_grammar};
+pub use grammar::{grammar as output_grammar, json_grammar, lazy_calls as lazy_call_grammar};
 pub use parse::{split_answer, CallSplitter, Piece, ToolCall};
 pub use spec::{check_schema, Function, ResponseFormat, ToolChoice, ToolSpec};
 
-use crate::engine::{Constraint, GrammarCompiler};
+use crate::engine::{Constraint, GrammarCompiler, Preamble, Trigger};
 use crate::reasoning::{self, Start};
 use crate::template::{ChatMessage, ChatTemplate, TemplateError, TemplateVars};
 use crate::tokenizer::Tokenizer;
@@ -85,12 +85,12 @@ pub fn prepare(
         None => lark,
     });
     let constraint = match lark {
-        None => None,
         Some(lark) => Some(
             compiler
                 .compile(tokenizer, &lark)
                 .map_err(|e| PrepareError::Fields(uncompilable(spec, &format!("{e:#}"))))?,
         ),
+        None => lazy_calls(spec, prompt.format, start, tokenizer, compiler),
     };
     Ok(Prepared {
         prompt: prompt.text,
@@ -98,6 +98,39 @@ pub fn prepare(
         calls: spec.offers_tools().then_some(prompt.format),
         reasoning: start,
     })
+}
+
+/// The lazy constraint for calls under `tool_choice: auto`: free text until the call marker,
+/// then calls to the offered functions (grammar::lazy_calls). A schema llguidance cannot
+/// enforce leaves the output free, as it was before calls were held to their schemas: the
+/// request did not ask for enforcement, so it is no reason to refuse it.
+fn lazy_calls(
+    spec: &ToolSpec,
+    format: CallFormat,
+    start: Option<Start>,
+    tokenizer: &Tokenizer,
+    compiler: &GrammarCompiler,
+) -> Option<Constraint> {
+    let lark = grammar::lazy_calls(spec, format)?;
+    let preamble = match start {
+        None | Some(Start::Closed) => Preamble::None,
+        Some(Start::Inside) => Preamble::Until {
+            close: reasoning::CLOSE.into(),
+        },
+        Some(Start::Before) => Preamble::IfOpens {
+            open: reasoning::OPEN.into(),
+            close: reasoning::CLOSE.into(),
+        },
+    };
+    let trigger = Trigger {
+        text: format.open.into(),
+        opening_call: true,
+        preamble,
+    };
+    compiler
+        .compile_lazy(tokenizer, &lark, &trigger)
+        .map_err(|e| tracing::debug!("tool calls left free: {e:#}"))
+        .ok()
 }
 
 fn defuse_message(tokenizer: &Tokenizer, mut m: ChatMessage) -> ChatMessage {
