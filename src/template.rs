@@ -480,6 +480,22 @@ mod tests {
         );
     }
 
+    /// Keys keep the order the client gave, as transformers (Python dicts) and llama.cpp
+    /// render them: a model shown a function's parameters in their declared order writes
+    /// its arguments in that order, the order the call grammar holds them to
+    /// (src/tools/grammar.rs); sorted keys made Qwen2.5-Coder write them alphabetically.
+    #[test]
+    fn tojson_keeps_the_order_of_keys() {
+        let t = ChatTemplate::new("{{ tools | tojson }}", None, None).unwrap();
+        let tools = serde_json::json!([
+            {"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+                "properties": {"zone": {"type": "string"}, "area": {"type": "number"}}}}}
+        ]);
+        let text = t.render(&[], Some(&tools), false).unwrap();
+        assert!(text.find("\"zone\"").unwrap() < text.find("\"area\"").unwrap(), "{text}");
+        assert!(text.find("\"type\"").unwrap() < text.find("\"function\"").unwrap(), "{text}");
+    }
+
     #[test]
     fn tojson_indent() {
         let t = ChatTemplate::new("{{ tools | tojson(indent=2) }}", None, None).unwrap();
