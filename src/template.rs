@@ -492,8 +492,14 @@ mod tests {
                 "properties": {"zone": {"type": "string"}, "area": {"type": "number"}}}}}
         ]);
         let text = t.render(&[], Some(&tools), false).unwrap();
-        assert!(text.find("\"zone\"").unwrap() < text.find("\"area\"").unwrap(), "{text}");
-        assert!(text.find("\"type\"").unwrap() < text.find("\"function\"").unwrap(), "{text}");
+        assert!(
+            text.find("\"zone\"").unwrap() < text.find("\"area\"").unwrap(),
+            "{text}"
+        );
+        assert!(
+            text.find("\"type\"").unwrap() < text.find("\"function\"").unwrap(),
+            "{text}"
+        );
     }
 
     #[test]

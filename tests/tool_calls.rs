@@ -605,7 +605,10 @@ fn an_auto_call_is_held_to_the_offered_functions_once_it_starts() {
         "```python\nprint({\"name\": 1})\n```",
     ] {
         let (steps, ending) = walk(text);
-        assert!(steps.iter().all(|&s| s == (true, false)), "{text}: {steps:?}");
+        assert!(
+            steps.iter().all(|&s| s == (true, false)),
+            "{text}: {steps:?}"
+        );
         assert_eq!(ending, (true, false));
     }
     // Text, then a marked call: free until the marker, held after it, complete at the end.
@@ -631,5 +634,70 @@ fn an_auto_call_is_held_to_the_offered_functions_once_it_starts() {
         "```json\n{\n  \"name\": \"get_weather\",\n  \"arguments\": {\n    \"properties\": {}\n  }\n}\n```",
     ] {
         assert!(!allowed(text), "{text}");
+    }
+}
+
+/// Through the server, under `auto`: three Seal-Tools tasks (data/routing/queries.jsonl) on
+/// which Qwen2.5-Coder-0.5B, left free, answered with a fenced call whose arguments were the
+/// function's schema itself (`{"properties": {}, "required": [], "type": "object"}`). Held
+/// to the schema once its call starts, each call now names an offered function, with only
+/// declared arguments and every required one.
+#[tokio::test]
+async fn auto_calls_keep_to_the_offered_schemas() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/routing/queries.jsonl");
+    let rows: Vec<Value> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for id in [
+        "sealtools-dev-easy-175",
+        "sealtools-dev-easy-198",
+        "sealtools-dev-easy-32",
+    ] {
+        let row = rows.iter().find(|r| r["id"] == id).expect("task");
+        let req: CreateChatCompletionRequest = serde_json::from_value(json!({
+            "model": QWEN,
+            "messages": [{ "role": "user", "content": row["message"] }],
+            "tools": row["tools"],
+            "tool_choice": "auto",
+            "temperature": 0.0,
+            "max_tokens": 256,
+        }))
+        .unwrap();
+        let r = client().chat().create(req).await.expect("answer");
+        let choice = &r.choices[0];
+        assert_eq!(
+            choice.finish_reason,
+            Some(FinishReason::ToolCalls),
+            "{id}: {r:?}"
+        );
+        for call in choice.message.tool_calls.as_ref().unwrap() {
+            let ChatCompletionMessageToolCalls::Function(call) = call else {
+                panic!("not a function call: {call:?}")
+            };
+            let offered = row["tools"].as_array().unwrap().iter();
+            let schema = offered
+                .map(|t| &t["function"])
+                .find(|f| f["name"] == call.function.name.as_str())
+                .unwrap_or_else(|| panic!("{id}: not offered: {call:?}"))
+                .get("parameters")
+                .unwrap();
+            let args: Value = serde_json::from_str(&call.function.arguments).unwrap();
+            let args = args.as_object().expect("arguments are an object");
+            let declared = schema["properties"].as_object().unwrap();
+            assert!(
+                args.keys().all(|k| declared.contains_key(k)),
+                "{id}: undeclared arguments in {args:?}"
+            );
+            for required in schema["required"].as_array().unwrap() {
+                let required = required.as_str().unwrap();
+                assert!(
+                    args.contains_key(required),
+                    "{id}: {required} missing: {args:?}"
+                );
+            }
+            assert_valid(schema, &Value::Object(args.clone()));
+        }
     }
 }

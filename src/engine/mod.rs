@@ -25,10 +25,10 @@ pub use crate::model::kv_cache::{KvType, Q8_BLOCK};
 use crate::model::{KvPool, KvShape, LoadedModel};
 pub use admission::{client_share, ClientId, ANONYMOUS};
 pub use constraint::{Constraint, GrammarCompiler};
-pub use trigger::{Preamble, Trigger};
 use pooled::EmbedJob;
 pub use registry::{LoadError, ModelRegistry, RegistryLimits, ServedModel};
 pub use sampler::{SamplingParams, TokenLogprob};
+pub use trigger::{Preamble, Trigger};
 
 /// One generation job, already tokenized.
 #[derive(Debug, Clone)]

@@ -229,7 +229,10 @@ mod tests {
     #[test]
     fn text_without_the_trigger_stays_free() {
         let mut w = waiting(Preamble::None);
-        assert_eq!(feed(&mut w, &["It is sunny", " <tool", "_cal", "l in Paris."]), None);
+        assert_eq!(
+            feed(&mut w, &["It is sunny", " <tool", "_cal", "l in Paris."]),
+            None
+        );
     }
 
     #[test]
@@ -293,6 +296,9 @@ mod tests {
         assert_eq!(feed(&mut w, &["Here: {\"name\": 1}"]), None);
         let mut w = waiting(Preamble::None);
         assert_eq!(feed(&mut w, &["```python\nprint(1)\n```"]), None);
-        assert_eq!(feed(&mut w, &["<tool_call>"]).as_deref(), Some("<tool_call>"));
+        assert_eq!(
+            feed(&mut w, &["<tool_call>"]).as_deref(),
+            Some("<tool_call>")
+        );
     }
 }
