@@ -580,7 +580,7 @@ fn an_auto_call_is_held_to_the_offered_functions_once_it_starts() {
         let mut c = compiler
             .compile_lazy(tokenizer, &lark, &trigger)
             .expect("grammar compiles");
-        let mut step = |c: &mut wick::engine::Constraint, id: u32| {
+        let step = |c: &mut wick::engine::Constraint, id: u32| {
             let mut logits = vec![0.0f32; tokenizer.vocab_size()];
             c.mask(&mut logits).unwrap();
             let held = logits.iter().any(|l| l.is_infinite());
