@@ -260,6 +260,23 @@ def forget(path, model, ids):
     write_jsonl(path, kept)
 
 
+def start_wick(model, concurrency):
+    """`wick serve` for `model` on a free port, once it answers /health: (process, url)."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["target/release/wick", "serve", "--model", model, "--port", str(port),
+         "--parallel", str(concurrency), "--ctx-size", "2048"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    return server, url
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -309,21 +326,7 @@ def main():
                   key=lambda r: hashlib.sha256(("order:" + r["id"]).encode()).hexdigest())
     todo = todo[: a.limit]
     print(f"{a.model}: {len(todo)} to grade ({len(done)} done)", flush=True)
-    server = None
-    url = a.url
-    if not url:
-        port = free_port()
-        server = subprocess.Popen(
-            ["target/release/wick", "serve", "--model", a.model, "--port", str(port),
-             "--parallel", str(a.concurrency), "--ctx-size", "2048"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
+    server, url = (None, a.url) if a.url else start_wick(a.model, a.concurrency)
     outputs = open(a.outputs, "a")
     passed = 0
     try:
