@@ -195,12 +195,14 @@ def grade(row, text, finish):
     return grade_everyday(text, finish, g)
 
 
-def ask(url, model, row):
+def ask(url, model, row, sampling=None):
+    """One answer to `row`, graded: (label, text). Greedy unless `sampling` gives other
+    sampling fields (scripts/routing/spread.py)."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": row["message"]}],
         "max_tokens": MAX_TOKENS[row["kind"]],
-        "temperature": 0,
+        **(sampling or {"temperature": 0}),
     }
     if row.get("tools"):
         body["tools"] = row["tools"]

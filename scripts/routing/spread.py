@@ -34,20 +34,9 @@ from train import auc
 
 
 def ask(url, model, row, sample):
-    body = {"model": model, "messages": [{"role": "user", "content": row["message"]}],
-            "max_tokens": G.MAX_TOKENS[row["kind"]], "temperature": 0.7, "top_p": 0.8,
-            "seed": 1000 + sample}
-    if row.get("tools"):
-        body["tools"] = row["tools"]
-    reply = G.post(f"{url}/v1/chat/completions", body)
-    choice = reply["choices"][0]
-    text = choice["message"].get("content") or ""
-    if row.get("tools"):
-        text = json.dumps({"content": text, "tool_calls": choice["message"].get("tool_calls")},
-                          ensure_ascii=False)
-    return {"id": row["id"], "model": model, "sample": sample,
-            "ok": bool(G.grade(row, text, choice.get("finish_reason"))),
-            "completion_tokens": reply["usage"]["completion_tokens"]}
+    label, _ = G.ask(url, model, row, {"temperature": 0.7, "top_p": 0.8, "seed": 1000 + sample})
+    return {"id": row["id"], "model": model, "sample": sample, "ok": bool(label["ok"]),
+            "completion_tokens": label["completion_tokens"]}
 
 
 def beta_binomial(counts, k):
